@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests and the demo need (Debian/Ubuntu): mosquitto.
+# Safe to run repeatedly: it does nothing when mosquitto is already there.
+set -euo pipefail
+
+have_mosquitto() { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; }
+
+if have_mosquitto; then
+  exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "mosquitto is missing and this is not a Debian-like system: install mosquitto (>= 2.0) yourself" >&2
+  exit 1
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "mosquitto is missing and we are not root: run 'apt-get install mosquitto mosquitto-clients' as root" >&2
+    exit 1
+  fi
+fi
+echo "installing mosquitto with apt-get ..."
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+have_mosquitto || { echo "mosquitto still not found after apt-get install" >&2; exit 1; }
+echo "mosquitto installed: $( (mosquitto -h 2>/dev/null || /usr/sbin/mosquitto -h) | head -1)"

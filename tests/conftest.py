@@ -1,0 +1,96 @@
+"""Fixtures that start the real services: mosquitto and an S3-compatible HTTP server.
+
+They never skip: a missing mosquitto binary is an error that says how to install it, so a
+CI run without the broker fails loudly instead of passing on nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config as BotoConfig
+
+from shared.local_services import MosquittoProcess, MotoS3Process
+
+
+def _announce(config: pytest.Config, message: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"[linefleet] {message}")
+
+
+@pytest.fixture(scope="session")
+def mosquitto(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MosquittoProcess]:
+    """One real mosquitto for the session; tests isolate themselves by fleet name."""
+    broker = MosquittoProcess(tmp_path_factory.mktemp("mosquitto"))
+    with broker:
+        _announce(
+            request.config,
+            f"mosquitto {broker.version} listening on {broker.host}:{broker.port} "
+            f"(pid {broker.pid})",
+        )
+        yield broker
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoProcess]]:
+    """Private brokers for tests that stop, restart or reconfigure them."""
+    started: list[MosquittoProcess] = []
+
+    def make(**kwargs: Any) -> MosquittoProcess:
+        broker = MosquittoProcess(tmp_path / f"broker{len(started)}", **kwargs).start()
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MotoS3Process]:
+    server = MotoS3Process(tmp_path_factory.mktemp("s3"), port=None, host="127.0.0.1")
+    with server:
+        _announce(request.config, f"S3 server (moto) at {server.endpoint_url} (pid {server.pid})")
+        yield server
+
+
+def make_s3_client(endpoint_url: str, access_key: str, secret_key: str, region: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=region,
+        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+    )
+
+
+@pytest.fixture
+def s3_client(s3_server: MotoS3Process) -> Any:
+    return make_s3_client(
+        s3_server.endpoint_url, s3_server.access_key, s3_server.secret_key, s3_server.region
+    )
+
+
+@pytest.fixture
+def bucket(s3_client: Any) -> str:
+    """A fresh bucket per test, so tests never see each other's objects."""
+    name = f"lf-test-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def fleet_name() -> str:
+    """A unique fleet id per test, so tests sharing the broker never see each other's topics."""
+    return f"t{uuid.uuid4().hex[:10]}"

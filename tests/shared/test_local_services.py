@@ -1,0 +1,87 @@
+"""The harness itself: a real mosquitto and a real S3 server answer over the network."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+
+from shared.local_services import MosquittoProcess, ServiceError, find_mosquitto
+from shared.messages import OnlineStatus, parse_payload
+from shared.object_keys import model_artifact_key
+from shared.topics import Channel, Topics
+
+pytestmark = pytest.mark.integration
+
+
+def _receive_one(broker: MosquittoProcess, topic: str, timeout: float = 5.0) -> mqtt.MQTTMessage:
+    got: list[mqtt.MQTTMessage] = []
+    event = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    def on_connect(c: mqtt.Client, *_: Any) -> None:
+        c.subscribe(topic, qos=1)
+
+    def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        got.append(message)
+        event.set()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        assert event.wait(timeout), f"no message on {topic}"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return got[0]
+
+
+def _publish_retained(broker: MosquittoProcess, topic: str, payload: bytes) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    info = client.publish(topic, payload, qos=1, retain=True, properties=Properties(3))
+    info.wait_for_publish(5)
+    assert info.is_published()
+    client.loop_stop()
+    client.disconnect()
+
+
+def test_retained_message_round_trip(mosquitto: MosquittoProcess, fleet_name: str) -> None:
+    topic = Topics(fleet_name).device("edge-01", Channel.ONLINE)
+    status = OnlineStatus(device_id="edge-01", online=True)
+    _publish_retained(mosquitto, topic, status.to_payload())
+    message = _receive_one(mosquitto, topic)
+    assert message.retain
+    assert parse_payload(OnlineStatus, message.payload) == status
+
+
+def test_retained_messages_survive_broker_restart(
+    broker_factory: Callable[..., MosquittoProcess], fleet_name: str
+) -> None:
+    broker = broker_factory()
+    topic = Topics(fleet_name).device("edge-02", Channel.ONLINE)
+    _publish_retained(broker, topic, OnlineStatus(device_id="edge-02", online=True).to_payload())
+    broker.restart()
+    assert _receive_one(broker, topic).retain
+
+
+def test_missing_mosquitto_is_a_loud_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda *_a, **_k: None)
+    with pytest.raises(ServiceError, match="apt-get install mosquitto"):
+        find_mosquitto()
+
+
+def test_s3_server_speaks_s3(s3_client: Any, bucket: str) -> None:
+    key = model_artifact_key("det", 1)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=b"onnx-bytes")
+    assert s3_client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"onnx-bytes"
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="models/")
+    assert [o["Key"] for o in listed["Contents"]] == [key]
