@@ -19,7 +19,7 @@ from typing import cast
 import cv2
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.detections import Detections
 from shared.synth.drift import DriftPreset, get_drift
@@ -67,6 +67,20 @@ class LineConfig(BaseModel):
     noise_level: int = Field(default=6, ge=0, le=64)
     seed: int = 0
     drift: str = "none"
+
+    @model_validator(mode="after")
+    def _parts_fit_the_belt(self) -> LineConfig:
+        low, high = self.part_size
+        if not 8 <= low <= high:
+            raise ValueError("part_size must be (min, max) with 8 <= min <= max")
+        if self.height - 2 * _BELT_TOP < high or self.width < high:
+            raise ValueError(
+                f"a {self.width}x{self.height} frame cannot hold parts up to {high} px between "
+                f"the rails ({_BELT_TOP} px each): lower part_size or raise the frame size"
+            )
+        if self.min_parts > self.max_parts:
+            raise ValueError("min_parts must not exceed max_parts")
+        return self
 
 
 @dataclass(frozen=True)

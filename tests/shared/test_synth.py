@@ -88,6 +88,12 @@ def test_each_drift_renders_and_differs(drift: str) -> None:
         assert diff.mean() > 10
 
 
+def test_frame_too_small_for_parts_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="cannot hold parts"):
+        LineConfig(width=160, height=160)
+    LineConfig(width=160, height=160, part_size=(20, 40))
+
+
 def test_unknown_drift_is_a_clear_error() -> None:
     with pytest.raises(ContractError, match="unknown drift preset"):
         SyntheticLine(drift="earthquake")

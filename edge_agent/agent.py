@@ -1,0 +1,302 @@
+"""The agent process: one stop event, cameras, pipeline, sinks, MQTT, local API, heartbeats.
+
+Every long-running part is a thread that watches the same ``stop`` event, so SIGTERM ends
+everything within a few seconds, and any part that dies sets it so systemd restarts us.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from pydantic import ValidationError
+
+from edge_agent import __version__
+from edge_agent.api import ApiServer, create_app
+from edge_agent.camera import CameraWorker, FrameHub, FrameSource, OpenCVSource, SyntheticSource
+from edge_agent.config import AgentConfig, StreamCamera, SyntheticCamera
+from edge_agent.errors import ModelLoadError
+from edge_agent.events import EventsSink
+from edge_agent.inference import InferenceRunner, RunnerOptions
+from edge_agent.metrics import AgentMetrics
+from edge_agent.mqtt_link import MqttLink
+from edge_agent.pipeline import ActiveModel, ModelSlot, Pipeline, Sink
+from edge_agent.systemd_notify import notify, watchdog_interval_s
+from shared.manifest import ModelManifest
+from shared.messages import CameraHealth, Heartbeat, utc_now
+from shared.synth import LineConfig
+from shared.topics import Channel, Topics
+
+log = logging.getLogger(__name__)
+
+
+def build_source(camera: SyntheticCamera | StreamCamera) -> FrameSource:
+    if isinstance(camera, SyntheticCamera):
+        return SyntheticSource(
+            LineConfig(
+                width=camera.width,
+                height=camera.height,
+                fps=camera.fps,
+                seed=camera.seed,
+                drift=camera.drift,
+            )
+        )
+    return OpenCVSource(
+        camera.url,
+        loop=camera.loop,
+        open_timeout_s=camera.open_timeout_s,
+        read_timeout_s=camera.read_timeout_s,
+    )
+
+
+def runner_options(config: AgentConfig) -> RunnerOptions:
+    m = config.model
+    return RunnerOptions(
+        providers=tuple(m.providers),
+        intra_op_threads=m.intra_op_threads,
+        conf_threshold=m.conf_threshold,
+        iou_threshold=m.iou_threshold,
+        max_detections=m.max_detections,
+        trt_cache_dir=m.trt_cache_dir,
+    )
+
+
+def load_model(path: Path, options: RunnerOptions, manifest: ModelManifest | None) -> ActiveModel:
+    """Load and warm up a model; the manifest (if any) pins classes, input size and format."""
+    if manifest is None:
+        runner = InferenceRunner(path, options)
+        return ActiveModel(runner, path.stem, None)
+    runner = InferenceRunner(
+        path,
+        options,
+        class_names=tuple(manifest.class_names),
+        expected_input=(manifest.input.height, manifest.input.width),
+        output_format=manifest.output_format,
+    )
+    return ActiveModel(runner, manifest.model_name, manifest.version)
+
+
+def read_local_manifest(model_path: Path) -> ModelManifest | None:
+    """``manifest.json`` beside a locally configured model, if there is one."""
+    candidate = model_path.with_name("manifest.json")
+    if not candidate.is_file():
+        return None
+    try:
+        return ModelManifest.model_validate_json(candidate.read_bytes())
+    except (ValidationError, OSError) as exc:
+        raise ModelLoadError(f"{candidate} is not a valid manifest: {exc}") from exc
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.stop_event = threading.Event()
+        self.started_mono = time.monotonic()
+        self.metrics = AgentMetrics()
+        self.hub = FrameHub()
+        self.models = ModelSlot()
+        self.topics = Topics(config.device.fleet, prefix=config.mqtt.topic_prefix)
+        self.cameras = [
+            CameraWorker(
+                cam.id,
+                build_source(cam),
+                self.hub,
+                self.stop_event,
+                fps_limit=cam.fps if isinstance(cam, SyntheticCamera) else cam.fps_limit,
+                stall_timeout_s=config.stall_timeout_s,
+            )
+            for cam in config.cameras
+        ]
+        self.pipeline = Pipeline(
+            self.hub,
+            self.models,
+            self.stop_event,
+            max_batch=config.model.max_batch,
+            observe_latency=self.metrics.observe_stage,
+        )
+        self.mqtt: MqttLink | None = None
+        if config.mqtt.enabled:
+            self.mqtt = MqttLink(
+                config.mqtt, config.device.id, self.topics, agent_version=__version__
+            )
+            self.pipeline.add_sink(
+                EventsSink(
+                    self.mqtt,
+                    self.topics,
+                    config.device.id,
+                    self.metrics,
+                    qos=config.mqtt.events_qos,
+                    max_per_s=config.mqtt.events_max_per_s,
+                    only_with_detections=config.mqtt.events_only_with_detections,
+                )
+            )
+        self.api: ApiServer | None = None
+        self._scheduler = BackgroundScheduler(daemon=True)
+        self.metrics.watch(self.status)
+
+    # ----------------------------------------------------------------- parts
+    def add_sink(self, sink: Sink) -> None:
+        self.pipeline.add_sink(sink)
+
+    def load_configured_model(self) -> None:
+        path = self.config.model.path
+        if path is None:
+            log.warning("no model configured; waiting for one over OTA")
+            return
+        model = load_model(path, runner_options(self.config), read_local_manifest(path))
+        self.models.swap(model)
+        log.info(
+            "model loaded",
+            extra={
+                "model": model.name,
+                "version": model.version,
+                "provider": model.runner.provider,
+            },
+        )
+
+    def active_model(self) -> ActiveModel | None:
+        return self.models.current
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self.load_configured_model()
+        if self.mqtt is not None:
+            self.mqtt.start()
+        for camera in self.cameras:
+            camera.start()
+        self.pipeline.start()
+        if self.config.api.enabled:
+            token = self.config.api.token.get_secret_value() if self.config.api.token else None
+            app = create_app(self, token=token, max_upload_bytes=self.config.api.max_upload_bytes)
+            self.api = ApiServer(app, self.config.api.host, self.config.api.port)
+            self.api.start()
+        if self.mqtt is not None:
+            self._scheduler.add_job(
+                self.publish_heartbeat, "interval", seconds=10, id="heartbeat", max_instances=1
+            )
+        self._scheduler.start()
+        log.info("agent started", extra={"device": self.config.device.id, "version": __version__})
+
+    def run_until_stopped(self) -> None:
+        """Block until stop; feed the systemd watchdog only while the pipeline is alive."""
+        self.start()
+        notify("READY=1")
+        interval = watchdog_interval_s() or 1.0
+        while not self.stop_event.wait(interval):
+            if self.alive():
+                notify("WATCHDOG=1")
+
+    def stop(self) -> None:
+        notify("STOPPING=1")
+        self.stop_event.set()
+        self._scheduler.shutdown(wait=False)
+        self.pipeline.join(timeout=3.0)
+        for camera in self.cameras:
+            camera.join(timeout=1.0)
+        if self.api is not None:
+            self.api.stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        log.info("agent stopped")
+
+    # ----------------------------------------------------------------- views
+    def alive(self) -> bool:
+        return self.pipeline.alive and not self.stop_event.is_set()
+
+    def readiness(self) -> list[str]:
+        problems = []
+        if self.models.current is None:
+            problems.append("no model loaded")
+        if not any(c.state == "streaming" for c in self.cameras):
+            problems.append("no camera streaming")
+        if not self.pipeline.alive:
+            problems.append("pipeline not running")
+        if self.mqtt is not None and not self.mqtt.connected.is_set():
+            problems.append("mqtt not connected")
+        return problems
+
+    def status(self) -> dict[str, Any]:
+        model = self.models.current
+        stats = self.pipeline.stats
+        return {
+            "device": self.config.device.model_dump(),
+            "agent_version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "model": None
+            if model is None
+            else {
+                "name": model.name,
+                "version": model.version,
+                "provider": model.runner.provider,
+                "input": [model.runner.info.input_height, model.runner.info.input_width],
+                "classes": list(model.class_names),
+            },
+            "pipeline": {
+                "fps": round(stats.fps(), 2),
+                "processed": stats.processed,
+                "inference_errors": stats.inference_errors,
+                "sink_errors": stats.sink_errors,
+                "infer_latency_ms_p50": round(stats.latency_ms(0.5), 2),
+                "infer_latency_ms_p99": round(stats.latency_ms(0.99), 2),
+            },
+            "cameras": {
+                c.camera_id: {
+                    "source": c.source.description,
+                    "state": c.state.value,
+                    "fps": round(c.stats.fps, 2),
+                    "frames_captured": c.stats.frames,
+                    "frames_dropped": self.hub.dropped.get(c.camera_id, 0),
+                    "corrupt_frames": c.stats.corrupt_frames,
+                    "read_errors": c.stats.read_errors,
+                    "reconnects": c.stats.reconnects,
+                    "last_error": c.stats.last_error,
+                }
+                for c in self.cameras
+            },
+            "mqtt": None
+            if self.mqtt is None
+            else {
+                "connected": self.mqtt.connected.is_set(),
+                "published": self.mqtt.stats.published,
+                "dropped": self.mqtt.stats.dropped,
+            },
+        }
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
+    def heartbeat(self) -> Heartbeat:
+        status = self.status()
+        model = self.models.current
+        return Heartbeat(
+            device_id=self.config.device.id,
+            sent_at=utc_now(),
+            uptime_s=status["uptime_s"],
+            model_name=model.name if model else None,
+            model_version=model.version if model else None,
+            provider=model.runner.provider if model else "none",
+            fps=status["pipeline"]["fps"],
+            latency_ms_p50=status["pipeline"]["infer_latency_ms_p50"],
+            latency_ms_p99=status["pipeline"]["infer_latency_ms_p99"],
+            inference_errors=status["pipeline"]["inference_errors"],
+            dropped_frames=sum(c["frames_dropped"] for c in status["cameras"].values()),
+            cameras={
+                cid: CameraHealth(
+                    state=c["state"],
+                    fps=c["fps"],
+                    dropped_frames=c["frames_dropped"],
+                    errors=c["read_errors"] + c["corrupt_frames"],
+                )
+                for cid, c in status["cameras"].items()
+            },
+        )
+
+    def publish_heartbeat(self) -> None:
+        if self.mqtt is None:
+            return
+        topic = self.topics.device(self.config.device.id, Channel.HEARTBEAT)
+        self.mqtt.publish(topic, self.heartbeat().to_payload(), qos=0)

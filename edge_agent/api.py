@@ -1,0 +1,135 @@
+"""Local HTTP API (127.0.0.1 by default): health, readiness, status, metrics, one-shot detect.
+
+With a token configured every route but ``/healthz`` needs ``Authorization: Bearer <token>``
+(``/healthz`` stays open so a supervisor can probe liveness without the secret).
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from typing import Any, Protocol, cast
+
+import cv2
+import numpy as np
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from numpy.typing import NDArray
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from edge_agent.errors import EdgeAgentError, InferenceError
+from edge_agent.pipeline import ActiveModel
+
+
+class AgentView(Protocol):
+    """What the API needs from the agent (kept narrow so the API stays a thin layer)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def alive(self) -> bool: ...
+
+    def readiness(self) -> list[str]: ...
+
+    def active_model(self) -> ActiveModel | None: ...
+
+    def metrics_text(self) -> bytes: ...
+
+
+def create_app(agent: AgentView, *, token: str | None, max_upload_bytes: int) -> FastAPI:
+    app = FastAPI(title="linefleet edge agent", version="1", docs_url=None, redoc_url=None)
+
+    def require_token(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+
+    guarded = [Depends(require_token)]
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        ok = agent.alive()
+        return JSONResponse({"status": "ok" if ok else "dead"}, status_code=200 if ok else 503)
+
+    @app.get("/readyz", dependencies=guarded)
+    def readyz() -> JSONResponse:
+        problems = agent.readiness()
+        return JSONResponse(
+            {"ready": not problems, "problems": problems}, status_code=503 if problems else 200
+        )
+
+    @app.get("/status", dependencies=guarded)
+    def status() -> dict[str, Any]:
+        return agent.status()
+
+    @app.get("/metrics", dependencies=guarded)
+    def metrics() -> Response:
+        return Response(agent.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/detect", dependencies=guarded)
+    async def detect(request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_upload_bytes:
+            raise HTTPException(413, f"image larger than {max_upload_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > max_upload_bytes:
+                raise HTTPException(413, f"image larger than {max_upload_bytes} bytes")
+        if not body:
+            raise HTTPException(400, "empty body: send the image bytes (JPEG or PNG)")
+        image = cast(
+            "NDArray[np.uint8] | None",
+            cv2.imdecode(np.frombuffer(bytes(body), np.uint8), cv2.IMREAD_COLOR),
+        )
+        if image is None:
+            raise HTTPException(400, "body is not a decodable image (JPEG or PNG expected)")
+        model = agent.active_model()
+        if model is None:
+            raise HTTPException(503, "no model loaded yet")
+        started = time.monotonic()
+        try:
+            (detections,) = model.runner.detect([image])
+        except (InferenceError, EdgeAgentError) as exc:
+            raise HTTPException(500, f"inference failed: {exc}") from exc
+        return {
+            "model": {"name": model.name, "version": model.version},
+            "image": {"width": int(image.shape[1]), "height": int(image.shape[0])},
+            "latency_ms": round((time.monotonic() - started) * 1000, 2),
+            "detections": detections.to_records(model.class_names),
+        }
+
+    return app
+
+
+class ApiServer:
+    """uvicorn in a thread, stoppable; with port 0 the OS picks a free port."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+        self.host = host
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise EdgeAgentError("local API did not start (is the port in use?)")
+            time.sleep(0.02)
+
+    @property
+    def port(self) -> int:
+        sockets = self._server.servers[0].sockets
+        return int(sockets[0].getsockname()[1])
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)

@@ -1,0 +1,18 @@
+"""Frame sources behind one interface, each driven by a :class:`CameraWorker` state machine."""
+
+from edge_agent.camera.frame import CameraState, Frame
+from edge_agent.camera.hub import FrameHub
+from edge_agent.camera.sources import FrameSource, OpenCVSource, SyntheticSource, redact_url
+from edge_agent.camera.worker import Backoff, CameraWorker
+
+__all__ = [
+    "Backoff",
+    "CameraState",
+    "CameraWorker",
+    "Frame",
+    "FrameHub",
+    "FrameSource",
+    "OpenCVSource",
+    "SyntheticSource",
+    "redact_url",
+]

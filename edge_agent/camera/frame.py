@@ -1,0 +1,35 @@
+"""A captured frame and the camera states the agent reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+from shared.detections import Detections
+
+
+class CameraState(StrEnum):
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    STALLED = "stalled"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    camera_id: str
+    sequence: int  # per camera, from 0, never reused within a run
+    image: NDArray[np.uint8]  # BGR HxWx3
+    captured_at: datetime  # wall clock, for people and object keys
+    captured_mono: float  # time.monotonic(), for latencies
+    truth: Detections | None = None  # exact labels, synthetic line only
+
+    @property
+    def frame_id(self) -> str:
+        return f"{self.camera_id}-{self.captured_at:%Y%m%dT%H%M%S}-{self.sequence:08d}"

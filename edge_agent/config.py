@@ -1,0 +1,204 @@
+"""Agent configuration: a YAML file, overridden by ``LINEFLEET_*`` environment variables.
+
+Unknown keys are errors (a typo must not silently fall back to a default). Validation is
+pure: whether files exist or the broker answers is checked when the agent starts, not here.
+Nested env overrides use ``__``: ``LINEFLEET_MQTT__HOST=broker.plant``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from edge_agent.errors import ConfigError
+from shared.identifiers import Identifier
+from shared.synth import DRIFT_PRESETS
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticCamera(_Section):
+    kind: Literal["synthetic"] = "synthetic"
+    id: Identifier
+    seed: int = 0
+    drift: str = "none"
+    width: int = Field(default=640, ge=128, le=4096)
+    height: int = Field(default=640, ge=128, le=4096)
+    fps: float = Field(default=30.0, gt=0, le=240)
+
+    @model_validator(mode="after")
+    def _known_drift(self) -> SyntheticCamera:
+        if self.drift not in DRIFT_PRESETS:
+            raise ValueError(f"unknown drift {self.drift!r}; choose one of {sorted(DRIFT_PRESETS)}")
+        return self
+
+
+class StreamCamera(_Section):
+    """RTSP/HTTP URL, a video file path, or a USB device index."""
+
+    kind: Literal["stream", "file", "usb"]
+    id: Identifier
+    url: str | int
+    loop: bool = False
+    fps_limit: float | None = Field(default=None, gt=0, le=240)
+    open_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    read_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _url_fits_kind(self) -> StreamCamera:
+        if self.kind == "usb" and not isinstance(self.url, int):
+            raise ValueError("usb cameras take a device index as url, e.g. 0")
+        if self.kind == "stream" and not (isinstance(self.url, str) and "://" in self.url):
+            raise ValueError("stream cameras need a URL like rtsp://host/path")
+        if self.kind == "file" and not isinstance(self.url, str):
+            raise ValueError("file cameras need a path")
+        return self
+
+
+CameraConfig = Annotated[SyntheticCamera | StreamCamera, Field(discriminator="kind")]
+
+
+class DeviceSection(_Section):
+    id: Identifier = "edge-01"
+    fleet: Identifier = "default"
+    group: Identifier | None = None
+
+
+class ModelSection(_Section):
+    path: Path | None = None
+    providers: list[
+        Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    ] = ["CPUExecutionProvider"]
+    intra_op_threads: int = Field(default=0, ge=0, le=256)
+    conf_threshold: float = Field(default=0.25, gt=0.0, lt=1.0)
+    iou_threshold: float = Field(default=0.7, gt=0.0, le=1.0)
+    max_detections: int = Field(default=300, ge=1, le=10_000)
+    max_batch: int = Field(default=4, ge=1, le=64)
+    trt_cache_dir: Path | None = None
+
+
+class TlsSection(_Section):
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+class MqttSection(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: str = "lf"
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsSection | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=3600, ge=0)
+    events_qos: Literal[0, 1] = 0
+    events_max_per_s: float = Field(
+        default=10.0, ge=0.0, description="per camera; 0 disables events"
+    )
+    events_only_with_detections: bool = False
+    outbox_limit: int = Field(default=10_000, ge=10)
+
+
+class ApiSection(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+    token: SecretStr | None = None
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+
+
+class LoggingSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = True
+
+
+def _default_cameras() -> list[SyntheticCamera | StreamCamera]:
+    return [SyntheticCamera(id="cam0")]
+
+
+class AgentConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LINEFLEET_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    device: DeviceSection = DeviceSection()
+    cameras: list[CameraConfig] = Field(
+        default_factory=_default_cameras, min_length=1, max_length=64
+    )
+    model: ModelSection = ModelSection()
+    mqtt: MqttSection = MqttSection()
+    api: ApiSection = ApiSection()
+    logging: LoggingSection = LoggingSection()
+    state_dir: Path = Path("/var/lib/linefleet")
+    stall_timeout_s: float = Field(default=20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_camera_ids(self) -> AgentConfig:
+        ids = [c.id for c in self.cameras]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"camera ids must be unique, got {ids}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first, then the file's values passed as init kwargs: env wins.
+        return (env_settings, init_settings)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+        raise ConfigError(f"{path}: YAML syntax error at {where}: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML error: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s):"]
+    for error in exc.errors():
+        location = ".".join(str(p) for p in error["loc"]) or "<top level>"
+        lines.append(f"  - {location}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None) -> AgentConfig:
+    """Config from ``path`` (or defaults) plus env overrides; :class:`ConfigError` if invalid."""
+    data = read_yaml(path) if path is not None else {}
+    try:
+        return AgentConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path or "defaults"))) from exc

@@ -1,0 +1,29 @@
+"""The edge agent's error tree; third-party errors are mapped here with ``raise ... from``."""
+
+from __future__ import annotations
+
+from shared.errors import LinefleetError
+
+
+class EdgeAgentError(LinefleetError):
+    """Base of the agent's own errors."""
+
+
+class ConfigError(EdgeAgentError):
+    """The agent configuration is invalid; the message lists each problem with its location."""
+
+
+class ModelLoadError(EdgeAgentError):
+    """A model could not be loaded: missing file, not ONNX, or refused by onnxruntime."""
+
+
+class ModelIncompatibleError(ModelLoadError):
+    """A model loaded but its inputs/outputs do not match what the agent or manifest expects."""
+
+
+class InferenceError(EdgeAgentError):
+    """A model run failed or produced unusable output (NaN, infinity, wrong shape)."""
+
+
+class CameraError(EdgeAgentError):
+    """A frame source could not be opened or read."""

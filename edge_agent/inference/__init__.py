@@ -1,0 +1,16 @@
+"""ONNX detection: letterbox, onnxruntime session, YOLO decoding and NMS."""
+
+from edge_agent.inference.decode import decode_nms_in_graph, decode_yolo_raw, nms
+from edge_agent.inference.preprocess import Letterbox, letterbox
+from edge_agent.inference.runner import InferenceRunner, ModelInfo, RunnerOptions
+
+__all__ = [
+    "InferenceRunner",
+    "Letterbox",
+    "ModelInfo",
+    "RunnerOptions",
+    "decode_nms_in_graph",
+    "decode_yolo_raw",
+    "letterbox",
+    "nms",
+]

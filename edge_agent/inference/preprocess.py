@@ -1,0 +1,85 @@
+"""Letterbox preprocessing, bit-compatible with ultralytics' so boxes agree with its predict().
+
+Resize keeping the aspect ratio, pad with grey 114 centred, BGR->RGB, HWC->NCHW, /255. The
+inverse mapping brings boxes back to source pixels. ``cv2.dnn.blobFromImage`` does the
+colour swap, transpose and scaling in one C++ pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from shared.detections import Detections
+
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True, slots=True)
+class Letterbox:
+    """How one source image was fitted into the model input, to undo it on the boxes."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    source_width: int
+    source_height: int
+
+    def to_source(self, detections: Detections) -> Detections:
+        if len(detections) == 0:
+            return detections
+        boxes = detections.xyxy.copy()
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - self.pad_x) / self.scale
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self.scale
+        np.clip(boxes[:, [0, 2]], 0, self.source_width, out=boxes[:, [0, 2]])
+        np.clip(boxes[:, [1, 3]], 0, self.source_height, out=boxes[:, [1, 3]])
+        return Detections(boxes, detections.confidence, detections.class_id)
+
+
+def letterbox_image(
+    image: NDArray[np.uint8], height: int, width: int
+) -> tuple[NDArray[np.uint8], Letterbox]:
+    """The padded BGR canvas and the mapping (ultralytics' rounding, centred padding)."""
+    src_h, src_w = image.shape[:2]
+    scale = min(height / src_h, width / src_w)
+    new_w, new_h = round(src_w * scale), round(src_h * scale)
+    dw, dh = (width - new_w) / 2, (height - new_h) / 2
+    top, left = round(dh - 0.1), round(dw - 0.1)
+    bottom, right = round(dh + 0.1), round(dw + 0.1)
+    if (new_w, new_h) != (src_w, src_h):
+        image = cast(
+            NDArray[np.uint8], cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        )
+    if top or bottom or left or right:
+        image = cast(
+            NDArray[np.uint8],
+            cv2.copyMakeBorder(
+                image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
+            ),
+        )
+    return image, Letterbox(scale, left, top, src_w, src_h)
+
+
+def letterbox(
+    images: list[NDArray[np.uint8]], height: int, width: int, *, dtype: type = np.float32
+) -> tuple[NDArray[np.floating], list[Letterbox]]:
+    """Batch of BGR uint8 images -> NCHW RGB tensor in [0, 1] plus per-image mappings."""
+    canvases = []
+    boxes = []
+    for image in images:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image.shape} {image.dtype}")
+        canvas, mapping = letterbox_image(image, height, width)
+        canvases.append(canvas)
+        boxes.append(mapping)
+    blob = cast(
+        NDArray[np.floating],
+        cv2.dnn.blobFromImages(canvases, scalefactor=1.0 / 255.0, swapRB=True),
+    )
+    if dtype is not np.float32:
+        blob = blob.astype(dtype)
+    return blob, boxes

@@ -1,0 +1,103 @@
+"""Prometheus metrics of one agent, in its own registry (several agents can share a process).
+
+Hot-path figures (stage latencies, events) are recorded as they happen; state that already
+lives elsewhere (camera states, drop counts, model version) is read at scrape time by a
+collector, so there is one source of truth and no bookkeeping on the frame path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        status = self._snapshot()
+        cams = status.get("cameras", {})
+        per_camera = {
+            "frames_captured": ("linefleet_camera_frames_total", "Frames captured", True),
+            "frames_dropped": (
+                "linefleet_camera_frames_dropped_total",
+                "Stale frames skipped",
+                True,
+            ),
+            "corrupt_frames": ("linefleet_camera_corrupt_frames_total", "Unusable frames", True),
+            "read_errors": ("linefleet_camera_read_errors_total", "Read errors", True),
+            "reconnects": ("linefleet_camera_reconnects_total", "Reconnects", True),
+            "fps": ("linefleet_camera_fps", "Capture rate", False),
+        }
+        for key, (name, doc, is_counter) in per_camera.items():
+            family: CounterMetricFamily | GaugeMetricFamily = (
+                CounterMetricFamily(name, doc, labels=["camera"])
+                if is_counter
+                else GaugeMetricFamily(name, doc, labels=["camera"])
+            )
+            for camera_id, cam in cams.items():
+                family.add_metric([camera_id], float(cam.get(key, 0)))
+            yield family
+        state = GaugeMetricFamily(
+            "linefleet_camera_state", "1 for the camera's current state", labels=["camera", "state"]
+        )
+        for camera_id, cam in cams.items():
+            state.add_metric([camera_id, str(cam.get("state", ""))], 1.0)
+        yield state
+        pipe = status.get("pipeline", {})
+        yield GaugeMetricFamily(
+            "linefleet_fps", "Frames processed per second", value=pipe.get("fps", 0.0)
+        )
+        processed = CounterMetricFamily("linefleet_frames_processed", "Frames through the model")
+        processed.add_metric([], float(pipe.get("processed", 0)))
+        yield processed
+        errors = CounterMetricFamily("linefleet_inference_errors", "Frames whose inference failed")
+        errors.add_metric([], float(pipe.get("inference_errors", 0)))
+        yield errors
+        model = status.get("model") or {}
+        info = InfoMetricFamily("linefleet_model", "The active model")
+        info.add_metric(
+            [],
+            {
+                "name": str(model.get("name", "")),
+                "version": str(model.get("version", "")),
+                "provider": str(model.get("provider", "")),
+            },
+        )
+        yield info
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.stage_latency = Histogram(
+            "linefleet_stage_latency_seconds",
+            "Per-stage latency (prepare, infer, finish; total is capture to sinks)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.events_published = Counter(
+            "linefleet_events_published_total", "Detection events queued", registry=self.registry
+        )
+        self.events_suppressed = Counter(
+            "linefleet_events_suppressed_total",
+            "Detection events skipped by the rate limit",
+            registry=self.registry,
+        )
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage_latency.labels(stage).observe(seconds)
+
+    def watch(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(_SnapshotCollector(snapshot))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,286 @@
+"""Frames to detections in three overlapping stages, so the model never waits for Python.
+
+    FrameHub ──▶ [prepare] ──q(2)──▶ [infer] ──q(4)──▶ [finish: decode, NMS, sinks]
+
+``prepare`` letterboxes the newest frames of up to ``max_batch`` cameras while ``infer`` runs
+the previous batch (onnxruntime releases the GIL), and ``finish`` decodes and fans out to the
+sinks while the next batch runs. Queues are bounded: a slow stage pushes back to the hub,
+whose latest-frame policy drops stale frames instead of building a backlog.
+
+The model is read from a :class:`ModelSlot` once per batch in ``infer``. A swap therefore
+takes effect between two batches: every frame is processed exactly once, by the old model or
+by the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.camera import Frame, FrameHub
+from edge_agent.errors import InferenceError
+from edge_agent.inference import InferenceRunner, Letterbox, letterbox
+from shared.detections import Detections
+
+log = logging.getLogger(__name__)
+
+STAGES = ("prepare", "infer", "finish", "total")
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    runner: InferenceRunner
+    name: str
+    version: int | None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.runner.info.class_names
+
+
+class ModelSlot:
+    """The model the pipeline runs; replaced atomically by OTA, read once per batch."""
+
+    def __init__(self, model: ActiveModel | None = None) -> None:
+        self._lock = threading.Lock()
+        self._model = model
+        self._swap_listeners: list[Callable[[ActiveModel | None, ActiveModel], None]] = []
+
+    @property
+    def current(self) -> ActiveModel | None:
+        with self._lock:
+            return self._model
+
+    def swap(self, model: ActiveModel) -> ActiveModel | None:
+        """Install ``model``; returns the previous one (the caller frees it when done)."""
+        with self._lock:
+            previous, self._model = self._model, model
+        for listener in self._swap_listeners:
+            listener(previous, model)
+        return previous
+
+    def on_swap(self, listener: Callable[[ActiveModel | None, ActiveModel], None]) -> None:
+        self._swap_listeners.append(listener)
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    frame: Frame
+    detections: Detections  # source pixels
+    model: ActiveModel
+    latency_s: dict[str, float]
+
+
+Sink = Callable[[DetectionResult], None]
+
+
+@dataclass
+class _Batch:
+    frames: list[Frame]
+    blob: NDArray[np.floating]
+    letterboxes: list[Letterbox]
+    model: ActiveModel
+    timings: list[dict[str, float]]
+    raw: NDArray[np.floating] | None = None
+
+
+@dataclass
+class PipelineStats:
+    """Counters and recent latencies for /status, heartbeats and health checks."""
+
+    processed: int = 0
+    batches: int = 0
+    inference_errors: int = 0
+    sink_errors: int = 0
+    _recent_infer: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    _recent_done: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, infer_s: float, frames: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.batches += 1
+            self.processed += frames
+            self._recent_infer.append(infer_s)
+            for _ in range(frames):
+                self._recent_done.append(now)
+
+    def fps(self, window_s: float = 5.0) -> float:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._recent_done if now - t <= window_s]
+        if len(recent) < 2:
+            return 0.0
+        span = max(now - recent[0], 1e-6)
+        return len(recent) / max(span, min(window_s, span))
+
+    def latency_ms(self, quantile: float) -> float:
+        with self._lock:
+            values = list(self._recent_infer)
+        if not values:
+            return 0.0
+        return float(np.quantile(np.asarray(values), quantile) * 1000.0)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        hub: FrameHub,
+        models: ModelSlot,
+        stop: threading.Event,
+        *,
+        sinks: list[Sink] | None = None,
+        max_batch: int = 1,
+        observe_latency: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.models = models
+        self.stop_event = stop
+        self.sinks: list[Sink] = list(sinks or [])
+        self.max_batch = max_batch
+        self.stats = PipelineStats()
+        self._observe = observe_latency or (lambda _stage, _s: None)
+        self._prepared: queue.Queue[_Batch] = queue.Queue(maxsize=2)
+        self._inferred: queue.Queue[_Batch] = queue.Queue(maxsize=4)
+        self._threads = [
+            threading.Thread(
+                target=self._guard, args=(self._prepare_loop,), name="prepare", daemon=True
+            ),
+            threading.Thread(
+                target=self._guard, args=(self._infer_loop,), name="infer", daemon=True
+            ),
+            threading.Thread(
+                target=self._guard, args=(self._finish_loop,), name="finish", daemon=True
+            ),
+        ]
+
+    def add_sink(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def join(self, timeout: float = 5.0) -> None:
+        self.hub.wake()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self._threads)
+
+    def _guard(self, loop: Callable[[], None]) -> None:
+        """A stage that dies would stall the line silently: log loudly and stop the agent."""
+        try:
+            loop()
+        except Exception:
+            log.exception("pipeline stage crashed; stopping the agent")
+            self.stop_event.set()
+
+    def _put(self, target: queue.Queue[_Batch], batch: _Batch) -> bool:
+        while not self.stop_event.is_set():
+            try:
+                target.put(batch, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, source: queue.Queue[_Batch]) -> _Batch | None:
+        try:
+            return source.get(timeout=0.1)
+        except queue.Empty:
+            return None
+
+    # ----------------------------------------------------------------- stages
+    def _prepare_loop(self) -> None:
+        while not self.stop_event.is_set():
+            model = self.models.current
+            if model is None:
+                self.stop_event.wait(0.05)
+                continue
+            batch_size = self.max_batch if model.runner.info.batch != 1 else 1
+            frames = self.hub.take(batch_size, timeout=0.1)
+            if not frames:
+                continue
+            started = time.monotonic()
+            batch = self._letterbox(frames, model)
+            prepare_s = time.monotonic() - started
+            for timing in batch.timings:
+                timing["prepare"] = prepare_s
+            self._put(self._prepared, batch)
+
+    def _letterbox(self, frames: list[Frame], model: ActiveModel) -> _Batch:
+        info = model.runner.info
+        blob, boxes = letterbox(
+            [f.image for f in frames], info.input_height, info.input_width, dtype=info.input_dtype
+        )
+        return _Batch(frames, blob, boxes, model, [{} for _ in frames])
+
+    def _infer_loop(self) -> None:
+        while not self.stop_event.is_set():
+            batch = self._get(self._prepared)
+            if batch is None:
+                continue
+            model = self.models.current
+            if model is not None and model is not batch.model:
+                # The model changed after this batch was prepared: prepare it for the new one,
+                # so the frame is processed once, by the model that is now active.
+                info = model.runner.info
+                if (info.input_height, info.input_width) != (
+                    batch.model.runner.info.input_height,
+                    batch.model.runner.info.input_width,
+                ) or info.input_dtype != batch.model.runner.info.input_dtype:
+                    batch = self._letterbox(batch.frames, model)
+                else:
+                    batch.model = model
+            started = time.monotonic()
+            try:
+                batch.raw = batch.model.runner.run(batch.blob)
+            except InferenceError as exc:
+                self.stats.inference_errors += len(batch.frames)
+                log.warning(
+                    "inference failed",
+                    extra={"error": str(exc), "model_version": batch.model.version},
+                )
+                continue
+            infer_s = time.monotonic() - started
+            self.stats.record(infer_s, len(batch.frames))
+            self._observe("infer", infer_s)
+            for timing in batch.timings:
+                timing["infer"] = infer_s
+            self._put(self._inferred, batch)
+
+    def _finish_loop(self) -> None:
+        while not self.stop_event.is_set():
+            batch = self._get(self._inferred)
+            if batch is None or batch.raw is None:
+                continue
+            started = time.monotonic()
+            decoded = batch.model.runner.decode(batch.raw)
+            for frame, mapping, det, timing in zip(
+                batch.frames, batch.letterboxes, decoded, batch.timings, strict=True
+            ):
+                detections = mapping.to_source(det)
+                timing["finish"] = time.monotonic() - started
+                timing["total"] = time.monotonic() - frame.captured_mono
+                result = DetectionResult(frame, detections, batch.model, timing)
+                for sink in self.sinks:
+                    try:
+                        sink(result)
+                    except Exception:
+                        self.stats.sink_errors += 1
+                        log.exception("sink failed", extra={"sink": getattr(sink, "__name__", "")})
+                self._observe("prepare", timing.get("prepare", 0.0))
+                self._observe("finish", timing["finish"])
+                self._observe("total", timing["total"])

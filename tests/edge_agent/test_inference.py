@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.errors import InferenceError, ModelIncompatibleError, ModelLoadError
+from edge_agent.inference import InferenceRunner, RunnerOptions, decode_yolo_raw, letterbox, nms
+from edge_agent.inference.runner import parse_class_names, select_providers
+from shared.detections import Detections
+from tests.edge_agent.onnx_models import (
+    brightness_detector,
+    nms_in_graph_model,
+    wrong_rank_model,
+)
+
+NAMES = ("bolt", "nut", "washer", "bracket", "defect")
+
+
+def square_image(x: int, y: int, side: int = 16, size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    image = np.zeros((*size, 3), np.uint8)
+    image[y : y + side, x : x + side] = 255
+    return image
+
+
+# ----------------------------------------------------------------- letterbox
+def test_letterbox_matches_ultralytics_rounding_and_inverts() -> None:
+    image = np.full((480, 640, 3), 200, np.uint8)
+    blob, maps = letterbox([image], 320, 320)
+    assert blob.shape == (1, 3, 320, 320) and blob.dtype == np.float32
+    m = maps[0]
+    assert m.scale == pytest.approx(0.5) and (m.pad_x, m.pad_y) == (0, 40)
+    assert blob[0, :, 0, 0] == pytest.approx([114 / 255] * 3)  # padding grey
+    assert blob[0, :, 160, 160] == pytest.approx([200 / 255] * 3)
+    back = m.to_source(Detections([[0, 40, 320, 280]], [0.9], [0]))
+    np.testing.assert_allclose(back.xyxy, [[0, 0, 640, 480]])
+
+
+def test_letterbox_swaps_bgr_to_rgb() -> None:
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[..., 0] = 255  # blue in BGR
+    blob, _ = letterbox([image], 32, 32)
+    assert blob[0, 2, 0, 0] == 1.0 and blob[0, 0, 0, 0] == 0.0
+
+
+def test_letterbox_rejects_non_images() -> None:
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        letterbox([np.zeros((10, 10), np.uint8)], 32, 32)
+
+
+# ----------------------------------------------------------------- decode + NMS
+def test_nms_suppresses_overlaps_only() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
+    keep = nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), 0.5)
+    assert keep.tolist() == [0, 2]
+
+
+def test_decode_is_class_aware() -> None:
+    # Two identical boxes of different classes both survive; a same-class duplicate does not.
+    raw = np.zeros((1, 4 + 2, 3), np.float32)
+    raw[0, :4, :] = np.array([[50, 50, 20, 20]] * 3, np.float32).T
+    raw[0, 4, 0], raw[0, 5, 1], raw[0, 4, 2] = 0.9, 0.8, 0.6
+    (det,) = decode_yolo_raw(raw, conf_threshold=0.25, iou_threshold=0.5)
+    assert sorted(det.class_id.tolist()) == [0, 1]
+    np.testing.assert_allclose(det.xyxy[0], [40, 40, 60, 60])
+
+
+def test_decode_threshold_and_max_detections() -> None:
+    raw = np.zeros((2, 5, 4), np.float32)
+    raw[:, :4, :] = np.array([[10, 10, 4, 4], [30, 30, 4, 4], [50, 50, 4, 4], [70, 70, 4, 4]]).T
+    raw[0, 4] = [0.9, 0.8, 0.1, 0.7]
+    first, second = decode_yolo_raw(raw, conf_threshold=0.25, max_detections=2)
+    assert first.confidence.tolist() == pytest.approx([0.9, 0.8])
+    assert len(second) == 0
+
+
+def test_decode_rejects_wrong_layout() -> None:
+    with pytest.raises(ValueError, match="4\\+nc"):
+        decode_yolo_raw(np.zeros((1, 3, 10), np.float32))
+
+
+# ----------------------------------------------------------------- runner
+@pytest.fixture
+def detector(tmp_path: Path) -> Path:
+    return brightness_detector(tmp_path / "det.onnx", names=list(NAMES))
+
+
+def test_runner_reads_metadata_and_detects(detector: Path) -> None:
+    runner = InferenceRunner(detector)
+    info = runner.info
+    assert (info.input_height, info.input_width, info.num_classes) == (64, 64, 5)
+    assert info.class_names == NAMES and info.output_format == "yolo_raw"
+    assert info.provider == "CPUExecutionProvider"
+    (det,) = runner.detect([square_image(32, 16)])
+    assert det.class_id.tolist() == [0]
+    np.testing.assert_allclose(det.xyxy[0], [32, 16, 48, 32])
+
+
+def test_runner_maps_boxes_back_to_source_pixels(detector: Path) -> None:
+    runner = InferenceRunner(detector)
+    big = cv2.resize(square_image(32, 16), (128, 128), interpolation=cv2.INTER_NEAREST)
+    (det,) = runner.detect([big])
+    np.testing.assert_allclose(det.xyxy[0], [64, 32, 96, 64])
+
+
+def test_runner_batches_on_fixed_batch_models(detector: Path) -> None:
+    runner = InferenceRunner(detector)
+    results = runner.detect(
+        [square_image(0, 0), square_image(48, 48), np.zeros((64, 64, 3), np.uint8)]
+    )
+    assert [len(r) for r in results] == [1, 1, 0]
+
+
+def test_runner_dynamic_batch(tmp_path: Path) -> None:
+    path = brightness_detector(tmp_path / "dyn.onnx", dynamic_batch=True)
+    runner = InferenceRunner(path)
+    assert runner.info.batch is None
+    assert [len(r) for r in runner.detect([square_image(0, 0)] * 4)] == [1, 1, 1, 1]
+
+
+def test_nms_in_graph_model(tmp_path: Path) -> None:
+    path = nms_in_graph_model(tmp_path / "nms.onnx", [[4, 4, 20, 20, 0.9, 1], [0, 0, 8, 8, 0.1, 0]])
+    runner = InferenceRunner(path)
+    assert runner.info.output_format == "nms_in_graph"
+    (det,) = runner.detect([np.zeros((64, 64, 3), np.uint8)])
+    assert det.class_id.tolist() == [1]
+
+
+def test_not_onnx_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"this is not a protobuf" * 10)
+    with pytest.raises(ModelLoadError, match="onnxruntime refused"):
+        InferenceRunner(path)
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        InferenceRunner(tmp_path / "absent.onnx")
+
+
+def test_wrong_rank_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelIncompatibleError, match="rank 3"):
+        InferenceRunner(wrong_rank_model(tmp_path / "rank.onnx"))
+
+
+def test_class_count_mismatch_is_refused(detector: Path) -> None:
+    with pytest.raises(ModelIncompatibleError, match="differ"):
+        InferenceRunner(detector, class_names=("a", "b", "c", "d", "e"))
+    with pytest.raises(ModelIncompatibleError, match="5 classes but 2"):
+        InferenceRunner(
+            brightness_detector(detector.parent / "nometa.onnx", with_metadata=False),
+            class_names=("a", "b"),
+        )
+
+
+def test_input_size_mismatch_with_manifest_is_refused(detector: Path) -> None:
+    with pytest.raises(ModelIncompatibleError, match="64x64 but the manifest says 320x320"):
+        InferenceRunner(detector, expected_input=(320, 320))
+
+
+def test_nan_output_is_refused_at_warm_up(tmp_path: Path) -> None:
+    with pytest.raises(InferenceError, match="NaN"):
+        InferenceRunner(brightness_detector(tmp_path / "nan.onnx", poison_nan=True))
+
+
+def test_provider_selection_falls_back_to_cpu() -> None:
+    chosen, skipped = select_providers(
+        ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+        ["CPUExecutionProvider"],
+    )
+    assert chosen == ["CPUExecutionProvider"]
+    assert len(skipped) == 2 and "not available" in skipped[0]
+    runner_opts = RunnerOptions(providers=("CUDAExecutionProvider",))
+    assert select_providers(runner_opts.providers, ["CUDAExecutionProvider"])[0] == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["__import__('os').system('true')", "{1: 'a'}", "{0: 'a', 2: 'b'}", "x" * 300_000, "[1, ", ""],
+)
+def test_hostile_names_metadata_is_ignored(raw: str) -> None:
+    assert parse_class_names({"names": raw}) is None
+
+
+def test_names_metadata_forms() -> None:
+    assert parse_class_names({"names": "{0: 'a', 1: 'b'}"}) == ("a", "b")
+    assert parse_class_names({"names": "['a', 'b']"}) == ("a", "b")

@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.camera import CameraWorker, Frame, FrameHub, SyntheticSource
+from edge_agent.inference import InferenceRunner
+from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, Pipeline
+from shared.synth import LineConfig
+from tests.edge_agent.onnx_models import brightness_detector
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    return brightness_detector(tmp_path / "m.onnx", size=64, dynamic_batch=True)
+
+
+def make_model(path: Path, version: int) -> ActiveModel:
+    return ActiveModel(InferenceRunner(path), "det", version)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.results: list[DetectionResult] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, result: DetectionResult) -> None:
+        with self.lock:
+            self.results.append(result)
+
+
+def start_line(cameras: int, stop: threading.Event, hub: FrameHub, fps: float | None = 60.0) -> list[CameraWorker]:
+    workers = []
+    for i in range(cameras):
+        source = SyntheticSource(LineConfig(width=320, height=320, part_size=(28, 52), seed=i))
+        worker = CameraWorker(f"cam{i}", source, hub, stop, fps_limit=fps)
+        worker.start()
+        workers.append(worker)
+    return workers
+
+
+def test_frames_flow_through_once_each_in_order(model_path: Path) -> None:
+    stop, hub = threading.Event(), FrameHub()
+    recorder = Recorder()
+    pipeline = Pipeline(hub, ModelSlot(make_model(model_path, 1)), stop, sinks=[recorder], max_batch=2)
+    pipeline.start()
+    start_line(2, stop, hub)
+    assert wait_for(lambda: len(recorder.results) >= 40)
+    stop.set()
+    pipeline.join()
+    keys = [(r.frame.camera_id, r.frame.sequence) for r in recorder.results]
+    assert len(keys) == len(set(keys)), "no frame processed twice"
+    for cam in ("cam0", "cam1"):
+        seqs = [s for c, s in keys if c == cam]
+        assert seqs == sorted(seqs) and len(seqs) > 5
+    result = recorder.results[-1]
+    assert set(result.latency_s) == {"prepare", "infer", "finish", "total"}
+    assert pipeline.stats.processed >= len(recorder.results)
+
+
+def test_swap_between_frames_loses_and_repeats_nothing(model_path: Path, tmp_path: Path) -> None:
+    stop, hub = threading.Event(), FrameHub()
+    recorder = Recorder()
+    slot = ModelSlot(make_model(model_path, 1))
+    pipeline = Pipeline(hub, slot, stop, sinks=[recorder], max_batch=1)
+    pipeline.start()
+    workers = start_line(1, stop, hub, fps=120.0)
+    assert wait_for(lambda: len(recorder.results) >= 20)
+    # A new model with a different input size: batches prepared for the old one are redone.
+    new = ActiveModel(InferenceRunner(brightness_detector(tmp_path / "v2.onnx", size=96)), "det", 2)
+    old = slot.swap(new)
+    assert old is not None and old.version == 1
+    assert wait_for(lambda: sum(r.model.version == 2 for r in recorder.results) >= 20)
+    for worker in workers:
+        stop.set()
+        worker.join(2)
+    pipeline.join()
+    time.sleep(0.1)
+    seqs = [r.frame.sequence for r in recorder.results]
+    assert len(seqs) == len(set(seqs)), "no frame processed twice"
+    delivered = hub.delivered["cam0"]
+    assert len(seqs) >= delivered - 6, "at most the frames in flight at stop are unreported"
+    versions = [r.model.version for r in recorder.results]
+    switch = versions.index(2)
+    assert set(versions[:switch]) == {1} and set(versions[switch:]) == {2}, "one clean switch"
+
+
+def test_inference_errors_are_counted_and_the_line_keeps_going(tmp_path: Path) -> None:
+    path = brightness_detector(tmp_path / "nan.onnx", nan_when_bright=True)
+    stop, hub = threading.Event(), FrameHub()
+    recorder = Recorder()
+    pipeline = Pipeline(hub, ModelSlot(make_model(path, 1)), stop, sinks=[recorder])
+    hub.register("cam")
+    pipeline.start()
+    now = datetime.now(UTC)
+    dark, bright = np.zeros((64, 64, 3), np.uint8), np.full((64, 64, 3), 255, np.uint8)
+    for seq, image in enumerate([dark, bright, dark]):
+        hub.put(Frame("cam", seq, image, now, time.monotonic()))
+        assert wait_for(lambda s=seq: pipeline.stats.processed + pipeline.stats.inference_errors > s)
+    stop.set()
+    pipeline.join()
+    assert pipeline.stats.inference_errors == 1
+    assert [r.frame.sequence for r in recorder.results] == [0, 2]
+
+
+def test_a_failing_sink_does_not_stop_the_others(model_path: Path) -> None:
+    stop, hub = threading.Event(), FrameHub()
+    recorder = Recorder()
+
+    def broken(_result: DetectionResult) -> None:
+        raise RuntimeError("sink bug")
+
+    pipeline = Pipeline(hub, ModelSlot(make_model(model_path, 1)), stop, sinks=[broken, recorder])
+    pipeline.start()
+    start_line(1, stop, hub)
+    assert wait_for(lambda: len(recorder.results) >= 5)
+    stop.set()
+    pipeline.join()
+    assert pipeline.stats.sink_errors >= 5
+    assert pipeline.alive is False
+
+
+def test_no_model_means_no_processing_but_no_crash() -> None:
+    stop, hub = threading.Event(), FrameHub()
+    pipeline = Pipeline(hub, ModelSlot(), stop)
+    pipeline.start()
+    start_line(1, stop, hub)
+    time.sleep(0.3)
+    assert pipeline.stats.processed == 0 and pipeline.alive
+    stop.set()
+    pipeline.join()
+
+
+def test_latest_frame_policy_under_a_slow_model(model_path: Path) -> None:
+    """Cameras faster than the model: stale frames are dropped, nothing queues up."""
+    stop, hub = threading.Event(), FrameHub()
+    recorder = Recorder()
+    pipeline = Pipeline(hub, ModelSlot(make_model(model_path, 1)), stop, sinks=[recorder])
+    slow = threading.Event()
+
+    def slow_sink(_r: DetectionResult) -> None:
+        slow.wait(0.02)
+
+    pipeline.add_sink(slow_sink)
+    pipeline.start()
+    start_line(1, stop, hub, fps=None)  # as fast as the generator goes
+    assert wait_for(lambda: len(recorder.results) >= 20)
+    stop.set()
+    pipeline.join()
+    assert hub.dropped["cam0"] > 0
+    lags = Counter(r.frame.sequence for r in recorder.results)
+    assert max(lags.values()) == 1
+    assert max(r.latency_s["total"] for r in recorder.results[5:]) < 1.0, "no backlog builds up"
