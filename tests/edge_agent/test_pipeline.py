@@ -44,7 +44,9 @@ class Recorder:
             self.results.append(result)
 
 
-def start_line(cameras: int, stop: threading.Event, hub: FrameHub, fps: float | None = 60.0) -> list[CameraWorker]:
+def start_line(
+    cameras: int, stop: threading.Event, hub: FrameHub, fps: float | None = 60.0
+) -> list[CameraWorker]:
     workers = []
     for i in range(cameras):
         source = SyntheticSource(LineConfig(width=320, height=320, part_size=(28, 52), seed=i))
@@ -57,7 +59,9 @@ def start_line(cameras: int, stop: threading.Event, hub: FrameHub, fps: float | 
 def test_frames_flow_through_once_each_in_order(model_path: Path) -> None:
     stop, hub = threading.Event(), FrameHub()
     recorder = Recorder()
-    pipeline = Pipeline(hub, ModelSlot(make_model(model_path, 1)), stop, sinks=[recorder], max_batch=2)
+    pipeline = Pipeline(
+        hub, ModelSlot(make_model(model_path, 1)), stop, sinks=[recorder], max_batch=2
+    )
     pipeline.start()
     start_line(2, stop, hub)
     assert wait_for(lambda: len(recorder.results) >= 40)
@@ -111,7 +115,9 @@ def test_inference_errors_are_counted_and_the_line_keeps_going(tmp_path: Path) -
     dark, bright = np.zeros((64, 64, 3), np.uint8), np.full((64, 64, 3), 255, np.uint8)
     for seq, image in enumerate([dark, bright, dark]):
         hub.put(Frame("cam", seq, image, now, time.monotonic()))
-        assert wait_for(lambda s=seq: pipeline.stats.processed + pipeline.stats.inference_errors > s)
+        assert wait_for(
+            lambda s=seq: pipeline.stats.processed + pipeline.stats.inference_errors > s
+        )
     stop.set()
     pipeline.join()
     assert pipeline.stats.inference_errors == 1

@@ -66,7 +66,9 @@ GOOD = np.zeros((32, 32, 3), np.uint8)
 FAST = Backoff(initial_s=0.01, max_s=0.02, rng=random.Random(0))
 
 
-def run_worker(source: FrameSource, **kwargs: object) -> tuple[CameraWorker, FrameHub, threading.Event]:
+def run_worker(
+    source: FrameSource, **kwargs: object
+) -> tuple[CameraWorker, FrameHub, threading.Event]:
     hub, stop = FrameHub(), threading.Event()
     worker = CameraWorker("cam", source, hub, stop, backoff=FAST, **kwargs)  # type: ignore[arg-type]
     worker.start()
@@ -75,7 +77,7 @@ def run_worker(source: FrameSource, **kwargs: object) -> tuple[CameraWorker, Fra
 
 def test_reconnects_after_open_failures_and_read_errors() -> None:
     source = ScriptedSource([GOOD, "err", GOOD, GOOD], open_failures=2)
-    worker, hub, stop = run_worker(source)
+    worker, _hub, stop = run_worker(source)
     assert wait_for(lambda: worker.state is CameraState.ENDED)
     assert source.opens == 4  # 2 failures, 1 stream that broke, 1 to the end
     assert worker.stats.frames == 3 and worker.stats.read_errors == 1
@@ -85,7 +87,12 @@ def test_reconnects_after_open_failures_and_read_errors() -> None:
 
 
 def test_corrupt_frames_are_counted_and_skipped() -> None:
-    bad = [None, np.zeros((0, 0, 3), np.uint8), np.zeros((32, 32, 3), np.float32), np.zeros((4, 4, 3), np.uint8)]
+    bad = [
+        None,
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((32, 32, 3), np.float32),
+        np.zeros((4, 4, 3), np.uint8),
+    ]
     source = ScriptedSource([*bad, GOOD])
     worker, hub, stop = run_worker(source)
     assert wait_for(lambda: worker.state is CameraState.ENDED)
