@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,13 @@ from edge_agent.errors import ModelLoadError
 from edge_agent.events import EventsSink
 from edge_agent.inference import InferenceRunner, RunnerOptions
 from edge_agent.metrics import AgentMetrics
+from edge_agent.mining import HardExamplePolicy, NearDuplicateFilter
+from edge_agent.mining.factory import build_samplers
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.pipeline import ActiveModel, ModelSlot, Pipeline, Sink
+from edge_agent.spool import Spool
 from edge_agent.systemd_notify import notify, watchdog_interval_s
+from edge_agent.uploader import StorageTarget, Uploader
 from shared.manifest import ModelManifest
 from shared.messages import CameraHealth, Heartbeat, utc_now
 from shared.synth import LineConfig
@@ -34,13 +39,27 @@ from shared.topics import Channel, Topics
 log = logging.getLogger(__name__)
 
 
+def storage_target(config: AgentConfig) -> StorageTarget:
+    s = config.storage
+    return StorageTarget(
+        bucket=s.bucket,
+        endpoint_url=s.endpoint_url,
+        region=s.region,
+        path_style=s.path_style,
+        access_key_id=s.access_key_id,
+        secret_access_key=s.secret_access_key.get_secret_value() if s.secret_access_key else None,
+        connect_timeout_s=s.connect_timeout_s,
+        read_timeout_s=s.read_timeout_s,
+    )
+
+
 def build_source(camera: SyntheticCamera | StreamCamera) -> FrameSource:
     if isinstance(camera, SyntheticCamera):
         return SyntheticSource(
             LineConfig(
                 width=camera.width,
                 height=camera.height,
-                fps=camera.fps,
+                fps=camera.fps or 30.0,
                 seed=camera.seed,
                 drift=camera.drift,
             )
@@ -108,6 +127,7 @@ class Agent:
                 self.stop_event,
                 fps_limit=cam.fps if isinstance(cam, SyntheticCamera) else cam.fps_limit,
                 stall_timeout_s=config.stall_timeout_s,
+                lossless=cam.buffer == "lossless",
             )
             for cam in config.cameras
         ]
@@ -133,6 +153,39 @@ class Agent:
                     max_per_s=config.mqtt.events_max_per_s,
                     only_with_detections=config.mqtt.events_only_with_detections,
                 )
+            )
+        self.spool: Spool | None = None
+        self.mining: HardExamplePolicy | None = None
+        self.uploader: Uploader | None = None
+        if config.mining.enabled or config.storage.enabled:
+            self.spool = Spool(
+                config.state_dir / "spool",
+                quota_bytes=config.spool.quota_bytes,
+                min_free_bytes=config.spool.min_free_bytes,
+            )
+        if config.mining.enabled and self.spool is not None:
+            self.mining = HardExamplePolicy(
+                build_samplers(config.mining),
+                self.spool,
+                self.stop_event,
+                fleet=config.device.fleet,
+                device_id=config.device.id,
+                dedup=NearDuplicateFilter(
+                    config.mining.dedup_max_distance, config.mining.dedup_history
+                ),
+                queue_size=config.mining.queue_size,
+                jpeg_quality=config.spool.jpeg_quality,
+            )
+            self.pipeline.add_sink(self.mining)
+        if config.storage.enabled and self.spool is not None:
+            self.uploader = Uploader(
+                self.spool,
+                storage_target(config),
+                self.stop_event,
+                concurrency=config.storage.concurrency,
+                bandwidth_bytes_s=config.storage.bandwidth_bytes_per_s,
+                backoff_initial_s=config.storage.backoff_initial_s,
+                backoff_max_s=config.storage.backoff_max_s,
             )
         self.api: ApiServer | None = None
         self._scheduler = BackgroundScheduler(daemon=True)
@@ -169,6 +222,10 @@ class Agent:
         for camera in self.cameras:
             camera.start()
         self.pipeline.start()
+        if self.mining is not None:
+            self.mining.start()
+        if self.uploader is not None:
+            self.uploader.start()
         if self.config.api.enabled:
             token = self.config.api.token.get_secret_value() if self.config.api.token else None
             app = create_app(self, token=token, max_upload_bytes=self.config.api.max_upload_bytes)
@@ -178,6 +235,8 @@ class Agent:
             self._scheduler.add_job(
                 self.publish_heartbeat, "interval", seconds=10, id="heartbeat", max_instances=1
             )
+        if self.spool is not None:
+            self._scheduler.add_job(self.spool.compact, "interval", minutes=10, id="spool-compact")
         self._scheduler.start()
         log.info("agent started", extra={"device": self.config.device.id, "version": __version__})
 
@@ -197,6 +256,12 @@ class Agent:
         self.pipeline.join(timeout=3.0)
         for camera in self.cameras:
             camera.join(timeout=1.0)
+        if self.mining is not None:
+            self.mining.join(timeout=2.0)
+        if self.uploader is not None:
+            self.uploader.join(timeout=3.0)
+        if self.spool is not None:
+            self.spool.close()
         if self.api is not None:
             self.api.stop()
         if self.mqtt is not None:
@@ -257,6 +322,28 @@ class Agent:
                 }
                 for c in self.cameras
             },
+            "spool": None if self.spool is None else asdict(self.spool.stats()),
+            "uploader": None
+            if self.uploader is None
+            else {
+                "uploaded": self.uploader.stats.uploaded,
+                "failed": self.uploader.stats.failed,
+                "bytes": self.uploader.stats.bytes,
+                "errors_by_kind": dict(self.uploader.stats.errors_by_kind),
+                "last_error": self.uploader.stats.last_error,
+            },
+            "mining": None
+            if self.mining is None
+            else {
+                "seen": self.mining.stats.seen,
+                "accepted": self.mining.stats.accepted,
+                "duplicates": self.mining.stats.duplicates,
+                "queue_skipped": self.mining.stats.queue_skipped,
+                "triggered": dict(self.mining.stats.triggered),
+                "rate_limited": dict(self.mining.stats.rate_limited),
+                "rejected": self.mining.stats.rejected,
+                "evicted": self.mining.stats.evicted,
+            },
             "mqtt": None
             if self.mqtt is None
             else {
@@ -284,6 +371,8 @@ class Agent:
             latency_ms_p99=status["pipeline"]["infer_latency_ms_p99"],
             inference_errors=status["pipeline"]["inference_errors"],
             dropped_frames=sum(c["frames_dropped"] for c in status["cameras"].values()),
+            spool_depth=status["spool"]["depth"] if status["spool"] else 0,
+            spool_bytes=status["spool"]["bytes"] if status["spool"] else 0,
             cameras={
                 cid: CameraHealth(
                     state=c["state"],

@@ -34,7 +34,8 @@ class SyntheticCamera(_Section):
     drift: str = "none"
     width: int = Field(default=640, ge=128, le=4096)
     height: int = Field(default=640, ge=128, le=4096)
-    fps: float = Field(default=30.0, gt=0, le=240)
+    fps: float | None = Field(default=30.0, gt=0, le=240, description="None: unpaced")
+    buffer: Literal["latest", "lossless"] = "latest"
 
     @model_validator(mode="after")
     def _known_drift(self) -> SyntheticCamera:
@@ -51,6 +52,8 @@ class StreamCamera(_Section):
     url: str | int
     loop: bool = False
     fps_limit: float | None = Field(default=None, gt=0, le=240)
+    # "lossless" applies to files only: every frame is processed, read on demand.
+    buffer: Literal["latest", "lossless"] = "latest"
     open_timeout_s: float = Field(default=10.0, gt=0, le=120)
     read_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
@@ -120,6 +123,91 @@ class ApiSection(_Section):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
 
 
+class StorageSection(_Section):
+    """S3-compatible object store for hard examples. Without keys here, boto3's standard
+    chain (env, ~/.aws, instance role) provides credentials."""
+
+    enabled: bool = False
+    bucket: str = Field(default="linefleet", min_length=3, max_length=63)
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    path_style: bool = True
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    concurrency: int = Field(default=2, ge=1, le=32)
+    bandwidth_bytes_per_s: float = Field(default=0.0, ge=0.0, description="0 = unlimited")
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    read_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    backoff_initial_s: float = Field(default=1.0, gt=0, le=600)
+    backoff_max_s: float = Field(default=300.0, gt=0, le=86400)
+
+
+class SpoolSection(_Section):
+    quota_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
+    min_free_bytes: int = Field(default=512 * 1024**2, ge=0)
+    jpeg_quality: int = Field(default=90, ge=30, le=100)
+
+
+class SamplerSection(_Section):
+    enabled: bool = True
+    priority: float = Field(default=1.0, ge=0.0, le=1000.0)
+    per_minute: int | None = Field(default=30, ge=0)
+    per_hour: int | None = Field(default=600, ge=0)
+    per_day: int | None = Field(default=5000, ge=0)
+
+
+class ConfidenceBandSection(SamplerSection):
+    low: float = Field(default=0.25, ge=0.0, le=1.0)
+    high: float = Field(default=0.5, ge=0.0, le=1.0)
+    priority: float = 3.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ConfidenceBandSection:
+        if self.low >= self.high:
+            raise ValueError("low must be below high")
+        return self
+
+
+class ClassSamplerSection(SamplerSection):
+    classes: list[str] = Field(default_factory=lambda: ["defect"], max_length=1000)
+    priority: float = 4.0
+
+
+class CountAnomalySection(SamplerSection):
+    z: float = Field(default=3.0, gt=0)
+    min_delta: float = Field(default=2.0, ge=0)
+    priority: float = 2.0
+
+
+class FlickerSection(SamplerSection):
+    iou_threshold: float = Field(default=0.3, gt=0.0, le=1.0)
+    priority: float = 3.0
+
+
+class DisagreementSection(SamplerSection):
+    every_n: int = Field(default=10, ge=1)
+    max_agreement: float = Field(default=0.7, ge=0.0, le=1.0)
+    priority: float = 5.0
+
+
+class RandomSamplerSection(SamplerSection):
+    probability: float = Field(default=0.01, ge=0.0, le=1.0)
+    priority: float = 0.5
+
+
+class MiningSection(_Section):
+    enabled: bool = True
+    queue_size: int = Field(default=16, ge=1, le=1024)
+    dedup_max_distance: int = Field(default=4, ge=0, le=64)
+    dedup_history: int = Field(default=64, ge=1, le=10_000)
+    confidence_band: ConfidenceBandSection = ConfidenceBandSection()
+    classes: ClassSamplerSection = ClassSamplerSection()
+    count_anomaly: CountAnomalySection = CountAnomalySection()
+    flicker: FlickerSection = FlickerSection()
+    disagreement: DisagreementSection = DisagreementSection()
+    random: RandomSamplerSection = RandomSamplerSection()
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = True
@@ -141,6 +229,9 @@ class AgentConfig(BaseSettings):
     model: ModelSection = ModelSection()
     mqtt: MqttSection = MqttSection()
     api: ApiSection = ApiSection()
+    storage: StorageSection = StorageSection()
+    spool: SpoolSection = SpoolSection()
+    mining: MiningSection = MiningSection()
     logging: LoggingSection = LoggingSection()
     state_dir: Path = Path("/var/lib/linefleet")
     stall_timeout_s: float = Field(default=20.0, gt=0)

@@ -61,6 +61,33 @@ class _SnapshotCollector(Collector):
         errors = CounterMetricFamily("linefleet_inference_errors", "Frames whose inference failed")
         errors.add_metric([], float(pipe.get("inference_errors", 0)))
         yield errors
+        spool = status.get("spool") or {}
+        for key, kind, doc in (
+            ("depth", "gauge", "Hard examples waiting in the spool"),
+            ("bytes", "gauge", "Bytes in the spool"),
+            ("oldest_age_s", "gauge", "Age of the oldest spooled example"),
+            ("accepted", "counter", "Examples accepted into the spool"),
+            ("evicted", "counter", "Examples evicted by the quota"),
+            ("rejected", "counter", "Examples refused (quota, disk)"),
+            ("uploaded", "counter", "Examples confirmed by the object store"),
+            ("failures", "counter", "Failed upload attempts"),
+        ):
+            name = f"linefleet_spool_{key}"
+            yield (
+                CounterMetricFamily(name, doc, value=float(spool.get(key, 0)))
+                if kind == "counter"
+                else GaugeMetricFamily(name, doc, value=float(spool.get(key, 0)))
+            )
+        uploader = status.get("uploader") or {}
+        upload_errors = CounterMetricFamily(
+            "linefleet_upload_errors", "Upload errors by kind", labels=["kind"]
+        )
+        for kind, count in (uploader.get("errors_by_kind") or {}).items():
+            upload_errors.add_metric([kind], float(count))
+        yield upload_errors
+        uploaded_bytes = CounterMetricFamily("linefleet_upload_bytes", "Bytes uploaded")
+        uploaded_bytes.add_metric([], float(uploader.get("bytes", 0)))
+        yield uploaded_bytes
         model = status.get("model") or {}
         info = InfoMetricFamily("linefleet_model", "The active model")
         info.add_metric(

@@ -1,6 +1,6 @@
 """Frames to detections in three overlapping stages, so the model never waits for Python.
 
-    FrameHub ──▶ [prepare] ──q(2)──▶ [infer] ──q(4)──▶ [finish: decode, NMS, sinks]
+    FrameHub ──▶ [prepare] ──q(1)──▶ [infer] ──q(2)──▶ [finish: decode, NMS, sinks]
 
 ``prepare`` letterboxes the newest frames of up to ``max_batch`` cameras while ``infer`` runs
 the previous batch (onnxruntime releases the GIL), and ``finish`` decodes and fans out to the
@@ -148,8 +148,10 @@ class Pipeline:
         self.max_batch = max_batch
         self.stats = PipelineStats()
         self._observe = observe_latency or (lambda _stage, _s: None)
-        self._prepared: queue.Queue[_Batch] = queue.Queue(maxsize=2)
-        self._inferred: queue.Queue[_Batch] = queue.Queue(maxsize=4)
+        # One batch waiting is enough to keep the model busy; more would only add latency
+        # (and, with live cameras, staleness).
+        self._prepared: queue.Queue[_Batch] = queue.Queue(maxsize=1)
+        self._inferred: queue.Queue[_Batch] = queue.Queue(maxsize=2)
         self._threads = [
             threading.Thread(
                 target=self._guard, args=(self._prepare_loop,), name="prepare", daemon=True

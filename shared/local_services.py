@@ -67,7 +67,7 @@ class _ChildService:
     name = "service"
     start_timeout = 10.0
 
-    def __init__(self, workdir: Path, port: int | None, host: str) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, host: str = LOOPBACK) -> None:
         self.workdir = workdir
         self.host = host
         self.port = port or free_port(host)
@@ -189,6 +189,55 @@ class MosquittoProcess(_ChildService):
         ).stdout
         first = out.splitlines()[0] if out else "mosquitto"
         return first.replace("mosquitto version ", "").strip()
+
+
+class NanioS3Process(_ChildService):
+    """nanio: an S3-compatible server on plain folders. It checks SigV4 signatures (a wrong
+    secret gets 403) and its objects survive a restart, which outage tests need."""
+
+    name = "nanio-s3"
+    start_timeout = 30.0
+    region = "us-east-1"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        host: str = LOOPBACK,
+        access_key: str = "linefleet",
+        secret_key: str = "linefleet-secret",  # noqa: S107 - local test/demo server only
+    ) -> None:
+        super().__init__(workdir, port, host)
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.data_dir = workdir / "data"
+
+    def _command(self) -> list[str]:
+        binary = shutil.which("nanio") or str(Path(sys.executable).with_name("nanio"))
+        return [
+            binary,
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["NANIO_ACCESS_KEY"] = self.access_key
+        env["NANIO_SECRET_KEY"] = self.secret_key
+        return env
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
 
 class MotoS3Process(_ChildService):

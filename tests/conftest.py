@@ -15,7 +15,7 @@ import boto3
 import pytest
 from botocore.config import Config as BotoConfig
 
-from shared.local_services import MosquittoProcess, MotoS3Process
+from shared.local_services import MosquittoProcess, MotoS3Process, NanioS3Process
 
 
 def _announce(config: pytest.Config, message: str) -> None:
@@ -94,3 +94,17 @@ def bucket(s3_client: Any) -> str:
 def fleet_name() -> str:
     """A unique fleet id per test, so tests sharing the broker never see each other's topics."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def nanio(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NanioS3Process]:
+    """A private nanio per test: persistent, signature-checking, stoppable."""
+    server = NanioS3Process(tmp_path / "nanio")
+    with server:
+        _announce(request.config, f"S3 server (nanio) at {server.endpoint_url} (pid {server.pid})")
+        yield server
+
+
+@pytest.fixture
+def nanio_client(nanio: NanioS3Process) -> Any:
+    return make_s3_client(nanio.endpoint_url, nanio.access_key, nanio.secret_key, nanio.region)

@@ -32,4 +32,6 @@ class Frame:
 
     @property
     def frame_id(self) -> str:
-        return f"{self.camera_id}-{self.captured_at:%Y%m%dT%H%M%S}-{self.sequence:08d}"
+        """Unique per camera across restarts (the sequence restarts, the clock does not)."""
+        stamp = self.captured_at.strftime("%Y%m%dT%H%M%S%f")[:-3]
+        return f"{self.camera_id}-{stamp}-{self.sequence:08d}"

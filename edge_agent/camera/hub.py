@@ -1,7 +1,8 @@
 """Latest-frame buffers for all cameras behind one condition variable.
 
 A slow model skips stale frames instead of building a backlog: each camera has one slot,
-a newer frame replaces an unread one and is counted as dropped. The consumer takes the
+a newer frame replaces an unread one and is counted as dropped. Non-live sources (files)
+may instead put losslessly: the reader waits for room, so it reads on demand. The consumer takes the
 newest frame of up to N cameras at once (for batching), round-robin so no camera starves.
 """
 
@@ -26,12 +27,22 @@ class FrameHub:
             self.dropped.setdefault(camera_id, 0)
             self.delivered.setdefault(camera_id, 0)
 
-    def put(self, frame: Frame) -> None:
+    def put(
+        self, frame: Frame, *, lossless: bool = False, stop: threading.Event | None = None
+    ) -> bool:
+        """Offer a frame. ``lossless`` waits for the unread one to be taken instead of
+        replacing it (for files, where every frame matters and reading is on demand).
+        Returns False if a lossless put was abandoned because ``stop`` was set."""
         with self._cond:
+            while lossless and self._slots.get(frame.camera_id) is not None:
+                if stop is not None and stop.is_set():
+                    return False
+                self._cond.wait(0.1)
             if self._slots.get(frame.camera_id) is not None:
                 self.dropped[frame.camera_id] = self.dropped.get(frame.camera_id, 0) + 1
             self._slots[frame.camera_id] = frame
             self._cond.notify_all()
+            return True
 
     def take(self, max_frames: int = 1, timeout: float | None = None) -> list[Frame]:
         """Newest unread frames of up to ``max_frames`` cameras; [] if none came in ``timeout``."""
@@ -50,6 +61,8 @@ class FrameHub:
                 taken.append(frame)
                 if len(taken) >= max_frames:
                     break
+            if taken:
+                self._cond.notify_all()  # lossless producers wait for room
             return taken
 
     def wake(self) -> None:

@@ -80,6 +80,7 @@ class CameraWorker(threading.Thread):
         fps_limit: float | None = None,
         stall_timeout_s: float = 20.0,
         backoff: Backoff | None = None,
+        lossless: bool = False,
     ) -> None:
         super().__init__(name=f"camera-{camera_id}", daemon=True)
         self.camera_id = camera_id
@@ -89,6 +90,8 @@ class CameraWorker(threading.Thread):
         self.fps_limit = fps_limit
         self.stall_timeout_s = stall_timeout_s
         self.backoff = backoff or Backoff()
+        # Lossless only makes sense where we set the pace (files, synthetic line).
+        self.lossless = lossless and not source.live
         self.stats = CameraStats()
         self._state = CameraState.CONNECTING
         self._state_lock = threading.Lock()
@@ -177,7 +180,10 @@ class CameraWorker(threading.Thread):
             )
             self._sequence += 1
             self.stats.frames += 1
-            self.hub.put(frame)
+            if not self.hub.put(frame, lossless=self.lossless, stop=self.stop_event):
+                break
+            if self.lossless:
+                last_good = time.monotonic()  # waiting for room is back-pressure, not a stall
             fps_window_frames += 1
             if now - fps_window_start >= 1.0:
                 self.stats.fps = fps_window_frames / (now - fps_window_start)

@@ -76,6 +76,7 @@ cameras: [{{kind: synthetic, id: cam0, width: 320, height: 320, fps: 30}}]
 model: {{path: {model}}}
 mqtt: {{host: {broker.host}, port: {broker.port}, events_max_per_s: 5{mqtt_extra}}}
 api: {{port: 0}}
+state_dir: {tmp_path / "state"}
 """
     )
     return path

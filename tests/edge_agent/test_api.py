@@ -32,6 +32,7 @@ model: {{path: {model}}}
 mqtt: {{enabled: false}}
 api: {{{api_yaml}}}
 logging: {{json_format: false}}
+state_dir: {tmp_path / "state"}
 """
     )
     return path

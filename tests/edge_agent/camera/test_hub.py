@@ -43,3 +43,30 @@ def test_take_batches_and_waits() -> None:
     threading.Timer(0.05, lambda: (hub.put(frame("a", 0)), hub.put(frame("b", 0)))).start()
     got = hub.take(2, timeout=2.0)
     assert 1 <= len(got) <= 2
+
+
+def test_lossless_put_waits_for_room_and_drops_nothing() -> None:
+    hub = FrameHub()
+    hub.register("a")
+    stop = threading.Event()
+    received: list[int] = []
+
+    def consume() -> None:
+        while len(received) < 20:
+            received.extend(f.sequence for f in hub.take(timeout=0.5))
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    for seq in range(20):
+        assert hub.put(frame("a", seq), lossless=True, stop=stop)
+    consumer.join(5)
+    assert received == list(range(20)) and hub.dropped["a"] == 0
+
+
+def test_lossless_put_gives_up_on_stop() -> None:
+    hub = FrameHub()
+    hub.register("a")
+    stop = threading.Event()
+    hub.put(frame("a", 0))
+    stop.set()
+    assert hub.put(frame("a", 1), lossless=True, stop=stop) is False

@@ -1,0 +1,31 @@
+"""Hard-example mining: named samplers with their own rate limits, near-duplicate
+suppression, and the policy that feeds the spool off the frame path."""
+
+from edge_agent.mining.dedup import NearDuplicateFilter, dhash
+from edge_agent.mining.policy import HardExamplePolicy
+from edge_agent.mining.rate_limit import RateLimiter
+from edge_agent.mining.samplers import (
+    ClassSampler,
+    ConfidenceBandSampler,
+    CountAnomalySampler,
+    DisagreementSampler,
+    FlickerSampler,
+    MiningInput,
+    RandomSampler,
+    Sampler,
+)
+
+__all__ = [
+    "ClassSampler",
+    "ConfidenceBandSampler",
+    "CountAnomalySampler",
+    "DisagreementSampler",
+    "FlickerSampler",
+    "HardExamplePolicy",
+    "MiningInput",
+    "NearDuplicateFilter",
+    "RandomSampler",
+    "RateLimiter",
+    "Sampler",
+    "dhash",
+]

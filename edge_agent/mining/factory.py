@@ -1,0 +1,58 @@
+"""Samplers from the ``mining`` config section (one place that knows both)."""
+
+from __future__ import annotations
+
+from edge_agent.config import MiningSection, SamplerSection
+from edge_agent.mining.rate_limit import RateLimiter
+from edge_agent.mining.samplers import (
+    ClassSampler,
+    ConfidenceBandSampler,
+    CountAnomalySampler,
+    DisagreementSampler,
+    FlickerSampler,
+    RandomSampler,
+    Sampler,
+)
+
+
+def _limits(section: SamplerSection) -> RateLimiter:
+    return RateLimiter(section.per_minute, section.per_hour, section.per_day)
+
+
+def build_samplers(config: MiningSection) -> list[Sampler]:
+    samplers: list[Sampler] = []
+    c = config.confidence_band
+    if c.enabled:
+        samplers.append(
+            ConfidenceBandSampler("confidence_band", c.priority, _limits(c), low=c.low, high=c.high)
+        )
+    k = config.classes
+    if k.enabled and k.classes:
+        samplers.append(ClassSampler("class", k.priority, _limits(k), classes=frozenset(k.classes)))
+    a = config.count_anomaly
+    if a.enabled:
+        samplers.append(
+            CountAnomalySampler(
+                "count_anomaly", a.priority, _limits(a), z=a.z, min_delta=a.min_delta
+            )
+        )
+    f = config.flicker
+    if f.enabled:
+        samplers.append(
+            FlickerSampler("flicker", f.priority, _limits(f), iou_threshold=f.iou_threshold)
+        )
+    d = config.disagreement
+    if d.enabled:
+        samplers.append(
+            DisagreementSampler(
+                "disagreement",
+                d.priority,
+                _limits(d),
+                every_n=d.every_n,
+                max_agreement=d.max_agreement,
+            )
+        )
+    r = config.random
+    if r.enabled and r.probability > 0:
+        samplers.append(RandomSampler("random", r.priority, _limits(r), probability=r.probability))
+    return samplers

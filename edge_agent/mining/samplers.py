@@ -1,0 +1,186 @@
+"""Samplers: named predicates over a frame's detections that flag hard examples.
+
+Each sampler has a tag recorded with the example, a priority (what the spool keeps when it
+is full), and its own rate limits. ``observe`` is called for every frame of every camera and
+returns the input to keep, which is not always the current one: flicker is only known one
+frame later.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_agent.camera import Frame
+from edge_agent.inference import InferenceRunner
+from edge_agent.mining.rate_limit import RateLimiter
+from shared.detections import Detections, box_iou
+
+
+@dataclass(frozen=True)
+class MiningInput:
+    frame: Frame
+    detections: Detections
+    model_name: str
+    model_version: int | None
+    class_names: tuple[str, ...]
+
+
+def match_ratio(a: Detections, b: Detections, iou_threshold: float) -> float:
+    """Share of boxes (over the larger set) matched one-to-one by class and IoU."""
+    larger = max(len(a), len(b))
+    if larger == 0:
+        return 1.0
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    iou = box_iou(a.xyxy, b.xyxy)
+    iou[a.class_id[:, None] != b.class_id[None, :]] = 0.0
+    matched = 0
+    used: set[int] = set()
+    for i in np.argsort(-iou.max(axis=1)):
+        j = int(np.argmax(iou[i]))
+        if iou[i, j] >= iou_threshold and j not in used:
+            used.add(j)
+            matched += 1
+    return matched / larger
+
+
+@dataclass
+class Sampler:
+    tag: str
+    priority: float = 1.0
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+
+    def observe(self, item: MiningInput) -> MiningInput | None:
+        raise NotImplementedError
+
+
+@dataclass
+class ConfidenceBandSampler(Sampler):
+    """Uncertain frames: at least one detection with ``low <= confidence < high``."""
+
+    low: float = 0.25
+    high: float = 0.5
+
+    def observe(self, item: MiningInput) -> MiningInput | None:
+        conf = item.detections.confidence
+        return item if np.any((conf >= self.low) & (conf < self.high)) else None
+
+
+@dataclass
+class ClassSampler(Sampler):
+    """Rare or chosen classes: any detection whose class name is in ``classes``."""
+
+    classes: frozenset[str] = frozenset()
+
+    def observe(self, item: MiningInput) -> MiningInput | None:
+        names = item.class_names
+        for cid in item.detections.class_id:
+            if 0 <= cid < len(names) and names[cid] in self.classes:
+                return item
+        return None
+
+
+@dataclass
+class CountAnomalySampler(Sampler):
+    """Too many or too few objects against a per-camera running baseline (EWMA)."""
+
+    z: float = 3.0
+    min_delta: float = 2.0
+    alpha: float = 0.05
+    warmup_frames: int = 30
+    _state: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+
+    def observe(self, item: MiningInput) -> MiningInput | None:
+        count = float(len(item.detections))
+        mean, var, seen = self._state.get(item.frame.camera_id, (count, 0.0, 0))
+        anomalous = seen >= self.warmup_frames and abs(count - mean) > max(
+            self.z * var**0.5, self.min_delta
+        )
+        # An outlier barely moves the baseline (else one burst would blind it to the next),
+        # but a lasting change is still adopted, slowly.
+        alpha = self.alpha * (0.1 if anomalous else 1.0)
+        delta = count - mean
+        mean += alpha * delta
+        var = (1 - alpha) * (var + alpha * delta * delta)
+        self._state[item.frame.camera_id] = (mean, var, seen + 1)
+        return item if anomalous else None
+
+
+@dataclass
+class FlickerSampler(Sampler):
+    """An object seen in frames t-1 and t+1 but not in t: frame t is returned at t+1.
+
+    Boxes are tracked by IoU; on a moving belt the threshold must allow for the motion
+    between two frames at the camera's rate.
+    """
+
+    iou_threshold: float = 0.3
+    _history: dict[str, deque[MiningInput]] = field(default_factory=dict)
+
+    def observe(self, item: MiningInput) -> MiningInput | None:
+        history = self._history.setdefault(item.frame.camera_id, deque(maxlen=2))
+        flagged = None
+        if len(history) == 2:
+            before, middle = history
+            flagged = middle if self._flickered(before, middle, item) else None
+        history.append(item)
+        return flagged
+
+    def _flickered(self, before: MiningInput, middle: MiningInput, after: MiningInput) -> bool:
+        a, m, c = before.detections, middle.detections, after.detections
+        if len(a) == 0 or len(c) == 0:
+            return False
+        iou_ac = box_iou(a.xyxy, c.xyxy)
+        iou_ac[a.class_id[:, None] != c.class_id[None, :]] = 0.0
+        persistent = np.nonzero(iou_ac.max(axis=1) >= self.iou_threshold)[0]
+        if persistent.size == 0:
+            return False
+        if len(m) == 0:
+            return True
+        iou_am = box_iou(a.xyxy[persistent], m.xyxy)
+        iou_am[a.class_id[persistent][:, None] != m.class_id[None, :]] = 0.0
+        return bool(np.any(iou_am.max(axis=1) < self.iou_threshold))
+
+
+@dataclass
+class DisagreementSampler(Sampler):
+    """The active model and a shadow (e.g. the previous) model disagree on a frame.
+
+    The shadow runs on every ``every_n``-th frame per camera, in the mining thread, never on
+    the frame path. Without a shadow model it flags nothing.
+    """
+
+    every_n: int = 10
+    iou_threshold: float = 0.5
+    max_agreement: float = 0.7
+    shadow: InferenceRunner | None = None
+    _counts: dict[str, int] = field(default_factory=dict)
+
+    def observe(self, item: MiningInput) -> MiningInput | None:
+        if self.shadow is None:
+            return None
+        n = self._counts.get(item.frame.camera_id, 0)
+        self._counts[item.frame.camera_id] = n + 1
+        if n % self.every_n:
+            return None
+        (shadow,) = self.shadow.detect([item.frame.image])
+        return (
+            item
+            if match_ratio(item.detections, shadow, self.iou_threshold) < self.max_agreement
+            else None
+        )
+
+
+@dataclass
+class RandomSampler(Sampler):
+    """Plain random frames: the unbiased control set."""
+
+    probability: float = 0.01
+    rng: random.Random = field(default_factory=random.Random)
+
+    def observe(self, item: MiningInput) -> MiningInput | None:
+        return item if self.rng.random() < self.probability else None

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import random
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.camera import Frame
+from edge_agent.inference import InferenceRunner
+from edge_agent.mining import (
+    ClassSampler,
+    ConfidenceBandSampler,
+    CountAnomalySampler,
+    DisagreementSampler,
+    FlickerSampler,
+    MiningInput,
+    NearDuplicateFilter,
+    RandomSampler,
+    RateLimiter,
+    dhash,
+)
+from edge_agent.mining.samplers import match_ratio
+from shared.detections import Detections
+from tests.edge_agent.onnx_models import brightness_detector
+
+NAMES = ("bolt", "nut", "washer", "bracket", "defect")
+
+
+def item(
+    boxes: list[list[float]] | None = None,
+    conf: list[float] | None = None,
+    cls: list[int] | None = None,
+    *,
+    seq: int = 0,
+    camera: str = "cam0",
+    image: np.ndarray | None = None,
+) -> MiningInput:
+    boxes = boxes or []
+    det = (
+        Detections(boxes, conf or [0.9] * len(boxes), cls or [0] * len(boxes))
+        if boxes
+        else Detections.empty()
+    )
+    frame = Frame(
+        camera,
+        seq,
+        image if image is not None else np.zeros((64, 64, 3), np.uint8),
+        datetime.now(UTC),
+        time.monotonic(),
+    )
+    return MiningInput(frame, det, "m", 1, NAMES)
+
+
+BOX = [10.0, 10.0, 30.0, 30.0]
+
+
+def test_confidence_band() -> None:
+    sampler = ConfidenceBandSampler("confidence_band", low=0.3, high=0.6)
+    assert sampler.observe(item([BOX], [0.45])) is not None
+    assert sampler.observe(item([BOX], [0.9])) is None
+    assert sampler.observe(item([BOX], [0.6])) is None  # high is exclusive
+    assert sampler.observe(item()) is None
+
+
+def test_class_sampler_by_name() -> None:
+    sampler = ClassSampler("class", classes=frozenset({"defect"}))
+    assert sampler.observe(item([BOX], cls=[4])) is not None
+    assert sampler.observe(item([BOX], cls=[1])) is None
+
+
+def test_count_anomaly_against_baseline() -> None:
+    sampler = CountAnomalySampler("count_anomaly", warmup_frames=20, min_delta=2.0)
+    steady = [[BOX, [40, 40, 50, 50]]] * 40
+    assert all(sampler.observe(item(b)) is None for b in steady)
+    many = [[i, i, i + 5.0, i + 5.0] for i in range(0, 60, 6)]
+    assert sampler.observe(item(many)) is not None, "10 objects where 2 are normal"
+    assert sampler.observe(item()) is not None, "0 objects where 2 are normal"
+
+
+def test_flicker_returns_the_middle_frame() -> None:
+    sampler = FlickerSampler("flicker", iou_threshold=0.5)
+    first = item([BOX], seq=0)
+    missing = item([], seq=1)
+    back = item([BOX], seq=2)
+    assert sampler.observe(first) is None
+    assert sampler.observe(missing) is None
+    flagged = sampler.observe(back)
+    assert flagged is missing
+    steady = FlickerSampler("flicker")
+    assert [steady.observe(item([BOX], seq=i)) for i in range(4)] == [None] * 4
+
+
+def test_flicker_is_per_camera() -> None:
+    sampler = FlickerSampler("flicker")
+    sampler.observe(item([BOX], camera="a"))
+    sampler.observe(item([], camera="b"))
+    assert sampler.observe(item([BOX], camera="a")) is None
+
+
+def test_disagreement_with_shadow_model(tmp_path: Path) -> None:
+    shadow = InferenceRunner(brightness_detector(tmp_path / "s.onnx", names=list(NAMES)))
+    sampler = DisagreementSampler("disagreement", every_n=1, shadow=shadow)
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:32, 32:48] = 255
+    agree = item([[32, 16, 48, 32]], [0.9], [0], image=image)
+    disagree = item([[0, 0, 10, 10]], [0.9], [2], image=image)
+    assert sampler.observe(agree) is None
+    assert sampler.observe(disagree) is not None
+    assert DisagreementSampler("disagreement").observe(agree) is None, "no shadow: nothing"
+
+
+def test_random_sampler_rate() -> None:
+    sampler = RandomSampler("random", probability=0.05, rng=random.Random(3))
+    hits = sum(sampler.observe(item()) is not None for _ in range(4000))
+    assert 140 < hits < 260
+
+
+def test_match_ratio() -> None:
+    a = Detections([BOX, [50, 50, 60, 60]], [0.9, 0.9], [0, 1])
+    assert match_ratio(a, a, 0.5) == 1.0
+    assert match_ratio(a, a[[0]], 0.5) == 0.5
+    assert match_ratio(Detections.empty(), Detections.empty(), 0.5) == 1.0
+    assert match_ratio(a, Detections.empty(), 0.5) == 0.0
+
+
+def test_rate_limiter_windows() -> None:
+    now = [0.0]
+    limiter = RateLimiter(per_minute=2, per_hour=3, clock=lambda: now[0])
+    assert limiter.allow() and limiter.allow() and not limiter.allow()
+    now[0] = 61.0
+    assert limiter.allow()
+    assert not limiter.allow(), "hourly cap of 3"
+    now[0] = 3700.0
+    assert limiter.allow()
+    assert RateLimiter(per_minute=0).allow() is False
+    assert all(RateLimiter().allow() for _ in range(100)), "no limits: always allowed"
+
+
+def test_near_duplicates_suppressed_per_camera() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    noisy = np.clip(image.astype(int) + rng.integers(-3, 4, image.shape), 0, 255).astype(np.uint8)
+    other = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    dedup = NearDuplicateFilter(max_distance=4)
+    assert not dedup.is_duplicate("a", image)
+    assert dedup.is_duplicate("a", noisy), "sensor noise on a stopped belt"
+    assert not dedup.is_duplicate("a", other)
+    assert not dedup.is_duplicate("b", image), "per camera"
+    assert dedup.suppressed == 1
+    assert isinstance(dhash(image), int) and dhash(image) < 2**64

@@ -1,0 +1,110 @@
+"""The agent mines hard examples from the synthetic line into a real S3 server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.config import load_config
+from shared.hard_examples import HardExampleSidecar
+from shared.local_services import NanioS3Process
+from shared.object_keys import parse_hard_example_key
+from shared.synth import CLASS_NAMES
+from tests.edge_agent.onnx_models import brightness_detector
+
+pytestmark = pytest.mark.integration
+BUCKET = "mined-examples"
+
+
+def config_file(tmp_path: Path, storage: str, spool: str = "{}") -> Path:
+    model = brightness_detector(tmp_path / "model.onnx", names=list(CLASS_NAMES))
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        f"""
+device: {{id: edge-mine, fleet: plant1}}
+cameras: [{{kind: synthetic, id: cam0, width: 320, height: 320, fps: 30}}]
+model: {{path: {model}}}
+mqtt: {{enabled: false}}
+api: {{enabled: false}}
+state_dir: {tmp_path / "state"}
+storage: {storage}
+spool: {spool}
+mining:
+  random: {{probability: 0.5, per_minute: 1000}}
+  confidence_band: {{enabled: false}}
+  count_anomaly: {{enabled: false}}
+  flicker: {{enabled: false}}
+  classes: {{enabled: false}}
+  disagreement: {{enabled: false}}
+"""
+    )
+    return path
+
+
+def test_examples_reach_the_bucket_complete_and_parseable(
+    tmp_path: Path, nanio: NanioS3Process, nanio_client: Any
+) -> None:
+    nanio_client.create_bucket(Bucket=BUCKET)
+    storage = (
+        f"{{enabled: true, bucket: {BUCKET}, endpoint_url: '{nanio.endpoint_url}', "
+        f"access_key_id: {nanio.access_key}, secret_access_key: {nanio.secret_key}}}"
+    )
+    agent = Agent(load_config(config_file(tmp_path, storage)))
+    agent.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = agent.status()
+            if status["uploader"]["uploaded"] >= 5:
+                break
+            time.sleep(0.1)
+        status = agent.status()
+    finally:
+        agent.stop()
+    assert status["uploader"]["uploaded"] >= 5
+    assert status["mining"]["triggered"]["random"] >= 5
+    assert nanio.secret_key not in str(status)
+    keys = [o["Key"] for o in nanio_client.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    sidecars = [k for k in keys if k.endswith(".json")]
+    assert sidecars
+    for key in sidecars:
+        parsed = parse_hard_example_key(key)
+        assert (parsed.fleet, parsed.device) == ("plant1", "edge-mine")
+        base = key.removesuffix(".json")
+        assert f"{base}.jpg" in keys and f"{base}.txt" in keys, "complete before the sidecar"
+    body = nanio_client.get_object(Bucket=BUCKET, Key=sidecars[0])["Body"].read()
+    sidecar = HardExampleSidecar.model_validate_json(body)
+    assert sidecar.reasons == ["random"] and sidecar.camera_id == "cam0"
+    assert sidecar.synthetic_truth is not None and (sidecar.image_width, sidecar.image_height) == (
+        320,
+        320,
+    )
+    jpeg = nanio_client.get_object(Bucket=BUCKET, Key=sidecars[0].replace(".json", ".jpg"))[
+        "Body"
+    ].read()
+    assert jpeg[:2] == b"\xff\xd8"
+
+
+def test_quota_reached_agent_stays_healthy(tmp_path: Path) -> None:
+    agent = Agent(
+        load_config(
+            config_file(tmp_path, "{enabled: false}", "{quota_bytes: 1048576, min_free_bytes: 0}")
+        )
+    )
+    agent.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and agent.status()["spool"]["evicted"] < 3:
+            time.sleep(0.1)
+        status = agent.status()
+        assert status["spool"]["evicted"] >= 3, "old examples evicted to make room"
+        assert status["spool"]["bytes"] <= 1048576
+        assert agent.alive() and status["pipeline"]["processed"] > 0
+        metrics = agent.metrics_text().decode()
+        assert "linefleet_spool_evicted_total" in metrics
+    finally:
+        agent.stop()
