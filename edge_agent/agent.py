@@ -20,19 +20,22 @@ from edge_agent import __version__
 from edge_agent.api import ApiServer, create_app
 from edge_agent.camera import CameraWorker, FrameHub, FrameSource, OpenCVSource, SyntheticSource
 from edge_agent.config import AgentConfig, StreamCamera, SyntheticCamera
-from edge_agent.errors import ModelLoadError
+from edge_agent.errors import EdgeAgentError, ModelLoadError
 from edge_agent.events import EventsSink
 from edge_agent.inference import InferenceRunner, RunnerOptions
 from edge_agent.metrics import AgentMetrics
-from edge_agent.mining import HardExamplePolicy, NearDuplicateFilter
+from edge_agent.mining import DisagreementSampler, HardExamplePolicy, NearDuplicateFilter
 from edge_agent.mining.factory import build_samplers
 from edge_agent.mqtt_link import MqttLink
+from edge_agent.ota.controller import OtaController, OtaPolicy, RecentFrames
+from edge_agent.ota.store import ModelStore
 from edge_agent.pipeline import ActiveModel, ModelSlot, Pipeline, Sink
 from edge_agent.spool import Spool
 from edge_agent.systemd_notify import notify, watchdog_interval_s
-from edge_agent.uploader import StorageTarget, Uploader
+from edge_agent.uploader import StorageTarget, Uploader, make_s3_client
 from shared.manifest import ModelManifest
 from shared.messages import CameraHealth, Heartbeat, utc_now
+from shared.signing import Verifier
 from shared.synth import LineConfig
 from shared.topics import Channel, Topics
 
@@ -115,6 +118,7 @@ class Agent:
         self.config = config
         self.stop_event = threading.Event()
         self.started_mono = time.monotonic()
+        self._started = False
         self.metrics = AgentMetrics()
         self.hub = FrameHub()
         self.models = ModelSlot()
@@ -187,6 +191,44 @@ class Agent:
                 backoff_initial_s=config.storage.backoff_initial_s,
                 backoff_max_s=config.storage.backoff_max_s,
             )
+        self.store: ModelStore | None = None
+        self.ota: OtaController | None = None
+        if config.ota.enabled:
+            self.store = ModelStore(
+                config.state_dir / "models", keep_versions=config.ota.keep_versions
+            )
+            if self.mqtt is None:
+                raise ModelLoadError(
+                    "ota.enabled needs mqtt.enabled: desired states come over MQTT"
+                )
+            recent = RecentFrames()
+            self.pipeline.add_sink(recent)
+            self.ota = OtaController(
+                link=self.mqtt,
+                topics=self.topics,
+                device_id=config.device.id,
+                group=config.device.group,
+                fleet=config.device.fleet,
+                models=self.models,
+                store=self.store,
+                verifier=Verifier.from_pem_files(dict(config.ota.trusted_keys)),
+                model_name=config.ota.model_name,
+                runner_options=runner_options(config),
+                load_model=load_model,
+                stats=self.pipeline.stats,
+                recent=recent,
+                stop=self.stop_event,
+                policy=OtaPolicy(
+                    probation_s=config.ota.probation_s,
+                    max_error_rate=config.ota.max_error_rate,
+                    latency_factor=config.ota.latency_factor,
+                    download_retry_s=config.ota.download_retry_s,
+                ),
+                s3_client=make_s3_client(storage_target(config))
+                if config.storage.enabled
+                else None,
+                bucket=config.storage.bucket if config.storage.enabled else None,
+            )
         self.api: ApiServer | None = None
         self._scheduler = BackgroundScheduler(daemon=True)
         self.metrics.watch(self.status)
@@ -195,7 +237,38 @@ class Agent:
     def add_sink(self, sink: Sink) -> None:
         self.pipeline.add_sink(sink)
 
+    def load_stored_model(self) -> bool:
+        """Start on the store's current version; roll a crash-looping one back first."""
+        if self.store is None:
+            return False
+        state = self.store.record_boot()
+        if state.probation and state.boot_attempts > self.config.ota.max_boot_attempts:
+            log.error(
+                "model crash loop: rolling back",
+                extra={"version": state.current, "boots": state.boot_attempts},
+            )
+            state = self.store.rollback()
+        for _ in range(2):
+            if state.current is None or not self.store.has(state.current):
+                return False
+            try:
+                model = load_model(
+                    self.store.model_path(state.current),
+                    runner_options(self.config),
+                    self.store.manifest(state.current),
+                )
+            except (ModelLoadError, EdgeAgentError) as exc:
+                log.error("stored model unusable: rolling back", extra={"error": str(exc)})
+                state = self.store.rollback()
+                continue
+            self.models.swap(model)
+            log.info("model loaded from store", extra={"version": model.version})
+            return True
+        return False
+
     def load_configured_model(self) -> None:
+        if self.load_stored_model():
+            return
         path = self.config.model.path
         if path is None:
             log.warning("no model configured; waiting for one over OTA")
@@ -211,14 +284,29 @@ class Agent:
             },
         )
 
+    def load_shadow_model(self) -> None:
+        """Give the disagreement sampler its shadow model, when one is configured."""
+        path = self.config.model.shadow_path
+        if path is None or self.mining is None:
+            return
+        shadow = load_model(path, runner_options(self.config), read_local_manifest(path))
+        for sampler in self.mining.samplers:
+            if isinstance(sampler, DisagreementSampler):
+                sampler.shadow = shadow.runner
+        log.info("shadow model loaded", extra={"model": shadow.name, "version": shadow.version})
+
     def active_model(self) -> ActiveModel | None:
         return self.models.current
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        self._started = True
         self.load_configured_model()
+        self.load_shadow_model()
         if self.mqtt is not None:
             self.mqtt.start()
+        if self.ota is not None:
+            self.ota.start()
         for camera in self.cameras:
             camera.start()
         self.pipeline.start()
@@ -250,12 +338,16 @@ class Agent:
                 notify("WATCHDOG=1")
 
     def stop(self) -> None:
-        notify("STOPPING=1")
         self.stop_event.set()
+        if not self._started:
+            return
+        notify("STOPPING=1")
         self._scheduler.shutdown(wait=False)
         self.pipeline.join(timeout=3.0)
         for camera in self.cameras:
             camera.join(timeout=1.0)
+        if self.ota is not None:
+            self.ota.join(timeout=2.0)
         if self.mining is not None:
             self.mining.join(timeout=2.0)
         if self.uploader is not None:
@@ -321,6 +413,13 @@ class Agent:
                     "last_error": c.stats.last_error,
                 }
                 for c in self.cameras
+            },
+            "ota": None
+            if self.ota is None or self.store is None
+            else {
+                "state": self.ota.state.value,
+                "reason": self.ota.last_reason,
+                "store": asdict(self.store.state()),
             },
             "spool": None if self.spool is None else asdict(self.spool.stats()),
             "uploader": None

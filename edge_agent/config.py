@@ -79,6 +79,9 @@ class DeviceSection(_Section):
 
 class ModelSection(_Section):
     path: Path | None = None
+    # A second model (e.g. the previous version) run beside the active one on sampled frames
+    # only, so the disagreement sampler can flag frames where the two differ.
+    shadow_path: Path | None = None
     providers: list[
         Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     ] = ["CPUExecutionProvider"]
@@ -208,6 +211,27 @@ class MiningSection(_Section):
     random: RandomSamplerSection = RandomSamplerSection()
 
 
+class OtaSection(_Section):
+    """Model updates over MQTT. Only manifests and desired states signed by one of
+    ``trusted_keys`` (key id -> PEM public key file) are ever acted upon."""
+
+    enabled: bool = False
+    model_name: Identifier = "line-detector"
+    trusted_keys: dict[Identifier, Path] = Field(default_factory=dict, max_length=32)
+    probation_s: float = Field(default=60.0, ge=0.0, le=86400)
+    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    latency_factor: float = Field(default=2.0, ge=1.0, le=100.0)
+    max_boot_attempts: int = Field(default=2, ge=1, le=100)
+    keep_versions: int = Field(default=3, ge=2, le=100)
+    download_retry_s: float = Field(default=5.0, gt=0.0, le=3600)
+
+    @model_validator(mode="after")
+    def _needs_keys(self) -> OtaSection:
+        if self.enabled and not self.trusted_keys:
+            raise ValueError("ota.enabled needs at least one entry in ota.trusted_keys")
+        return self
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = True
@@ -232,6 +256,7 @@ class AgentConfig(BaseSettings):
     storage: StorageSection = StorageSection()
     spool: SpoolSection = SpoolSection()
     mining: MiningSection = MiningSection()
+    ota: OtaSection = OtaSection()
     logging: LoggingSection = LoggingSection()
     state_dir: Path = Path("/var/lib/linefleet")
     stall_timeout_s: float = Field(default=20.0, gt=0)

@@ -38,6 +38,7 @@ def brightness_detector(
     dynamic_batch: bool = False,
     poison_nan: bool = False,
     nan_when_bright: bool = False,
+    nan_when_dark: bool = False,
     with_metadata: bool = True,
 ) -> Path:
     grid = size // CELL
@@ -86,11 +87,14 @@ def brightness_detector(
         helper.make_node("Concat", ["boxes_b", "scores"], ["raw"], axis=1),
         helper.make_node("Add", ["raw", "poison"], ["poisoned"]),
     ]
-    if nan_when_bright:
-        # sqrt(0.6 - mean) is NaN where a cell is bright: passes warm-up (grey), fails on light.
-        inits.append(numpy_helper.from_array(np.array([0.6], np.float32), "limit"))
+    if nan_when_bright or nan_when_dark:
+        # sqrt(0.6 - mean) is NaN where a cell is bright, sqrt(mean - 0.2) where it is dark:
+        # both pass warm-up (grey 0.45) and fail only on some real input.
+        limit = 0.6 if nan_when_bright else 0.2
+        inits.append(numpy_helper.from_array(np.array([limit], np.float32), "limit"))
+        order = ["limit", "mean_flat"] if nan_when_bright else ["mean_flat", "limit"]
         nodes += [
-            helper.make_node("Sub", ["limit", "mean_flat"], ["headroom"]),
+            helper.make_node("Sub", order, ["headroom"]),
             helper.make_node("Sqrt", ["headroom"], ["root"]),
             helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
             helper.make_node("Add", ["poisoned", "nan_or_zero"], ["output0"]),

@@ -108,3 +108,51 @@ def test_quota_reached_agent_stays_healthy(tmp_path: Path) -> None:
         assert "linefleet_spool_evicted_total" in metrics
     finally:
         agent.stop()
+
+
+def test_upload_errors_show_in_status_and_metrics(
+    tmp_path: Path, nanio: NanioS3Process, nanio_client: Any
+) -> None:
+    nanio_client.create_bucket(Bucket=BUCKET)
+    storage = (
+        f"{{enabled: true, bucket: {BUCKET}, endpoint_url: '{nanio.endpoint_url}', "
+        f"access_key_id: {nanio.access_key}, secret_access_key: not-the-secret, "
+        "backoff_initial_s: 0.2, backoff_max_s: 0.5}"
+    )
+    agent = Agent(load_config(config_file(tmp_path, storage)))
+    agent.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not agent.status()["uploader"]["errors_by_kind"]:
+            time.sleep(0.1)
+        status = agent.status()
+        metrics = agent.metrics_text().decode()
+    finally:
+        agent.stop()
+    kinds = set(status["uploader"]["errors_by_kind"])
+    assert kinds and kinds <= {"auth", "client"}
+    assert "linefleet_upload_errors_total{kind=" in metrics
+    assert "not-the-secret" not in str(status) and "not-the-secret" not in metrics
+    assert status["spool"]["depth"] > 0 and status["spool"]["uploaded"] == 0
+
+
+def test_shadow_model_feeds_the_disagreement_sampler(tmp_path: Path) -> None:
+    shadow = brightness_detector(tmp_path / "shadow.onnx", size=96, names=list(CLASS_NAMES))
+    path = config_file(tmp_path, "{enabled: false}")
+    text = path.read_text().replace(
+        "disagreement: {enabled: false}", "disagreement: {every_n: 1, per_minute: 1000}"
+    )
+    text = text.replace("random: {probability: 0.5, per_minute: 1000}", "random: {enabled: false}")
+    text = text.replace("model: {path:", f"model: {{shadow_path: {shadow}, path:")
+    path.write_text(text)
+    agent = Agent(load_config(path))
+    agent.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and agent.status()["mining"]["seen"] < 30:
+            time.sleep(0.1)
+        status = agent.status()
+    finally:
+        agent.stop()
+    # Two different models (64 vs 96 px cells) disagree on a busy belt.
+    assert status["mining"]["triggered"].get("disagreement", 0) > 0

@@ -1,0 +1,409 @@
+"""The OTA state machine, one worker thread, driven by retained ``desired`` messages.
+
+    desired ─▶ verifying ─▶ downloading ─▶ staged (loaded, warmed, smoke-checked)
+            ─▶ active (swapped, on probation) ─▶ active (good) | rolled_back
+
+MQTT callbacks only parse and hand over the newest desired state; all slow work happens in
+the worker, so the network thread never blocks. Whatever fails, the running model keeps
+running and the retained ``reported`` message says why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.camera import Frame
+from edge_agent.errors import EdgeAgentError
+from edge_agent.inference import RunnerOptions
+from edge_agent.mqtt_link import MqttLink
+from edge_agent.ota.download import DownloadError, IntegrityError, download_artifact
+from edge_agent.ota.store import ModelStore, atomic_write
+from edge_agent.ota.verify import Expectations, OtaRejectedError, verify_desired
+from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, PipelineStats
+from shared.errors import PayloadError
+from shared.manifest import ModelManifest
+from shared.messages import (
+    DesiredAction,
+    DesiredState,
+    OtaState,
+    ReportedState,
+    parse_payload,
+    utc_now,
+)
+from shared.signing import Verifier
+from shared.topics import Channel, Topics
+
+log = logging.getLogger(__name__)
+
+ModelLoader = Callable[[Path, RunnerOptions, ModelManifest | None], ActiveModel]
+
+
+@dataclass(frozen=True)
+class OtaPolicy:
+    probation_s: float = 30.0
+    max_error_rate: float = 0.05
+    latency_factor: float = 2.0
+    smoke_frames: int = 4
+    download_retry_s: float = 5.0
+
+
+MIN_LATENCY_MARGIN_S = 0.005
+
+
+def _median_latency(model: ActiveModel, images: list[Any]) -> float:
+    """Median per-frame latency on real frames, after one untimed pass to warm caches."""
+    for image in images:
+        model.runner.detect([image])
+    timings = []
+    for image in images:
+        started = time.perf_counter()
+        model.runner.detect([image])
+        timings.append(time.perf_counter() - started)
+    return sorted(timings)[len(timings) // 2]
+
+
+class RecentFrames:
+    """A pipeline sink keeping the last few frames: the smoke test runs on real input."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._frames: deque[Frame] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def __call__(self, result: DetectionResult) -> None:
+        with self._lock:
+            self._frames.append(result.frame)
+
+    def images(self) -> list[Any]:
+        with self._lock:
+            return [f.image for f in self._frames]
+
+
+class OtaController:
+    def __init__(
+        self,
+        *,
+        link: MqttLink,
+        topics: Topics,
+        device_id: str,
+        group: str | None,
+        fleet: str,
+        models: ModelSlot,
+        store: ModelStore,
+        verifier: Verifier,
+        model_name: str,
+        runner_options: RunnerOptions,
+        load_model: ModelLoader,
+        stats: PipelineStats,
+        recent: RecentFrames,
+        stop: threading.Event,
+        policy: OtaPolicy | None = None,
+        s3_client: Any | None = None,
+        bucket: str | None = None,
+    ) -> None:
+        self.link = link
+        self.topics = topics
+        self.device_id = device_id
+        self.group = group
+        self.fleet = fleet
+        self.models = models
+        self.store = store
+        self.verifier = verifier
+        self.model_name = model_name
+        self.runner_options = runner_options
+        self.load_model = load_model
+        self.stats = stats
+        self.recent = recent
+        self.stop_event = stop
+        self.policy = policy or OtaPolicy()
+        self.s3_client = s3_client
+        self.bucket = bucket
+        self.state = OtaState.IDLE
+        self.last_reason = ""
+        self._desired: dict[str, DesiredState] = {}
+        self._pending: DesiredState | None = None
+        self._wakeup = threading.Condition()
+        self._sequence_path = store.root / "ota.json"
+        self._last_sequence = self._load_sequence()
+        self._thread = threading.Thread(target=self._loop, name="ota", daemon=True)
+        self._device_topic = topics.device(device_id, Channel.DESIRED)
+        self._group_topic = topics.group_desired(group) if group else None
+
+    # ----------------------------------------------------------------- persistence
+    def _load_sequence(self) -> int:
+        try:
+            return int(json.loads(self._sequence_path.read_text())["last_sequence"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+
+    def _save_sequence(self, sequence: int) -> None:
+        self._last_sequence = sequence
+        atomic_write(self._sequence_path, json.dumps({"last_sequence": sequence}).encode())
+
+    # ----------------------------------------------------------------- MQTT side
+    def start(self) -> None:
+        self.link.add_handler(self.on_message)
+        self.link.subscribe(self._device_topic, qos=1)
+        if self._group_topic:
+            self.link.subscribe(self._group_topic, qos=1)
+        self._thread.start()
+        self.report(self.state)
+
+    def join(self, timeout: float = 5.0) -> None:
+        with self._wakeup:
+            self._wakeup.notify_all()
+        self._thread.join(timeout)
+
+    def on_message(self, topic: str, payload: bytes, _retained: bool) -> None:
+        if topic not in (self._device_topic, self._group_topic):
+            return
+        if not payload:  # a cleared retained message: no desired state on this topic
+            self._desired.pop(topic, None)
+            return
+        try:
+            desired = parse_payload(DesiredState, payload)
+        except PayloadError as exc:
+            log.warning("desired state refused", extra={"topic": topic, "error": str(exc)})
+            self.report(OtaState.FAILED, reason=f"bad desired message: {exc}"[:500])
+            return
+        self._desired[topic] = desired
+        # The device's own desired state wins over its group's.
+        effective = self._desired.get(self._device_topic) or self._desired.get(
+            self._group_topic or ""
+        )
+        if effective is None:
+            return
+        with self._wakeup:
+            self._pending = effective
+            self._wakeup.notify_all()
+
+    # ----------------------------------------------------------------- reporting
+    def report(
+        self, state: OtaState, *, reason: str = "", desired: DesiredState | None = None
+    ) -> None:
+        self.state = state
+        self.last_reason = reason
+        current = self.models.current
+        store_state = self.store.state()
+        message = ReportedState(
+            device_id=self.device_id,
+            fleet=self.fleet,
+            group=self.group,
+            agent_version=__version__,
+            ota_state=state,
+            model_name=current.name if current else None,
+            running_version=current.version if current else None,
+            desired_version=desired.manifest.version if desired else None,
+            previous_good_version=store_state.previous_good,
+            rollout_id=desired.rollout_id if desired else None,
+            reason=reason[:500],
+            sequence=time.time_ns() // 1000,
+            updated_at=utc_now(),
+        )
+        self.link.publish(
+            self.topics.device(self.device_id, Channel.REPORTED),
+            message.to_payload(),
+            qos=1,
+            retain=True,
+        )
+        log.info("ota state", extra={"state": state.value, "reason": reason[:300]})
+
+    # ----------------------------------------------------------------- worker
+    def _resume_probation(self) -> None:
+        """The agent restarted while a new model was on probation: finish the watch."""
+        state = self.store.state()
+        current = self.models.current
+        if not state.probation or current is None or current.version != state.current:
+            return
+        self.report(OtaState.ACTIVE, reason="on probation")
+        problem = self._watch_probation(None)
+        if self.stop_event.is_set():
+            return
+        if problem is None:
+            self.store.mark_good()
+            self.report(OtaState.ACTIVE)
+        else:
+            self.rollback(current, None, problem, None)
+
+    def _loop(self) -> None:
+        self._resume_probation()
+        while not self.stop_event.is_set():
+            with self._wakeup:
+                if self._pending is None:
+                    self._wakeup.wait(0.5)
+                desired, self._pending = self._pending, None
+            if desired is None:
+                continue
+            try:
+                self.apply(desired)
+            except Exception as exc:
+                log.exception("ota step failed unexpectedly")
+                self.report(
+                    OtaState.FAILED, reason=f"internal error: {exc!r}"[:500], desired=desired
+                )
+
+    def _superseded(self) -> bool:
+        with self._wakeup:
+            return self._pending is not None
+
+    def apply(self, desired: DesiredState) -> None:
+        current = self.models.current
+        running = current.version if current else None
+        if desired.sequence == self._last_sequence:
+            return  # the retained message we already handled, delivered again on reconnect
+        self.report(OtaState.VERIFYING, desired=desired)
+        expected = Expectations(
+            model_name=self.model_name,
+            agent_version=__version__,
+            class_names=current.class_names if current else None,
+        )
+        try:
+            manifest = verify_desired(
+                desired,
+                self.verifier,
+                expected,
+                running_version=running,
+                last_sequence=self._last_sequence,
+            )
+        except OtaRejectedError as exc:
+            self.report(OtaState.FAILED, reason=str(exc), desired=desired)
+            return
+        self._save_sequence(desired.sequence)
+        if manifest.version == running:
+            # Already running it. While it is on probation the watch decides and reports.
+            if not self.store.state().probation:
+                self.report(OtaState.ACTIVE, desired=desired)
+            return
+        rollback = desired.action is DesiredAction.ROLLBACK
+        if manifest.version in self.store.state().rejected:
+            if not rollback:
+                self.report(
+                    OtaState.FAILED,
+                    reason=f"version {manifest.version} failed here before",
+                    desired=desired,
+                )
+                return
+            self.store.clear_rejection(manifest.version)
+        path = self._fetch(manifest, desired)
+        if path is None:
+            return
+        self._stage_and_swap(manifest, path, desired)
+
+    def _fetch(self, manifest: ModelManifest, desired: DesiredState) -> Path | None:
+        if self.store.has(manifest.version):
+            return self.store.model_path(manifest.version)
+        self.report(OtaState.DOWNLOADING, desired=desired)
+        destination = self.store.downloads / f"{manifest.model_name}-{manifest.version}.onnx"
+        while not self.stop_event.is_set():
+            try:
+                download_artifact(
+                    manifest.artifact,
+                    destination,
+                    self.stop_event,
+                    client=self.s3_client,
+                    bucket=self.bucket,
+                    url=desired.artifact_url,
+                )
+                return self.store.install(manifest, destination)
+            except IntegrityError as exc:
+                self.report(OtaState.FAILED, reason=str(exc), desired=desired)
+                return None
+            except DownloadError as exc:
+                log.warning("download interrupted; will resume", extra={"error": str(exc)})
+                self.report(OtaState.DOWNLOADING, reason=f"retrying: {exc}", desired=desired)
+                if self.stop_event.wait(self.policy.download_retry_s) or self._superseded():
+                    return None
+        return None
+
+    def _stage_and_swap(self, manifest: ModelManifest, path: Path, desired: DesiredState) -> None:
+        try:
+            candidate = self.load_model(path, self.runner_options, manifest)
+        except EdgeAgentError as exc:
+            self.report(OtaState.FAILED, reason=f"model refused: {exc}", desired=desired)
+            return
+        previous = self.models.current
+        try:
+            self._smoke_check(candidate, previous)
+        except EdgeAgentError as exc:
+            candidate.runner.close()
+            self.report(OtaState.FAILED, reason=f"smoke check failed: {exc}", desired=desired)
+            return
+        self.report(OtaState.STAGED, desired=desired)
+        self.store.activate(manifest.version)
+        self.models.swap(candidate)  # between two batches: no frame lost or repeated
+        self.report(OtaState.ACTIVE, reason="on probation", desired=desired)
+        problem = self._watch_probation(previous)
+        if self.stop_event.is_set():
+            return  # undecided: the next start resumes probation and counts the boot
+        if problem is None:
+            self.store.mark_good()
+            if previous is not None:
+                previous.runner.close()
+            self.report(OtaState.ACTIVE, desired=desired)
+            return
+        self.rollback(candidate, previous, problem, desired)
+
+    def _smoke_check(self, candidate: ActiveModel, previous: ActiveModel | None) -> None:
+        images = self.recent.images()[-self.policy.smoke_frames :]
+        if not images:
+            return  # no frames yet (agent just started): probation still guards the swap
+        new_s = _median_latency(candidate, images)  # raises on NaN/inf outputs
+        if previous is None:
+            return
+        old_s = _median_latency(previous, images)
+        # Both a ratio and an absolute margin: tiny models jitter by whole multiples.
+        if new_s > self.policy.latency_factor * old_s and new_s - old_s > MIN_LATENCY_MARGIN_S:
+            raise OtaRejectedError(
+                f"latency {new_s * 1000:.1f} ms vs {old_s * 1000:.1f} ms of the running model "
+                f"(limit {self.policy.latency_factor}x)"
+            )
+
+    def _watch_probation(self, previous: ActiveModel | None) -> str | None:
+        """Watch the line after a swap; the reason to roll back, or None if healthy."""
+        start_done, start_errors = self.stats.processed, self.stats.inference_errors
+        baseline = self.stats.latency_ms(0.5)
+        deadline = time.monotonic() + self.policy.probation_s
+        while not self.stop_event.wait(0.2):
+            done = self.stats.processed - start_done
+            errors = self.stats.inference_errors - start_errors
+            attempts = done + errors
+            if attempts >= 10 and errors / attempts > self.policy.max_error_rate:
+                return f"error rate {errors}/{attempts} above {self.policy.max_error_rate:.0%}"
+            if time.monotonic() >= deadline:
+                latency = self.stats.latency_ms(0.5)
+                if (
+                    previous is not None
+                    and baseline > 0
+                    and latency > self.policy.latency_factor * baseline
+                ):
+                    return f"latency p50 {latency:.1f} ms vs {baseline:.1f} ms before the swap"
+                return None
+        return None if self.stop_event.is_set() else "probation interrupted"
+
+    def rollback(
+        self,
+        candidate: ActiveModel,
+        previous: ActiveModel | None,
+        reason: str,
+        desired: DesiredState | None,
+    ) -> None:
+        state = self.store.rollback()
+        fallback = previous
+        if fallback is None and state.current is not None and self.store.has(state.current):
+            fallback = self.load_model(
+                self.store.model_path(state.current),
+                self.runner_options,
+                self.store.manifest(state.current),
+            )
+        if fallback is not None:
+            self.models.swap(fallback)
+        candidate.runner.close()
+        self.report(OtaState.ROLLED_BACK, reason=reason, desired=desired)

@@ -1,0 +1,177 @@
+"""Models on disk: ``versions/<n>/{model.onnx,manifest.json}`` and one atomic state file.
+
+``state.json`` names the current version, the last version known good, and whether the
+current one is still on probation. It is replaced with write-temp, fsync, rename, fsync-dir,
+so after a power loss it is either the old or the new state, never a torn one. A version
+directory is complete before the state can point at it. ``boot_attempts`` counts starts of a
+version on probation: a model that crashes the agent on load is rolled back by the next
+start, not retried forever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edge_agent.errors import EdgeAgentError
+from shared.manifest import ModelManifest
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+
+
+class ModelStoreError(EdgeAgentError):
+    """The model store on disk is unreadable or could not be written."""
+
+
+@dataclass(frozen=True)
+class StoreState:
+    current: int | None = None
+    previous_good: int | None = None
+    probation: bool = False
+    boot_attempts: int = 0
+    # Versions that failed here: never installed again (unless explicitly rolled back to).
+    rejected: tuple[int, ...] = ()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    fsync_dir(path.parent)
+
+
+class ModelStore:
+    def __init__(self, root: Path, *, keep_versions: int = 3) -> None:
+        self.root = root
+        self.versions = root / "versions"
+        self.downloads = root / "downloads"
+        self.keep_versions = max(keep_versions, 2)
+        try:
+            self.versions.mkdir(parents=True, exist_ok=True)
+            self.downloads.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelStoreError(f"cannot create the model store in {root}: {exc}") from exc
+        self._state_path = root / "state.json"
+
+    # ----------------------------------------------------------------- state
+    def state(self) -> StoreState:
+        try:
+            raw = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            return StoreState()
+        except (OSError, ValueError) as exc:
+            raise ModelStoreError(f"model store state {self._state_path} is unreadable") from exc
+        raw["rejected"] = tuple(raw.get("rejected", ()))
+        return StoreState(**raw)
+
+    def _write(self, state: StoreState) -> None:
+        atomic_write(self._state_path, json.dumps(asdict(state)).encode())
+
+    def version_dir(self, version: int) -> Path:
+        return self.versions / str(version)
+
+    def has(self, version: int) -> bool:
+        return (self.version_dir(version) / MODEL_FILE).is_file() and (
+            self.version_dir(version) / MANIFEST_FILE
+        ).is_file()
+
+    def manifest(self, version: int) -> ModelManifest:
+        path = self.version_dir(version) / MANIFEST_FILE
+        try:
+            return ModelManifest.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError) as exc:
+            raise ModelStoreError(f"stored manifest {path} is unreadable: {exc}") from exc
+
+    def model_path(self, version: int) -> Path:
+        return self.version_dir(version) / MODEL_FILE
+
+    # ----------------------------------------------------------------- changes
+    def install(self, manifest: ModelManifest, artifact: Path) -> Path:
+        """Move a verified artifact into ``versions/<n>/`` (complete before it is ever used)."""
+        target = self.version_dir(manifest.version)
+        staging = self.versions / f".staging-{manifest.version}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        artifact.replace(staging / MODEL_FILE)
+        atomic_write(staging / MANIFEST_FILE, manifest.model_dump_json().encode())
+        shutil.rmtree(target, ignore_errors=True)
+        staging.replace(target)
+        fsync_dir(self.versions)
+        return target / MODEL_FILE
+
+    def activate(self, version: int) -> StoreState:
+        """Point at ``version``, on probation; the running one becomes the fallback."""
+        state = self.state()
+        fallback = state.current if state.current != version else state.previous_good
+        if state.probation and state.previous_good is not None:
+            fallback = state.previous_good  # never fall back to an unproven version
+        new = StoreState(version, fallback, True, 0, state.rejected)
+        self._write(new)
+        return new
+
+    def mark_good(self) -> StoreState:
+        state = self.state()
+        new = StoreState(state.current, state.current, False, 0, state.rejected)
+        self._write(new)
+        self.prune()
+        return new
+
+    def rollback(self) -> StoreState:
+        """Back to the previous good version; the failed one is remembered as rejected."""
+        state = self.state()
+        rejected = state.rejected
+        if state.current is not None and state.current != state.previous_good:
+            rejected = tuple(sorted({*rejected, state.current}))[-50:]
+        new = StoreState(state.previous_good, state.previous_good, False, 0, rejected)
+        self._write(new)
+        return new
+
+    def clear_rejection(self, version: int) -> None:
+        state = self.state()
+        self._write(
+            StoreState(
+                state.current,
+                state.previous_good,
+                state.probation,
+                state.boot_attempts,
+                tuple(v for v in state.rejected if v != version),
+            )
+        )
+
+    def record_boot(self) -> StoreState:
+        """Count a start of the current version while it is on probation."""
+        state = self.state()
+        if not state.probation:
+            return state
+        new = StoreState(
+            state.current, state.previous_good, True, state.boot_attempts + 1, state.rejected
+        )
+        self._write(new)
+        return new
+
+    def prune(self) -> None:
+        state = self.state()
+        keep = {v for v in (state.current, state.previous_good) if v is not None}
+        installed = sorted(
+            (int(p.name) for p in self.versions.iterdir() if p.name.isdigit()), reverse=True
+        )
+        for version in installed[self.keep_versions :]:
+            if version not in keep:
+                shutil.rmtree(self.version_dir(version), ignore_errors=True)

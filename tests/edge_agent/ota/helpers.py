@@ -1,0 +1,130 @@
+"""A tiny "control plane" for OTA tests: publish signed models to S3 and desired states
+over a real broker."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from shared.local_services import MosquittoProcess
+from shared.manifest import ArtifactRef, ClassInfo, InputSpec, ModelManifest
+from shared.messages import DesiredAction, DesiredState, ReportedState, parse_payload, utc_now
+from shared.object_keys import model_artifact_key
+from shared.signing import SigningKey
+from shared.synth import CLASS_NAMES
+from shared.topics import Channel, Topics
+
+MODEL = "line-detector"
+
+
+def make_manifest(
+    model_bytes: bytes, version: int, *, size: int = 64, key: str | None = None, **overrides: Any
+) -> ModelManifest:
+    fields: dict[str, Any] = {
+        "model_name": MODEL,
+        "version": version,
+        "created_at": utc_now() - timedelta(minutes=1),
+        "expires_at": utc_now() + timedelta(days=30),
+        "artifact": ArtifactRef(
+            key=key or model_artifact_key(MODEL, version),
+            sha256=hashlib.sha256(model_bytes).hexdigest(),
+            size_bytes=len(model_bytes),
+        ),
+        "onnx_opset": 17,
+        "input": InputSpec(height=size, width=size),
+        "output_format": "yolo_raw",
+        "classes": [ClassInfo(id=i, name=n) for i, n in enumerate(CLASS_NAMES)],
+    }
+    fields.update(overrides)
+    return ModelManifest(**fields)
+
+
+@dataclass
+class ControlPlane:
+    broker: MosquittoProcess
+    topics: Topics
+    s3: Any
+    bucket: str
+    key: SigningKey
+    sequence: int = 0
+    reports: list[ReportedState] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        subscribed = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe(
+            self.topics.all_devices(Channel.REPORTED), qos=1
+        )
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(self.broker.host, self.broker.port)
+        self.client.loop_start()
+        assert subscribed.wait(5)
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        report = parse_payload(ReportedState, bytes(message.payload))
+        with self._lock:
+            self.reports.append(report)
+
+    def upload(self, model: Path, version: int, **overrides: Any) -> ModelManifest:
+        data = model.read_bytes()
+        manifest = make_manifest(data, version, **overrides)
+        self.s3.put_object(Bucket=self.bucket, Key=manifest.artifact.key, Body=data)
+        return self.key.sign(manifest)
+
+    def desired(
+        self,
+        manifest: ModelManifest,
+        *,
+        action: DesiredAction = DesiredAction.UPDATE,
+        sequence: int | None = None,
+        signer: SigningKey | None = None,
+    ) -> DesiredState:
+        if sequence is None:
+            self.sequence += 1
+            sequence = self.sequence
+        state = DesiredState(
+            fleet=self.topics.fleet,
+            rollout_id="r-test",
+            sequence=sequence,
+            issued_at=utc_now(),
+            action=action,
+            manifest=manifest,
+        )
+        return (signer or self.key).sign(state)
+
+    def publish(self, device: str, payload: bytes) -> None:
+        info = self.client.publish(
+            self.topics.device(device, Channel.DESIRED), payload, qos=1, retain=True
+        )
+        info.wait_for_publish(5)
+
+    def send(self, device: str, desired: DesiredState) -> None:
+        self.publish(device, desired.to_payload())
+
+    def wait_report(self, predicate: Any, timeout: float = 30.0) -> ReportedState:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for report in reversed(self.reports):
+                    if predicate(report):
+                        return report
+            time.sleep(0.05)
+        with self._lock:
+            seen = [
+                (r.ota_state.value, r.running_version, r.reason[:80]) for r in self.reports[-8:]
+            ]
+        raise AssertionError(f"no matching report; last ones: {seen}")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

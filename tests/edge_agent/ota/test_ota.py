@@ -1,0 +1,367 @@
+"""OTA end to end: a real agent, a real mosquitto, a real S3 server, signed models."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_agent.agent import Agent
+from edge_agent.camera import SyntheticSource
+from edge_agent.config import load_config
+from shared.local_services import MosquittoProcess, MotoS3Process
+from shared.messages import DesiredAction, OtaState, utc_now
+from shared.signing import SigningKey
+from shared.synth import CLASS_NAMES
+from shared.topics import Topics
+from tests.edge_agent.onnx_models import brightness_detector
+from tests.edge_agent.ota.helpers import ControlPlane, make_manifest
+
+pytestmark = pytest.mark.integration
+DEVICE = "edge-ota"
+FUZZ_DEVICE = "edge-fuzz"
+
+
+@pytest.fixture
+def plane(
+    tmp_path: Path, mosquitto: MosquittoProcess, s3_client: Any, bucket: str, fleet_name: str
+) -> Iterator[ControlPlane]:
+    cp = ControlPlane(
+        mosquitto, Topics(fleet_name), s3_client, bucket, SigningKey.generate("release-1")
+    )
+    yield cp
+    cp.close()
+
+
+def start_agent(
+    tmp_path: Path,
+    plane: ControlPlane,
+    s3_server: MotoS3Process,
+    *,
+    drift: str = "none",
+    probation: float = 1.0,
+    device: str = DEVICE,
+) -> Agent:
+    keys = tmp_path / "keys"
+    keys.mkdir(exist_ok=True)
+    (keys / "release-1.pub").write_bytes(plane.key.public_pem())
+    (tmp_path / "v1").mkdir(exist_ok=True)
+    v1 = brightness_detector(tmp_path / "v1" / "model.onnx", names=list(CLASS_NAMES))
+    # The bootstrap model ships with its manifest: name and version 1.
+    (tmp_path / "v1" / "manifest.json").write_text(
+        make_manifest(v1.read_bytes(), 1).model_dump_json()
+    )
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"""
+device: {{id: {device}, fleet: {plane.topics.fleet}}}
+cameras: [{{kind: synthetic, id: cam0, width: 320, height: 320, fps: 30, drift: {drift}}}]
+model: {{path: {v1}}}
+mqtt: {{host: 127.0.0.1, port: {plane.broker.port}}}
+api: {{enabled: false}}
+state_dir: {tmp_path / "state"}
+mining: {{enabled: false}}
+storage: {{enabled: true, bucket: {plane.bucket}, endpoint_url: '{s3_server.endpoint_url}',
+           access_key_id: testing, secret_access_key: testing}}
+ota: {{enabled: true, model_name: line-detector,
+       trusted_keys: {{release-1: {keys / "release-1.pub"}}},
+       probation_s: {probation}, download_retry_s: 0.3}}
+"""
+    )
+    agent = Agent(load_config(config))
+    agent.start()
+    plane.wait_report(lambda r: r.device_id == device and r.running_version == 1)
+    return agent
+
+
+def running(agent: Agent) -> int | None:
+    model = agent.models.current
+    return model.version if model else None
+
+
+def test_update_goes_active_and_frames_keep_flowing(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    agent = start_agent(tmp_path, plane, s3_server)
+    try:
+        v2 = brightness_detector(tmp_path / "v2.onnx", names=list(CLASS_NAMES))
+        plane.send(DEVICE, plane.desired(plane.upload(v2, 2)))
+        report = plane.wait_report(
+            lambda r: r.ota_state is OtaState.ACTIVE and r.running_version == 2 and not r.reason
+        )
+        assert report.previous_good_version == 2 and running(agent) == 2
+        processed = agent.pipeline.stats.processed
+        time.sleep(0.5)
+        assert agent.pipeline.stats.processed > processed
+        store = agent.status()["ota"]["store"]
+        assert store["current"] == 2 and store["probation"] is False
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "tampered",
+        "bad_signature",
+        "untrusted_key",
+        "expired",
+        "downgrade",
+        "wrong_input",
+        "nan",
+        "wrong_model",
+    ],
+)
+def test_refusals_keep_the_old_model(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process, case: str
+) -> None:
+    agent = start_agent(tmp_path, plane, s3_server)
+    try:
+        good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
+        expected_reason = {
+            "tampered": "sha256",
+            "bad_signature": "does not match",
+            "untrusted_key": "untrusted key id",
+            "expired": "expired",
+            "downgrade": "downgrade",
+            "wrong_input": "manifest says 96x96",
+            "nan": "NaN",
+            "wrong_model": "this device runs",
+        }[case]
+        if case == "tampered":
+            manifest = plane.upload(good, 2)
+            plane.s3.put_object(
+                Bucket=plane.bucket,
+                Key=manifest.artifact.key,
+                Body=b"x" * manifest.artifact.size_bytes,
+            )
+            desired = plane.desired(manifest)
+        elif case == "bad_signature":
+            manifest = plane.upload(good, 2)
+            desired = plane.desired(manifest.model_copy(update={"notes": "changed after signing"}))
+        elif case == "untrusted_key":
+            desired = plane.desired(plane.upload(good, 2), signer=SigningKey.generate("intruder"))
+        elif case == "expired":
+            manifest = plane.upload(
+                good,
+                2,
+                created_at=utc_now() - timedelta(days=2),
+                expires_at=utc_now() - timedelta(days=1),
+            )
+            desired = plane.desired(manifest)
+        elif case == "downgrade":
+            # Move to v2 first; then a desired state for v1 that is not a signed rollback.
+            plane.send(DEVICE, plane.desired(plane.upload(good, 2)))
+            plane.wait_report(
+                lambda r: r.running_version == 2 and r.ota_state is OtaState.ACTIVE and not r.reason
+            )
+            desired = plane.desired(plane.upload(good, 1))
+        elif case == "wrong_input":
+            wrong = brightness_detector(tmp_path / "wrong.onnx", size=64, names=list(CLASS_NAMES))
+            desired = plane.desired(plane.upload(wrong, 2, size=96))
+        elif case == "nan":
+            nan = brightness_detector(
+                tmp_path / "nan.onnx", poison_nan=True, names=list(CLASS_NAMES)
+            )
+            desired = plane.desired(plane.upload(nan, 2))
+        else:
+            desired = plane.desired(plane.upload(good, 2, model_name="other-line"))
+        before = running(agent)
+        plane.send(DEVICE, desired)
+        report = plane.wait_report(lambda r: r.ota_state is OtaState.FAILED)
+        assert expected_reason in report.reason
+        assert running(agent) == before, "still on the old model"
+        assert agent.alive()
+    finally:
+        agent.stop()
+
+
+def test_replayed_desired_state_is_ignored(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    agent = start_agent(tmp_path, plane, s3_server)
+    try:
+        good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
+        old = plane.desired(plane.upload(good, 2))
+        newer = plane.desired(plane.upload(good, 3))
+        plane.send(DEVICE, newer)
+        plane.wait_report(
+            lambda r: r.running_version == 3 and r.ota_state is OtaState.ACTIVE and not r.reason
+        )
+        plane.send(DEVICE, old)  # validly signed, but older: a replay
+        report = plane.wait_report(lambda r: r.ota_state is OtaState.FAILED)
+        assert "replayed or stale" in report.reason and running(agent) == 3
+    finally:
+        agent.stop()
+
+
+def test_signed_rollback_may_downgrade(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    agent = start_agent(tmp_path, plane, s3_server)
+    try:
+        good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
+        v3 = plane.upload(good, 3)
+        plane.send(DEVICE, plane.desired(v3))
+        plane.wait_report(
+            lambda r: r.running_version == 3 and r.ota_state is OtaState.ACTIVE and not r.reason
+        )
+        v2 = plane.upload(good, 2)
+        plane.send(DEVICE, plane.desired(v2, action=DesiredAction.ROLLBACK))
+        plane.wait_report(
+            lambda r: r.running_version == 2 and r.ota_state is OtaState.ACTIVE and not r.reason
+        )
+    finally:
+        agent.stop()
+
+
+def test_model_that_fails_on_the_line_is_rolled_back(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    # v2 is fine on the line as it is (passes warm-up and the smoke test on real frames);
+    # then a lamp fails, the belt darkens and v2 outputs NaN: probation catches it.
+    agent = start_agent(tmp_path, plane, s3_server, probation=6.0)
+    try:
+        fragile = brightness_detector(
+            tmp_path / "fragile.onnx", nan_when_dark=True, names=list(CLASS_NAMES)
+        )
+        plane.send(DEVICE, plane.desired(plane.upload(fragile, 2)))
+        plane.wait_report(lambda r: r.running_version == 2 and r.reason == "on probation")
+        source = agent.cameras[0].source
+        assert isinstance(source, SyntheticSource)
+        source.set_drift("lighting")
+        report = plane.wait_report(lambda r: r.ota_state is OtaState.ROLLED_BACK)
+        assert "error rate" in report.reason and running(agent) == 1
+        assert list(agent.status()["ota"]["store"]["rejected"]) == [2]
+        # The same version is not retried from a re-sent desired state.
+        plane.send(DEVICE, plane.desired(plane.upload(fragile, 2)))
+        failed = plane.wait_report(lambda r: r.ota_state is OtaState.FAILED)
+        assert "failed here before" in failed.reason
+    finally:
+        agent.stop()
+
+
+def test_truncated_artifact_is_retried_not_installed(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    agent = start_agent(tmp_path, plane, s3_server)
+    try:
+        good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
+        manifest = plane.upload(good, 2)
+        data = good.read_bytes()
+        plane.s3.put_object(
+            Bucket=plane.bucket, Key=manifest.artifact.key, Body=data[: len(data) // 2]
+        )
+        plane.send(DEVICE, plane.desired(manifest))
+        report = plane.wait_report(
+            lambda r: r.ota_state is OtaState.DOWNLOADING and "incomplete" in r.reason
+        )
+        assert running(agent) == 1 and report.desired_version == 2
+        # The store gets the whole file: the agent resumes and completes.
+        plane.s3.put_object(Bucket=plane.bucket, Key=manifest.artifact.key, Body=data)
+        plane.wait_report(
+            lambda r: r.running_version == 2 and r.ota_state is OtaState.ACTIVE and not r.reason
+        )
+    finally:
+        agent.stop()
+
+
+def test_crash_loop_rolls_back_at_start(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    agent = start_agent(tmp_path, plane, s3_server, probation=30.0)
+    good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
+    plane.send(DEVICE, plane.desired(plane.upload(good, 2)))
+    plane.wait_report(lambda r: r.running_version == 2 and r.reason == "on probation")
+    agent.stop()  # as if v2 crashed the agent during probation, three times
+    state_file = tmp_path / "state" / "models" / "state.json"
+    for _ in range(3):
+        again = Agent(agent.config)
+        again.load_configured_model()
+        again.stop()
+    state = json.loads(state_file.read_text())
+    # v1 came from the config (the bootstrap model), so "previous good" is: no stored version.
+    assert state["current"] is None and 2 in state["rejected"]
+    assert again.models.current is not None and again.models.current.version == 1
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    payload=st.one_of(
+        st.binary(max_size=300), st.just(b"{" * 5000), st.just(b'{"schema_version": 1}')
+    )
+)
+def test_garbage_desired_payloads_never_hurt(
+    tmp_path_factory: pytest.TempPathFactory,
+    mosquitto: MosquittoProcess,
+    payload: bytes,
+    agent_for_fuzz: Agent,
+) -> None:
+    plane: ControlPlane = agent_for_fuzz._test_plane  # type: ignore[attr-defined]
+    plane.publish(FUZZ_DEVICE, payload or b"x")
+    time.sleep(0.02)
+    assert agent_for_fuzz.alive() and running(agent_for_fuzz) == 1
+
+
+@pytest.fixture(scope="module")
+def agent_for_fuzz(
+    tmp_path_factory: pytest.TempPathFactory, mosquitto: MosquittoProcess, s3_server: MotoS3Process
+) -> Iterator[Agent]:
+    import boto3
+    from botocore.config import Config
+
+    tmp = tmp_path_factory.mktemp("fuzz")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    s3.create_bucket(Bucket="fuzz-bucket")
+    plane = ControlPlane(
+        mosquitto, Topics("fuzzfleet"), s3, "fuzz-bucket", SigningKey.generate("release-1")
+    )
+    # Its own device id: one MQTT client id per device, or the broker kicks one of the two.
+    agent = start_agent(tmp, plane, s3_server, device=FUZZ_DEVICE)
+    agent._test_plane = plane  # type: ignore[attr-defined]
+    yield agent
+    failures = [r for r in plane.reports if r.ota_state is OtaState.FAILED]
+    agent.stop()
+    plane.close()
+    assert failures, "bad payloads were reported, not silently dropped"
+
+
+def test_probation_resumes_after_restart_and_marks_good(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    agent = start_agent(tmp_path, plane, s3_server, probation=30.0)
+    good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
+    plane.send(DEVICE, plane.desired(plane.upload(good, 2)))
+    plane.wait_report(lambda r: r.running_version == 2 and r.reason == "on probation")
+    agent.stop()  # restarted once during probation: not a crash loop
+    config = agent.config.model_copy(
+        update={"ota": agent.config.ota.model_copy(update={"probation_s": 1.0})}
+    )
+    again = Agent(config)
+    again.start()
+    try:
+        plane.wait_report(
+            lambda r: r.running_version == 2 and r.ota_state is OtaState.ACTIVE and not r.reason
+        )
+        store = again.status()["ota"]["store"]
+        history = [(r.ota_state.value, r.running_version, r.reason) for r in plane.reports]
+        assert store["current"] == 2, history
+        assert store["probation"] is False and store["previous_good"] == 2, (store, history)
+    finally:
+        again.stop()
