@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from cloud_trainer import __version__
 from shared.errors import LinefleetError
 from shared.signing import SigningKey
@@ -43,6 +45,18 @@ def _synth_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet_acl(args: argparse.Namespace) -> int:
+    from cloud_trainer.fleet_acl import FleetInventory, render_acl  # noqa: PLC0415
+
+    text = render_acl(FleetInventory.from_file(args.inventory))
+    if args.out is None:
+        print(text)
+    else:
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloud-trainer", description="linefleet trainer, registry and rollout controller"
@@ -65,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--drift", action="append", default=None, help="drift preset (repeat to mix)"
     )
     synth.set_defaults(handler=_synth_dataset)
+
+    acl = commands.add_parser("fleet-acl", help="mosquitto ACL for a fleet inventory")
+    acl.add_argument("--inventory", type=Path, required=True)
+    acl.add_argument("--out", type=Path)
+    acl.set_defaults(handler=_fleet_acl)
     return parser
 
 
@@ -78,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.drift = ["none"]
     try:
         code: int = args.handler(args)
-    except (LinefleetError, ValueError, OSError) as exc:
+    except (LinefleetError, ValueError, OSError, ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return code

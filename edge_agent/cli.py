@@ -47,11 +47,11 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent  # noqa: PLC0415
-    from edge_agent.config import load_config  # noqa: PLC0415
+    from edge_agent.config import load_config, resolve_secret_files  # noqa: PLC0415
     from edge_agent.logs import configure_logging  # noqa: PLC0415
 
     try:
-        config = load_config(args.config)
+        config = resolve_secret_files(load_config(args.config))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

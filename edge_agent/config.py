@@ -107,6 +107,7 @@ class MqttSection(_Section):
     topic_prefix: str = "lf"
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = None
     tls: TlsSection | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=3600, ge=0)
@@ -137,6 +138,8 @@ class StorageSection(_Section):
     path_style: bool = True
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
+    # For systemd LoadCredential: the secret is read from this file at start.
+    secret_access_key_file: Path | None = None
     concurrency: int = Field(default=2, ge=1, le=32)
     bandwidth_bytes_per_s: float = Field(default=0.0, ge=0.0, description="0 = unlimited")
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
@@ -279,6 +282,32 @@ class AgentConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment first, then the file's values passed as init kwargs: env wins.
         return (env_settings, init_settings)
+
+
+def read_secret_file(path: Path, what: str) -> SecretStr:
+    """A secret from a file (systemd credentials); trailing newlines are not part of it."""
+    try:
+        return SecretStr(path.read_text(encoding="utf-8").rstrip("\r\n"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} from {path}: {exc}") from exc
+
+
+def resolve_secret_files(config: AgentConfig) -> AgentConfig:
+    """Read ``*_file`` secrets at start-up (kept out of validators: they must not do I/O)."""
+    storage, mqtt = config.storage, config.mqtt
+    if storage.secret_access_key_file is not None:
+        storage = storage.model_copy(
+            update={
+                "secret_access_key": read_secret_file(
+                    storage.secret_access_key_file, "storage.secret_access_key_file"
+                )
+            }
+        )
+    if mqtt.password_file is not None:
+        mqtt = mqtt.model_copy(
+            update={"password": read_secret_file(mqtt.password_file, "mqtt.password_file")}
+        )
+    return config.model_copy(update={"storage": storage, "mqtt": mqtt})
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
