@@ -154,8 +154,10 @@ class OtaController:
         self.link.subscribe(self._device_topic, qos=1)
         if self._group_topic:
             self.link.subscribe(self._group_topic, qos=1)
+        # Report the initial state before the worker can change it: reporting `self.state`
+        # after starting the worker raced with a resumed probation and claimed "active".
+        self.report(OtaState.IDLE)
         self._thread.start()
-        self.report(self.state)
 
     def join(self, timeout: float = 5.0) -> None:
         with self._wakeup:

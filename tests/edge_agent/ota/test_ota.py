@@ -360,7 +360,10 @@ def test_probation_resumes_after_restart_and_marks_good(
             lambda r: r.running_version == 2 and r.ota_state is OtaState.ACTIVE and not r.reason
         )
         store = again.status()["ota"]["store"]
-        history = [(r.ota_state.value, r.running_version, r.reason) for r in plane.reports]
+        history = [
+            (r.ota_state.value, r.running_version, r.desired_version, r.reason, r.updated_at.time())
+            for r in plane.reports
+        ]
         assert store["current"] == 2, history
         assert store["probation"] is False and store["previous_good"] == 2, (store, history)
     finally:
