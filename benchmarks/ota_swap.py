@@ -107,8 +107,8 @@ mining: {{enabled: false}}
 state_dir: {work / "state"}
 storage: {{enabled: true, bucket: models, endpoint_url: '{s3server.endpoint_url}',
           access_key_id: testing, secret_access_key: testing}}
-ota: {{enabled: true, model_name: line-detector, trusted_keys: {{release-1: {work / "release-1.pub"}}},
-      probation_s: 2.0}}
+ota: {{enabled: true, model_name: line-detector,
+      trusted_keys: {{release-1: {work / "release-1.pub"}}}, probation_s: 2.0}}
 """)
         agent = Agent(load_config(config))
         seen: list[tuple[int, float, float, int | None]] = []  # seq, done_at, latency, version
