@@ -276,11 +276,13 @@ class OtaController:
         except OtaRejectedError as exc:
             self.report(OtaState.FAILED, reason=str(exc), desired=desired)
             return
-        self._save_sequence(desired.sequence)
+        # The sequence is recorded as handled only at an outcome (active, failed, rolled back),
+        # so an agent killed mid-update resumes it from the retained message after restart.
         if manifest.version == running:
             # Already running it. While it is on probation the watch decides and reports.
             if not self.store.state().probation:
                 self.report(OtaState.ACTIVE, desired=desired)
+            self._save_sequence(desired.sequence)
             return
         rollback = desired.action is DesiredAction.ROLLBACK
         if manifest.version in self.store.state().rejected:
@@ -290,6 +292,7 @@ class OtaController:
                     reason=f"version {manifest.version} failed here before",
                     desired=desired,
                 )
+                self._save_sequence(desired.sequence)
                 return
             self.store.clear_rejection(manifest.version)
         path = self._fetch(manifest, desired)
@@ -315,6 +318,7 @@ class OtaController:
                 return self.store.install(manifest, destination)
             except IntegrityError as exc:
                 self.report(OtaState.FAILED, reason=str(exc), desired=desired)
+                self._save_sequence(desired.sequence)
                 return None
             except DownloadError as exc:
                 log.warning("download interrupted; will resume", extra={"error": str(exc)})
@@ -328,6 +332,7 @@ class OtaController:
             candidate = self.load_model(path, self.runner_options, manifest)
         except EdgeAgentError as exc:
             self.report(OtaState.FAILED, reason=f"model refused: {exc}", desired=desired)
+            self._save_sequence(desired.sequence)
             return
         previous = self.models.current
         try:
@@ -335,6 +340,7 @@ class OtaController:
         except EdgeAgentError as exc:
             candidate.runner.close()
             self.report(OtaState.FAILED, reason=f"smoke check failed: {exc}", desired=desired)
+            self._save_sequence(desired.sequence)
             return
         self.report(OtaState.STAGED, desired=desired)
         self.store.activate(manifest.version)
@@ -343,6 +349,7 @@ class OtaController:
         problem = self._watch_probation(previous)
         if self.stop_event.is_set():
             return  # undecided: the next start resumes probation and counts the boot
+        self._save_sequence(desired.sequence)
         if problem is None:
             self.store.mark_good()
             if previous is not None:

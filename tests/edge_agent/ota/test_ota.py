@@ -40,7 +40,7 @@ def plane(
     cp.close()
 
 
-def start_agent(
+def write_agent_config(
     tmp_path: Path,
     plane: ControlPlane,
     s3_server: MotoS3Process,
@@ -48,7 +48,9 @@ def start_agent(
     drift: str = "none",
     probation: float = 1.0,
     device: str = DEVICE,
-) -> Agent:
+    broker_port: int | None = None,
+) -> Path:
+    """An agent config on the synthetic line with OTA on, v1 shipped with its manifest."""
     keys = tmp_path / "keys"
     keys.mkdir(exist_ok=True)
     (keys / "release-1.pub").write_bytes(plane.key.public_pem())
@@ -64,7 +66,7 @@ def start_agent(
 device: {{id: {device}, fleet: {plane.topics.fleet}}}
 cameras: [{{kind: synthetic, id: cam0, width: 320, height: 320, fps: 30, drift: {drift}}}]
 model: {{path: {v1}}}
-mqtt: {{host: 127.0.0.1, port: {plane.broker.port}}}
+mqtt: {{host: 127.0.0.1, port: {broker_port or plane.broker.port}, keepalive_s: 5}}
 api: {{enabled: false}}
 state_dir: {tmp_path / "state"}
 mining: {{enabled: false}}
@@ -74,6 +76,21 @@ ota: {{enabled: true, model_name: line-detector,
        trusted_keys: {{release-1: {keys / "release-1.pub"}}},
        probation_s: {probation}, download_retry_s: 0.3}}
 """
+    )
+    return config
+
+
+def start_agent(
+    tmp_path: Path,
+    plane: ControlPlane,
+    s3_server: MotoS3Process,
+    *,
+    drift: str = "none",
+    probation: float = 1.0,
+    device: str = DEVICE,
+) -> Agent:
+    config = write_agent_config(
+        tmp_path, plane, s3_server, drift=drift, probation=probation, device=device
     )
     agent = Agent(load_config(config))
     agent.start()
