@@ -124,8 +124,9 @@ class Detections:
         if width <= 0 or height <= 0:
             raise DetectionsError(f"image size must be positive, got {width}x{height}")
         b = self.xyxy.copy()
-        np.clip(b[:, [0, 2]], 0, width, out=b[:, [0, 2]])
-        np.clip(b[:, [1, 3]], 0, height, out=b[:, [1, 3]])
+        # Assign, not clip(out=...): b[:, [0, 2]] is a copy (fancy indexing).
+        b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
+        b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
         cx = (b[:, 0] + b[:, 2]) / 2 / width
         cy = (b[:, 1] + b[:, 3]) / 2 / height
         w = (b[:, 2] - b[:, 0]) / width

@@ -35,8 +35,9 @@ class Letterbox:
         boxes = detections.xyxy.copy()
         boxes[:, [0, 2]] = (boxes[:, [0, 2]] - self.pad_x) / self.scale
         boxes[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self.scale
-        np.clip(boxes[:, [0, 2]], 0, self.source_width, out=boxes[:, [0, 2]])
-        np.clip(boxes[:, [1, 3]], 0, self.source_height, out=boxes[:, [1, 3]])
+        # Assign, not clip(out=...): boxes[:, [0, 2]] is a copy (fancy indexing).
+        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, self.source_width)
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, self.source_height)
         return Detections(boxes, detections.confidence, detections.class_id)
 
 
@@ -76,10 +77,10 @@ def letterbox(
         canvas, mapping = letterbox_image(image, height, width)
         canvases.append(canvas)
         boxes.append(mapping)
-    blob = cast(
-        NDArray[np.floating],
-        cv2.dnn.blobFromImages(canvases, scalefactor=1.0 / 255.0, swapRB=True),
-    )
+    blob = cast(NDArray[np.floating], cv2.dnn.blobFromImages(canvases, swapRB=True))
+    # Divide (as ultralytics does) rather than multiply by 1/255: the two differ by one ulp
+    # for some pixels, enough to flip boxes that sit exactly at a threshold.
+    np.divide(blob, np.float32(255.0), out=blob)
     if dtype is not np.float32:
         blob = blob.astype(dtype)
     return blob, boxes

@@ -38,6 +38,13 @@ def test_letterbox_matches_ultralytics_rounding_and_inverts() -> None:
     np.testing.assert_allclose(back.xyxy, [[0, 0, 640, 480]])
 
 
+def test_boxes_are_clipped_to_the_source_image() -> None:
+    image = np.zeros((480, 640, 3), np.uint8)
+    _, maps = letterbox([image], 320, 320)
+    back = maps[0].to_source(Detections([[-5, 30, 330, 300]], [0.9], [0]))
+    np.testing.assert_allclose(back.xyxy, [[0, 0, 640, 480]])
+
+
 def test_letterbox_swaps_bgr_to_rgb() -> None:
     image = np.zeros((32, 32, 3), np.uint8)
     image[..., 0] = 255  # blue in BGR

@@ -61,6 +61,12 @@ def test_records_malformed() -> None:
         Detections.from_records([{"xyxy": [0, 0, 1, 1]}])
 
 
+def test_yolo_lines_clip_boxes_to_the_image() -> None:
+    det = Detections([[-10, -5, 50, 40], [90, 70, 130, 95]], [0.9, 0.8], [0, 1])
+    back = Detections.from_yolo_lines(det.to_yolo_lines(100, 80), 100, 80)
+    np.testing.assert_allclose(back.xyxy, [[0, 0, 50, 40], [90, 70, 100, 80]], atol=1e-3)
+
+
 def test_yolo_round_trip() -> None:
     det = sample()
     lines = det.to_yolo_lines(100, 80)
