@@ -19,8 +19,15 @@ from shared.local_services import MosquittoProcess, MotoS3Process, NanioS3Proces
 
 
 def _announce(config: pytest.Config, message: str) -> None:
+    """Print to the real terminal/CI log even though fixtures run under output capture."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    if capture is None:
+        reporter.write_line(f"[linefleet] {message}")
+        return
+    with capture.global_and_fixture_disabled():
         reporter.write_line(f"[linefleet] {message}")
 
 
