@@ -202,3 +202,20 @@ def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
     inter = wh[..., 0] * wh[..., 1]
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
+
+
+def count_matches(a: Detections, b: Detections, iou_threshold: float) -> int:
+    """Boxes of ``a`` matched one-to-one to boxes of ``b`` of the same class with IoU at or
+    above ``iou_threshold`` (greedy, best overlaps first)."""
+    if len(a) == 0 or len(b) == 0:
+        return 0
+    iou = box_iou(a.xyxy, b.xyxy)
+    iou[a.class_id[:, None] != b.class_id[None, :]] = 0.0
+    used: set[int] = set()
+    matched = 0
+    for i in np.argsort(-iou.max(axis=1)):
+        j = int(np.argmax(iou[i]))
+        if iou[i, j] >= iou_threshold and j not in used:
+            used.add(j)
+            matched += 1
+    return matched

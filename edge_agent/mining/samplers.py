@@ -17,7 +17,7 @@ import numpy as np
 from edge_agent.camera import Frame
 from edge_agent.inference import InferenceRunner
 from edge_agent.mining.rate_limit import RateLimiter
-from shared.detections import Detections, box_iou
+from shared.detections import Detections, box_iou, count_matches
 
 
 @dataclass(frozen=True)
@@ -32,20 +32,7 @@ class MiningInput:
 def match_ratio(a: Detections, b: Detections, iou_threshold: float) -> float:
     """Share of boxes (over the larger set) matched one-to-one by class and IoU."""
     larger = max(len(a), len(b))
-    if larger == 0:
-        return 1.0
-    if len(a) == 0 or len(b) == 0:
-        return 0.0
-    iou = box_iou(a.xyxy, b.xyxy)
-    iou[a.class_id[:, None] != b.class_id[None, :]] = 0.0
-    matched = 0
-    used: set[int] = set()
-    for i in np.argsort(-iou.max(axis=1)):
-        j = int(np.argmax(iou[i]))
-        if iou[i, j] >= iou_threshold and j not in used:
-            used.add(j)
-            matched += 1
-    return matched / larger
+    return 1.0 if larger == 0 else count_matches(a, b, iou_threshold) / larger
 
 
 @dataclass

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter
@@ -14,20 +15,15 @@ from edge_agent.inference import InferenceRunner
 from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, Pipeline
 from shared.synth import LineConfig
 from tests.edge_agent.onnx_models import brightness_detector
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+from tests.waiting import wait_for as _wait_for
 
 
 @pytest.fixture
 def model_path(tmp_path: Path) -> Path:
     return brightness_detector(tmp_path / "m.onnx", size=64, dynamic_batch=True)
+
+
+wait_for = functools.partial(_wait_for, timeout=10.0)
 
 
 def make_model(path: Path, version: int) -> ActiveModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.server
 import os
 import signal
@@ -18,9 +19,12 @@ import pytest
 from edge_agent.spool import Spool
 from edge_agent.uploader import StorageTarget, TokenBucket, Uploader
 from shared.local_services import NanioS3Process, free_port
+from tests.waiting import wait_for as _wait_for
 
 pytestmark = pytest.mark.integration
 BUCKET = "hard-examples-test"
+
+wait_for = functools.partial(_wait_for, timeout=20.0)
 
 
 def fill(spool: Spool, count: int, size: int = 20_000, prefix: str = "k") -> set[str]:
@@ -54,15 +58,6 @@ def target(server: NanioS3Process, secret: str | None = None) -> StorageTarget:
         connect_timeout_s=1.0,
         read_timeout_s=2.0,
     )
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

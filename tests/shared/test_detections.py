@@ -111,3 +111,12 @@ def test_from_ultralytics_duck_typed() -> None:
 
     det = Detections.from_ultralytics(Result())
     assert det.class_id.tolist() == [2]
+
+
+def test_count_matches_is_one_to_one_and_class_aware() -> None:
+    from shared.detections import count_matches
+
+    a = Detections([[0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], [0.9, 0.8, 0.7], [0, 0, 1])
+    b = Detections([[0, 0, 10, 10], [50, 50, 60, 60]], [0.9, 0.9], [0, 2])
+    assert count_matches(a, b, 0.5) == 1, "one box of b cannot match two of a; classes must agree"
+    assert count_matches(a, Detections.empty(), 0.5) == 0

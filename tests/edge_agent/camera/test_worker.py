@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -23,15 +24,7 @@ from edge_agent.camera.sources import Capture
 from edge_agent.camera.worker import normalise_image
 from edge_agent.errors import CameraError
 from shared.synth import LineConfig
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+from tests.waiting import wait_for as _wait_for
 
 
 class ScriptedSource(FrameSource):
@@ -64,6 +57,8 @@ class ScriptedSource(FrameSource):
 
 GOOD = np.zeros((32, 32, 3), np.uint8)
 FAST = Backoff(initial_s=0.01, max_s=0.02, rng=random.Random(0))
+
+wait_for = functools.partial(_wait_for, timeout=5.0)
 
 
 def run_worker(
