@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,22 +67,15 @@ def write_frames(directory: Path, count: int, seed: int, cameras: int) -> list[l
 
 def agreement(a: list[dict[str, Any]], b: list[dict[str, Any]], iou_min: float = 0.99) -> float:
     """Share of boxes (over the larger set per frame) matched by class with IoU >= iou_min."""
-    from shared.detections import box_iou
+    from shared.detections import Detections, count_matches
 
     matched = total = 0
     for dets_a, dets_b in zip(a, b, strict=True):
         total += max(len(dets_a["cls"]), len(dets_b["cls"]))
-        if not dets_a["cls"] or not dets_b["cls"]:
-            continue
-        iou = box_iou(np.asarray(dets_a["xyxy"]), np.asarray(dets_b["xyxy"]))
-        same = np.asarray(dets_a["cls"])[:, None] == np.asarray(dets_b["cls"])[None, :]
-        iou = np.where(same, iou, 0.0)
-        used: set[int] = set()
-        for i in np.argsort(-iou.max(axis=1)):
-            j = int(np.argmax(iou[i]))
-            if iou[i, j] >= iou_min and j not in used:
-                used.add(j)
-                matched += 1
+        if dets_a["cls"] and dets_b["cls"]:
+            first = Detections(dets_a["xyxy"], [1.0] * len(dets_a["cls"]), dets_a["cls"])
+            second = Detections(dets_b["xyxy"], [1.0] * len(dets_b["cls"]), dets_b["cls"])
+            matched += count_matches(first, second, iou_min)
     return 1.0 if total == 0 else matched / total
 
 
@@ -261,6 +255,12 @@ def worker_ultralytics(
     }
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput (its other figures come with it)."""
+    ordered = sorted(runs, key=lambda r: r["fps"])
+    return ordered[len(ordered) // 2]
+
+
 WORKERS = {"raw": worker_raw, "pipeline": worker_pipeline, "ultralytics": worker_ultralytics}
 
 
@@ -340,6 +340,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=0)
     parser.add_argument("--sizes", default="320,640")
     parser.add_argument("--cameras", type=int, default=4)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        help="runs per contender, interleaved (default 3; 1 with --quick)",
+    )
     # worker mode (internal)
     parser.add_argument("--worker", choices=sorted(WORKERS))
     parser.add_argument("--model")
@@ -376,17 +382,38 @@ def main() -> None:
         broker, port = None, 0
     report: dict[str, Any] = {"frames": count, "sizes": {}, "events_to_broker": bool(port)}
     try:
+        repeats = args.repeats or (1 if args.quick else 3)
         for size in sizes:
             model = models[str(size)]
-            raw = run_child("raw", model, work / "single.json", size, work)
-            pipe = run_child("pipeline", model, work / "single.json", size, work, mqtt_port=port)
-            ultra = run_child("ultralytics", model, work / "single.json", size, work)
+            runs: dict[str, list[dict[str, Any]]] = {"raw": [], "pipeline": [], "ultralytics": []}
+            for _ in range(repeats):  # interleaved, so slow phases of the machine hit all three
+                runs["raw"].append(run_child("raw", model, work / "single.json", size, work))
+                runs["pipeline"].append(
+                    run_child("pipeline", model, work / "single.json", size, work, mqtt_port=port)
+                )
+                runs["ultralytics"].append(
+                    run_child("ultralytics", model, work / "single.json", size, work)
+                )
+            raw, pipe, ultra = (median_run(runs[k]) for k in ("raw", "pipeline", "ultralytics"))
+            vs_raw = [
+                p["fps"] / r["fps"] for p, r in zip(runs["pipeline"], runs["raw"], strict=True)
+            ]
+            vs_ultra = [
+                p["fps"] / u["fps"]
+                for p, u in zip(runs["pipeline"], runs["ultralytics"], strict=True)
+            ]
             report["sizes"][str(size)] = {
+                "repeats": repeats,
                 "raw_ort_fps": round(raw["fps"], 2),
                 "pipeline_fps": round(pipe["fps"], 2),
                 "ultralytics_fps": round(ultra["fps"], 2),
-                "pipeline_vs_raw": round(pipe["fps"] / raw["fps"], 3),
-                "pipeline_vs_ultralytics": round(pipe["fps"] / ultra["fps"], 3),
+                # Median of per-run ratios: each run's contenders ran back to back.
+                "pipeline_vs_raw": round(statistics.median(vs_raw), 3),
+                "pipeline_vs_ultralytics": round(statistics.median(vs_ultra), 3),
+                "pipeline_vs_ultralytics_per_run": [
+                    round(p["fps"] / u["fps"], 3)
+                    for p, u in zip(runs["pipeline"], runs["ultralytics"], strict=True)
+                ],
                 "rss_vs_ultralytics": round(pipe["peak_rss_mb"] / ultra["peak_rss_mb"], 3),
                 "cold_start_vs_ultralytics": round(pipe["cold_start_s"] / ultra["cold_start_s"], 3),
                 "box_agreement": round(agreement(pipe["detections"], ultra["detections"]), 4),
@@ -404,34 +431,62 @@ def main() -> None:
         if multi is not None:
             size = sizes[0]
             (work / "multi.json").write_text(json.dumps(multi))
-            pipe = run_child(
-                "pipeline",
-                models[f"{size}_dyn"],
-                work / "multi.json",
-                size,
-                work,
-                max_batch=args.cameras,
-                mqtt_port=port,
+            multi_runs: dict[str, list[dict[str, Any]]] = {
+                "batched": [],
+                "interleaved": [],
+                "ultralytics": [],
+            }
+            for _ in range(repeats):
+                multi_runs["batched"].append(
+                    run_child(
+                        "pipeline",
+                        models[f"{size}_dyn"],
+                        work / "multi.json",
+                        size,
+                        work,
+                        max_batch=args.cameras,
+                        mqtt_port=port,
+                    )
+                )
+                multi_runs["interleaved"].append(
+                    run_child(
+                        "pipeline",
+                        models[str(size)],
+                        work / "multi.json",
+                        size,
+                        work,
+                        max_batch=1,
+                        mqtt_port=port,
+                    )
+                )
+                multi_runs["ultralytics"].append(
+                    run_child("ultralytics", models[str(size)], work / "multi.json", size, work)
+                )
+            batched, interleaved, ultra = (
+                median_run(multi_runs[k]) for k in ("batched", "interleaved", "ultralytics")
             )
-            pipe_b1 = run_child(
-                "pipeline",
-                models[str(size)],
-                work / "multi.json",
-                size,
-                work,
-                max_batch=1,
-                mqtt_port=port,
-            )
-            ultra = run_child("ultralytics", models[str(size)], work / "multi.json", size, work)
-            best = max(pipe["fps"], pipe_b1["fps"])
+            per_run = [
+                max(b["fps"], i["fps"]) / u["fps"]
+                for b, i, u in zip(
+                    multi_runs["batched"],
+                    multi_runs["interleaved"],
+                    multi_runs["ultralytics"],
+                    strict=True,
+                )
+            ]
             report["multi_camera"] = {
                 "cameras": args.cameras,
                 "imgsz": size,
-                "pipeline_batched_fps": round(pipe["fps"], 2),
-                "pipeline_interleaved_fps": round(pipe_b1["fps"], 2),
+                "repeats": repeats,
+                "pipeline_batched_fps": round(batched["fps"], 2),
+                "pipeline_interleaved_fps": round(interleaved["fps"], 2),
                 "ultralytics_fps": round(ultra["fps"], 2),
-                "pipeline_vs_ultralytics": round(best / ultra["fps"], 3),
-                "batched_vs_interleaved": round(pipe["fps"] / pipe_b1["fps"], 3),
+                "pipeline_vs_ultralytics": round(statistics.median(per_run), 3),
+                "batched_vs_ultralytics_per_run": [
+                    round(b["fps"] / u["fps"], 3)
+                    for b, u in zip(multi_runs["batched"], multi_runs["ultralytics"], strict=True)
+                ],
+                "batched_vs_interleaved": round(batched["fps"] / interleaved["fps"], 3),
             }
     finally:
         if broker is not None:
