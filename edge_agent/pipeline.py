@@ -114,13 +114,13 @@ class PipelineStats:
                 self._recent_done.append(now)
 
     def fps(self, window_s: float = 5.0) -> float:
+        """Frames finished per second over the last ``window_s`` (0 when idle)."""
         now = time.monotonic()
         with self._lock:
             recent = [t for t in self._recent_done if now - t <= window_s]
         if len(recent) < 2:
             return 0.0
-        span = max(now - recent[0], 1e-6)
-        return len(recent) / max(span, min(window_s, span))
+        return len(recent) / max(now - recent[0], 1e-6)
 
     def latency_ms(self, quantile: float) -> float:
         with self._lock:
