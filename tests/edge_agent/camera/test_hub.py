@@ -42,7 +42,10 @@ def test_take_batches_and_waits() -> None:
     hub.register("b")
     threading.Timer(0.05, lambda: (hub.put(frame("a", 0)), hub.put(frame("b", 0)))).start()
     got = hub.take(2, timeout=2.0)
-    assert 1 <= len(got) <= 2
+    assert got, "woken by the first put"
+    if len(got) == 1:  # the second camera's frame landed just after the wake-up
+        got += hub.take(2, timeout=2.0)
+    assert sorted(f.camera_id for f in got) == ["a", "b"]
 
 
 def test_lossless_put_waits_for_room_and_drops_nothing() -> None:

@@ -16,7 +16,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from shared.local_services import MosquittoProcess
 from shared.manifest import ArtifactRef, ClassInfo, InputSpec, ModelManifest
-from shared.messages import DesiredAction, DesiredState, ReportedState, parse_payload, utc_now
+from shared.messages import (
+    DesiredAction,
+    DesiredState,
+    OtaState,
+    ReportedState,
+    parse_payload,
+    utc_now,
+)
 from shared.object_keys import model_artifact_key
 from shared.signing import SigningKey
 from shared.synth import CLASS_NAMES
@@ -124,6 +131,15 @@ class ControlPlane:
                 (r.ota_state.value, r.running_version, r.reason[:80]) for r in self.reports[-8:]
             ]
         raise AssertionError(f"no matching report; last ones: {seen}")
+
+    def wait_active(self, version: int, timeout: float = 30.0) -> ReportedState:
+        """Until a device reports ``version`` active and proven (no probation reason)."""
+        return self.wait_report(
+            lambda r: (
+                r.running_version == version and r.ota_state is OtaState.ACTIVE and not r.reason
+            ),
+            timeout,
+        )
 
     def close(self) -> None:
         self.client.loop_stop()

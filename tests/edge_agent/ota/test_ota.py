@@ -176,9 +176,7 @@ def test_refusals_keep_the_old_model(
         elif case == "downgrade":
             # Move to v2 first; then a desired state for v1 that is not a signed rollback.
             plane.send(DEVICE, plane.desired(plane.upload(good, 2)))
-            plane.wait_report(
-                lambda r: r.running_version == 2 and r.ota_state is OtaState.ACTIVE and not r.reason
-            )
+            plane.wait_active(2)
             desired = plane.desired(plane.upload(good, 1))
         elif case == "wrong_input":
             wrong = brightness_detector(tmp_path / "wrong.onnx", size=64, names=list(CLASS_NAMES))
@@ -209,9 +207,7 @@ def test_replayed_desired_state_is_ignored(
         old = plane.desired(plane.upload(good, 2))
         newer = plane.desired(plane.upload(good, 3))
         plane.send(DEVICE, newer)
-        plane.wait_report(
-            lambda r: r.running_version == 3 and r.ota_state is OtaState.ACTIVE and not r.reason
-        )
+        plane.wait_active(3)
         plane.send(DEVICE, old)  # validly signed, but older: a replay
         report = plane.wait_report(lambda r: r.ota_state is OtaState.FAILED)
         assert "replayed or stale" in report.reason and running(agent) == 3
@@ -227,14 +223,10 @@ def test_signed_rollback_may_downgrade(
         good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
         v3 = plane.upload(good, 3)
         plane.send(DEVICE, plane.desired(v3))
-        plane.wait_report(
-            lambda r: r.running_version == 3 and r.ota_state is OtaState.ACTIVE and not r.reason
-        )
+        plane.wait_active(3)
         v2 = plane.upload(good, 2)
         plane.send(DEVICE, plane.desired(v2, action=DesiredAction.ROLLBACK))
-        plane.wait_report(
-            lambda r: r.running_version == 2 and r.ota_state is OtaState.ACTIVE and not r.reason
-        )
+        plane.wait_active(2)
     finally:
         agent.stop()
 
@@ -283,9 +275,7 @@ def test_truncated_artifact_is_retried_not_installed(
         assert running(agent) == 1 and report.desired_version == 2
         # The store gets the whole file: the agent resumes and completes.
         plane.s3.put_object(Bucket=plane.bucket, Key=manifest.artifact.key, Body=data)
-        plane.wait_report(
-            lambda r: r.running_version == 2 and r.ota_state is OtaState.ACTIVE and not r.reason
-        )
+        plane.wait_active(2)
     finally:
         agent.stop()
 
@@ -373,9 +363,7 @@ def test_probation_resumes_after_restart_and_marks_good(
     again = Agent(config)
     again.start()
     try:
-        plane.wait_report(
-            lambda r: r.running_version == 2 and r.ota_state is OtaState.ACTIVE and not r.reason
-        )
+        plane.wait_active(2)
         store = again.status()["ota"]["store"]
         history = [
             (r.ota_state.value, r.running_version, r.desired_version, r.reason, r.updated_at.time())

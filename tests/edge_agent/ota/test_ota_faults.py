@@ -52,10 +52,7 @@ def test_broker_restart_during_download(
         plane.wait_report(lambda r: r.ota_state is OtaState.DOWNLOADING and "retrying" in r.reason)
         broker.restart()  # mid-download: the agent and the control plane both reconnect
         s3_client.put_object(Bucket=bucket, Key=manifest.artifact.key, Body=model.read_bytes())
-        plane.wait_report(
-            lambda r: r.running_version == 2 and r.ota_state is OtaState.ACTIVE and not r.reason,
-            timeout=60,
-        )
+        plane.wait_active(2, timeout=60)
         assert agent.mqtt is not None and agent.mqtt.stats.connects >= 2
     finally:
         agent.stop()
@@ -94,10 +91,7 @@ def test_sigkill_during_the_switch_leaves_a_runnable_agent(
         process = run_agent(config)
         # Wherever the kill landed, the restarted agent resumes the retained desired state
         # (or its probation) and ends on v2, proven good.
-        plane.wait_report(
-            lambda r: r.ota_state is OtaState.ACTIVE and not r.reason and r.running_version == 2,
-            timeout=60,
-        )
+        plane.wait_active(2, timeout=60)
         state = json.loads((tmp_path / "state/models/state.json").read_text())
         assert state["current"] == 2 and state["probation"] is False
     finally:
