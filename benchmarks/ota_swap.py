@@ -15,14 +15,12 @@ Without ``--onnx`` a small built-in detector is used (tests' model builder).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +36,11 @@ from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.pipeline import DetectionResult  # noqa: E402
 from shared.local_services import MosquittoProcess, MotoS3Process  # noqa: E402
-from shared.manifest import ArtifactRef, ClassInfo, InputSpec, ModelManifest  # noqa: E402
 from shared.messages import DesiredState, OtaState, ReportedState, parse_payload, utc_now  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
 from shared.synth import CLASS_NAMES  # noqa: E402
 from shared.topics import Channel, Topics  # noqa: E402
-
-
-def manifest_for(path: Path, version: int, size: int, key: str) -> ModelManifest:
-    data = path.read_bytes()
-    return ModelManifest(
-        model_name="line-detector",
-        version=version,
-        created_at=utc_now() - timedelta(minutes=1),
-        artifact=ArtifactRef(
-            key=key, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)
-        ),
-        onnx_opset=17,
-        input=InputSpec(height=size, width=size),
-        output_format="yolo_raw",
-        classes=[ClassInfo(id=i, name=n) for i, n in enumerate(CLASS_NAMES)],
-    )
+from tests.edge_agent.ota.helpers import make_manifest  # noqa: E402
 
 
 def main() -> None:
@@ -78,7 +60,7 @@ def main() -> None:
     v1 = work / "v1" / "model.onnx"
     v1.write_bytes(model.read_bytes())
     (work / "v1" / "manifest.json").write_text(
-        manifest_for(v1, 1, size, "models/line-detector/1/model.onnx").model_dump_json()
+        make_manifest(v1.read_bytes(), 1, size=size).model_dump_json()
     )
     key = SigningKey.generate("release-1")
     (work / "release-1.pub").write_bytes(key.public_pem())
@@ -94,7 +76,7 @@ def main() -> None:
             config=Config(s3={"addressing_style": "path"}),
         )
         s3.create_bucket(Bucket="models")
-        v2 = key.sign(manifest_for(model, 2, size, "models/line-detector/2/model.onnx"))
+        v2 = key.sign(make_manifest(model.read_bytes(), 2, size=size))
         s3.put_object(Bucket="models", Key=v2.artifact.key, Body=model.read_bytes())
         config = work / "agent.yaml"
         config.write_text(f"""

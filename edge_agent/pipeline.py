@@ -52,7 +52,6 @@ class ModelSlot:
     def __init__(self, model: ActiveModel | None = None) -> None:
         self._lock = threading.Lock()
         self._model = model
-        self._swap_listeners: list[Callable[[ActiveModel | None, ActiveModel], None]] = []
 
     @property
     def current(self) -> ActiveModel | None:
@@ -63,12 +62,7 @@ class ModelSlot:
         """Install ``model``; returns the previous one (the caller frees it when done)."""
         with self._lock:
             previous, self._model = self._model, model
-        for listener in self._swap_listeners:
-            listener(previous, model)
         return previous
-
-    def on_swap(self, listener: Callable[[ActiveModel | None, ActiveModel], None]) -> None:
-        self._swap_listeners.append(listener)
 
 
 @dataclass(frozen=True)

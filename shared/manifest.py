@@ -23,7 +23,6 @@ from pydantic import (
 from shared.identifiers import Identifier, SemVer, Sha256Hex, ShortText
 from shared.object_keys import validate_object_key
 
-MANIFEST_SCHEMA_VERSION = 1
 MAX_ARTIFACT_BYTES = 2 * 1024**3
 MAX_CLASSES = 1000
 

@@ -28,7 +28,6 @@ from shared.errors import PayloadError
 from shared.identifiers import Identifier, SemVer, ShortText
 from shared.manifest import ClassName, ModelManifest
 
-MESSAGE_SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_DETECTIONS_PER_EVENT = 1000
 

@@ -63,10 +63,6 @@ class SyntheticSource(FrameSource):
     def description(self) -> str:
         return f"synthetic line (seed {self._config.seed}, drift {self._config.drift})"
 
-    @property
-    def drift(self) -> str:
-        return self._config.drift
-
     def set_drift(self, drift: str) -> None:
         """Change line conditions mid-run (the demo's drifting line); keeps the seed."""
         self._config = self._config.model_copy(update={"drift": drift})

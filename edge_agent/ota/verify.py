@@ -27,7 +27,6 @@ class Expectations:
     model_name: str
     agent_version: str
     class_names: tuple[str, ...] | None = None
-    input_size: tuple[int, int] | None = None
 
 
 def verify_desired(
@@ -82,12 +81,5 @@ def verify_desired(
         raise OtaRejectedError(
             f"model classes {manifest.class_names} differ from the line's "
             f"{list(expected.class_names)}"
-        )
-    if expected.input_size is not None and (manifest.input.height, manifest.input.width) != (
-        expected.input_size
-    ):
-        raise OtaRejectedError(
-            f"model input {manifest.input.height}x{manifest.input.width} is not the configured "
-            f"{expected.input_size[0]}x{expected.input_size[1]}"
         )
     return manifest
