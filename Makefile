@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Re-install only when the dependency list changes.
+# Re-install only when the dependency list (or how it is installed) changes.
 DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: test demo lint setup system-deps clean
@@ -13,10 +13,15 @@ DEV_STAMP := $(VENV)/.installed-dev
 system-deps:
 	@scripts/install-system-deps.sh
 
-$(DEV_STAMP): pyproject.toml
+$(DEV_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[edge,dev]'
+	$(PY) -m pip install -q -e '.[trainer,skypilot,dev]'
+	@# ultralytics pulls opencv-python (GUI build, needs libGL) into the same cv2/ folder as
+	@# the headless build: keep only the headless one.
+	$(PY) -m pip uninstall -q -y opencv-python opencv-python-headless
+	$(PY) -m pip install -q --no-deps opencv-python-headless
+	YOLO_CONFIG_DIR=$(abspath $(VENV))/ultralytics-config $(PY) -c 'import cv2, torch, ultralytics, onnxruntime, sky'
 	@touch $@
 
 setup: system-deps $(DEV_STAMP)

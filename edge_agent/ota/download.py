@@ -3,7 +3,6 @@ size and sha256, fsync, and rename. Nothing unverified ever has the final name."
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -13,6 +12,7 @@ import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
 from edge_agent.errors import EdgeAgentError
+from shared.digests import file_sha256
 from shared.manifest import ArtifactRef
 
 CHUNK = 1024 * 1024
@@ -24,14 +24,6 @@ class DownloadError(EdgeAgentError):
 
 class IntegrityError(EdgeAgentError):
     """The fetched artifact does not match the manifest: tampered or truncated."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fetch_s3(
@@ -97,7 +89,7 @@ def download_artifact(
                 f"artifact is {size} bytes, the manifest says {artifact.size_bytes}"
             )
         raise DownloadError(f"artifact incomplete: {size} of {artifact.size_bytes} bytes")
-    digest = _sha256(part)
+    digest = file_sha256(part)
     if digest != artifact.sha256:
         part.unlink()
         raise IntegrityError(
