@@ -7,12 +7,18 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from cloud_trainer import __version__
 from shared.errors import LinefleetError
 from shared.signing import SigningKey
+
+if TYPE_CHECKING:
+    from cloud_trainer.config import TrainerConfig
+    from cloud_trainer.store import ObjectStore
+    from cloud_trainer.training import EpochReport
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -57,6 +63,181 @@ def _fleet_acl(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- trainer commands
+EXIT_REJECTED = 3
+EXIT_SKIPPED = 4
+
+
+def _config(args: argparse.Namespace) -> TrainerConfig:
+    from cloud_trainer.config import load_trainer_config  # noqa: PLC0415
+
+    config = load_trainer_config(args.config)
+    if getattr(args, "work_dir", None) is not None:
+        config = config.model_copy(update={"work_dir": args.work_dir})
+    return config
+
+
+def _store(config: TrainerConfig) -> ObjectStore:
+    from cloud_trainer.store import ObjectStore  # noqa: PLC0415
+
+    return ObjectStore.from_config(config.storage)
+
+
+def _progress_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _print_epoch(report: EpochReport) -> None:
+    done = int(30 * report.epoch / max(report.epochs, 1))
+    bar = "#" * done + "." * (30 - done)
+    metrics = (
+        f"mAP50 {report.map50:.3f} mAP50-95 {report.map50_95:.3f}"
+        if report.map50 is not None and report.map50_95 is not None
+        else ""
+    )
+    print(
+        f"  epoch {report.epoch:>3}/{report.epochs} [{bar}] {report.seconds:6.1f} s  "
+        f"loss {report.box_loss or 0:.3f}  {metrics}  ${report.cost_usd:.4f}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from cloud_trainer.retrain import Retrainer, describe_report  # noqa: PLC0415
+
+    config = _config(args)
+    report = Retrainer(config, _store(config), announce=_progress_line, on_epoch=_print_epoch).run(
+        args.run_id
+    )
+    print(describe_report(report))
+    return {"published": 0, "rejected": EXIT_REJECTED, "skipped": EXIT_SKIPPED}.get(
+        report.status, 1
+    )
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    from cloud_trainer.training import LocalTrainer, load_spec  # noqa: PLC0415
+
+    config = _config(args)
+    store = _store(config)
+    result = LocalTrainer(store, config.work_dir, on_epoch=_print_epoch).run(
+        load_spec(store, args.run_id)
+    )
+    print(result.model_dump_json(indent=1))
+    return 0
+
+
+def _skypilot_task(args: argparse.Namespace) -> int:
+    from cloud_trainer.skypilot import load_task, render_task, task_yaml  # noqa: PLC0415
+    from cloud_trainer.training import load_spec  # noqa: PLC0415
+
+    config = _config(args)
+    task = render_task(config, load_spec(_store(config), args.run_id))
+    load_task(task)  # validated by SkyPilot's own loader before anyone launches it
+    print(task_yaml(task), end="")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from cloud_trainer.registry import ModelRegistry, describe  # noqa: PLC0415
+
+    config = _config(args)
+    index, _ = ModelRegistry(_store(config), config.model_line.name).read_index()
+    if not index.entries:
+        print(f"model line {config.model_line.name!r}: no version registered")
+        return 0
+    print(f"model line {config.model_line.name!r}:")
+    for entry in sorted(index.entries, key=lambda e: e.version):
+        print("  " + describe(entry))
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    from cloud_trainer.registry import ModelRegistry  # noqa: PLC0415
+
+    config = _config(args)
+    registry = ModelRegistry(_store(config), config.model_line.name)
+    version = args.version or registry.latest_published().version
+    print(registry.manifest(version).model_dump_json(indent=1))
+    return 0
+
+
+def _models_register(args: argparse.Namespace) -> int:
+    from cloud_trainer.dataset import register_folder_dataset  # noqa: PLC0415
+    from cloud_trainer.register import register_model  # noqa: PLC0415
+    from cloud_trainer.registry import ModelRegistry  # noqa: PLC0415
+    from cloud_trainer.retrain import load_signing_key  # noqa: PLC0415
+
+    config = _config(args)
+    store = _store(config)
+    signer = load_signing_key(config)
+    dataset_version = None
+    if args.dataset_folder is not None:
+        dataset_version = args.dataset_version
+        register_folder_dataset(
+            store,
+            config.work_dir,
+            name=config.model_line.name,
+            version=dataset_version,
+            folder=args.dataset_folder,
+            class_names=list(config.model_line.classes),
+            dataset=config.dataset,
+        )
+    manifest = register_model(
+        config,
+        ModelRegistry(store, config.model_line.name),
+        signer,
+        onnx=args.onnx,
+        weights=args.weights,
+        dataset_version=dataset_version,
+        notes=args.notes,
+    )
+    print(f"registered {manifest.model_name} v{manifest.version} (signed by {manifest.key_id})")
+    return 0
+
+
+def _labels_import(args: argparse.Namespace) -> int:
+    from cloud_trainer.label_import import import_yolo_labels  # noqa: PLC0415
+
+    config = _config(args)
+    result = import_yolo_labels(
+        _store(config),
+        args.source,
+        fleet=config.model_line.fleet,
+        classes=config.model_line.classes,
+    )
+    print(result.summary())
+    return 0 if result.imported else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from cloud_trainer.retrain import Retrainer  # noqa: PLC0415
+    from cloud_trainer.triggers import RetrainTriggers  # noqa: PLC0415
+
+    config = _config(args)
+    store = _store(config)
+    retrainer = Retrainer(config, store, announce=_progress_line, on_epoch=_print_epoch)
+    triggers = RetrainTriggers(config, store, retrainer.run)
+    scheduler = triggers.scheduler()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    scheduler.start()
+    print(f"serving triggers: {[job.id for job in scheduler.get_jobs()]}", file=sys.stderr)
+    stop.wait()
+    scheduler.shutdown(wait=True)
+    return 0
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="trainer YAML (env LINEFLEET_TRAINER_* wins)")
+    parser.add_argument("--work-dir", type=Path, help="override work_dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloud-trainer", description="linefleet trainer, registry and rollout controller"
@@ -84,6 +265,59 @@ def build_parser() -> argparse.ArgumentParser:
     acl.add_argument("--inventory", type=Path, required=True)
     acl.add_argument("--out", type=Path)
     acl.set_defaults(handler=_fleet_acl)
+
+    retrain = commands.add_parser(
+        "retrain",
+        help="hard examples -> gated, signed model (exit 0 published, 3 rejected, 4 skipped)",
+    )
+    _add_config(retrain)
+    retrain.add_argument("--run-id", help="resume or name a run (default: a fresh id)")
+    retrain.set_defaults(handler=_retrain)
+
+    train_run = commands.add_parser(
+        "train-run", help="run (or resume) the training of a stored run spec: the GPU VM's entry"
+    )
+    _add_config(train_run)
+    train_run.add_argument("--run-id", required=True)
+    train_run.set_defaults(handler=_train_run)
+
+    sky_task = commands.add_parser("skypilot-task", help="print the SkyPilot task of a run")
+    _add_config(sky_task)
+    sky_task.add_argument("--run-id", required=True)
+    sky_task.set_defaults(handler=_skypilot_task)
+
+    models = commands.add_parser("models", help="the model registry")
+    model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = model_commands.add_parser("list", help="versions of the model line")
+    _add_config(listing)
+    listing.set_defaults(handler=_models_list)
+    show = model_commands.add_parser("show", help="a version's signed manifest")
+    _add_config(show)
+    show.add_argument("version", type=int, nargs="?", help="default: latest published")
+    show.set_defaults(handler=_models_show)
+    register = model_commands.add_parser("register", help="publish an existing ONNX (+ .pt)")
+    _add_config(register)
+    register.add_argument("--onnx", type=Path, required=True)
+    register.add_argument("--weights", type=Path, help=".pt weights, needed to fine-tune later")
+    register.add_argument(
+        "--dataset-folder", type=Path, help="YOLO folder it was trained on (replayed later)"
+    )
+    register.add_argument("--dataset-version", default="bootstrap")
+    register.add_argument("--notes", default="")
+    register.set_defaults(handler=_models_register)
+
+    labels = commands.add_parser("labels", help="labels for hard examples")
+    label_commands = labels.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
+    label_import = label_commands.add_parser(
+        "import", help="upload YOLO .txt labels (named by frame id) from a labeling tool export"
+    )
+    _add_config(label_import)
+    label_import.add_argument("--from", dest="source", type=Path, required=True)
+    label_import.set_defaults(handler=_labels_import)
+
+    serve = commands.add_parser("serve", help="run the retrain triggers (cron and threshold)")
+    _add_config(serve)
+    serve.set_defaults(handler=_serve)
     return parser
 
 

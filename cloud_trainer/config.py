@@ -1,0 +1,239 @@
+"""Trainer configuration: a YAML file, overridden by ``LINEFLEET_TRAINER_*`` environment variables.
+
+Same rules as the agent's config: unknown keys are errors and validation does no I/O (key files
+are read when a command needs them). Nested env overrides use ``__``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cloud_trainer.errors import TrainerConfigError
+from edge_agent.config import format_validation_error, read_secret_file, read_yaml
+from edge_agent.errors import ConfigError
+from shared.hard_examples import SamplerTag
+from shared.identifiers import Identifier
+from shared.manifest import ClassName
+from shared.synth import CLASS_NAMES
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageSection(_Section):
+    """The bucket holding hard examples, labels, datasets, runs and the model registry."""
+
+    bucket: str = Field(default="linefleet", min_length=3, max_length=63)
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    path_style: bool = True
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    secret_access_key_file: Path | None = None
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    read_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+
+class ModelLineSection(_Section):
+    """One model line: a fleet's detector, versioned 1, 2, 3 ... in the registry."""
+
+    name: Identifier = "line-detector"
+    fleet: Identifier = "demo"
+    classes: list[ClassName] = Field(default_factory=lambda: list(CLASS_NAMES), min_length=1)
+    imgsz: int = Field(default=320, ge=32, le=4096, multiple_of=32)
+
+
+class SelectionSection(_Section):
+    """Which hard examples a run takes."""
+
+    devices: list[Identifier] = Field(default_factory=list, description="empty: all devices")
+    since: AwareDatetime | None = None
+    reasons: list[SamplerTag] = Field(default_factory=list, description="empty: any sampler")
+    max_examples: int | None = Field(default=None, ge=1)
+    max_per_class: int | None = Field(
+        default=None, ge=1, description="cap on training images containing each class"
+    )
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+
+
+class LabelingSection(_Section):
+    """Where labels come from: people (YOLO files under labels/), a teacher, or the synthetic
+    line's exact truth (demo and tests)."""
+
+    source: Literal["yolo_import", "teacher", "synthetic"] = "yolo_import"
+    teacher_model: Path | None = None
+    teacher_confidence: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _teacher_needs_model(self) -> LabelingSection:
+        if self.source == "teacher" and self.teacher_model is None:
+            raise ValueError("labeling.source 'teacher' needs labeling.teacher_model")
+        return self
+
+
+class DatasetSection(_Section):
+    # Held-out membership is a pure function of the example's key: the same example is held
+    # out in every dataset version of the model line and never enters training.
+    holdout_percent: float = Field(default=20.0, gt=0.0, lt=100.0)
+    val_percent: float = Field(default=15.0, gt=0.0, lt=100.0)
+    replay_previous: bool = Field(
+        default=True, description="also train on the production model's dataset (no forgetting)"
+    )
+    replay_max_train_images: int | None = Field(
+        default=None, ge=0, description="cap on replayed training images (None: all)"
+    )
+    min_train_images: int = Field(default=8, ge=1)
+    min_holdout_images: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> DatasetSection:
+        if self.holdout_percent + self.val_percent >= 90.0:
+            raise ValueError("holdout_percent + val_percent must leave >= 10% for training")
+        return self
+
+
+class AcceleratorOption(_Section):
+    """A GPU SkyPilot may pick, with the hourly price the operator budgets for it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9-]+(:[1-8])?$", examples=["T4:1", "L4:1", "A10G:1"])
+    price_per_hour_usd: float = Field(gt=0.0, le=1000.0)
+
+
+class SkyPilotSection(_Section):
+    accelerators: list[AcceleratorOption] = Field(
+        default_factory=lambda: [
+            AcceleratorOption(name="T4:1", price_per_hour_usd=0.35),
+            AcceleratorOption(name="L4:1", price_per_hour_usd=0.70),
+        ],
+        min_length=1,
+    )
+    use_spot: bool = True
+    max_price_per_hour_usd: float = Field(default=1.0, gt=0.0)
+    max_restarts_on_errors: int = Field(default=3, ge=0, le=100)
+    autostop_idle_minutes: int = Field(default=10, ge=1, le=1440)
+    disk_size_gb: int = Field(default=64, ge=16, le=4096)
+    cloud: str | None = None
+    region: str | None = None
+    setup: str = "pip install 'linefleet[trainer]'"
+    poll_interval_s: float = Field(default=30.0, gt=0.0)
+    timeout_s: float = Field(default=6 * 3600.0, gt=0.0)
+
+
+class TrainingSection(_Section):
+    backend: Literal["local", "skypilot"] = "local"
+    epochs: int = Field(default=10, ge=1, le=1000)
+    batch: int = Field(default=16, ge=1, le=1024)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|\d+(,\d+)*)$")
+    require_gpu: bool = False
+    seed: int = 0
+    workers: int = Field(default=0, ge=0, le=64)
+    patience: int = Field(default=0, ge=0, description="0: no early stopping")
+    close_mosaic: int = Field(default=3, ge=0)
+    warmup_epochs: float = Field(default=0.5, ge=0.0, le=10.0)
+    cpu_price_per_hour_usd: float = Field(default=0.0, ge=0.0)
+    gpu_price_per_hour_usd: float = Field(default=0.35, ge=0.0)
+    max_cost_usd: float | None = Field(
+        default=None, gt=0.0, description="training stops after the epoch that crosses it"
+    )
+
+
+class GateSection(_Section):
+    """The candidate publishes only if not worse than production beyond these tolerances."""
+
+    map50_tolerance: float = Field(default=0.01, ge=0.0, le=1.0)
+    map50_95_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
+    class_recall_tolerance: float = Field(default=0.05, ge=0.0, le=1.0)
+    operating_confidence: float = Field(default=0.25, gt=0.0, lt=1.0)
+
+
+class ExportSection(_Section):
+    opset: int = Field(default=18, ge=11, le=21)
+    dynamic_batch: bool = False
+    fp16_copy: bool = False
+    parity_max_abs_diff: float = Field(
+        default=0.05, gt=0.0, description="bound on |onnx - torch| of the raw head (pixels, scores)"
+    )
+    parity_images: int = Field(default=8, ge=1, le=256)
+
+
+class SigningSection(_Section):
+    key_id: str | None = None
+    key_file: Path | None = None
+    # PEM text, for secret managers that inject env vars; never logged or printed.
+    key_pem: SecretStr | None = None
+    manifest_ttl_days: int | None = Field(default=None, ge=1)
+
+
+class ScheduleSection(_Section):
+    """Triggers of ``cloud-trainer serve``."""
+
+    cron: str | None = Field(default=None, examples=["0 3 * * *"])
+    min_new_examples: int | None = Field(default=None, ge=1)
+    check_interval_s: float = Field(default=300.0, ge=1.0)
+
+
+class TrainerConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LINEFLEET_TRAINER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    storage: StorageSection = StorageSection()
+    model_line: ModelLineSection = ModelLineSection()
+    selection: SelectionSection = SelectionSection()
+    labeling: LabelingSection = LabelingSection()
+    dataset: DatasetSection = DatasetSection()
+    training: TrainingSection = TrainingSection()
+    skypilot: SkyPilotSection = SkyPilotSection()
+    gate: GateSection = GateSection()
+    export: ExportSection = ExportSection()
+    signing: SigningSection = SigningSection()
+    schedule: ScheduleSection = ScheduleSection()
+    work_dir: Path = Path("linefleet-work")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+def load_trainer_config(path: Path | None) -> TrainerConfig:
+    """Config from ``path`` (or defaults) plus env overrides; :class:`TrainerConfigError` if bad."""
+    try:
+        data = read_yaml(path) if path is not None else {}
+    except ConfigError as exc:
+        raise TrainerConfigError(str(exc)) from exc
+    try:
+        config = TrainerConfig(**data)
+    except ValidationError as exc:
+        raise TrainerConfigError(format_validation_error(exc, str(path or "defaults"))) from exc
+    storage = config.storage
+    if storage.secret_access_key_file is not None:
+        try:
+            secret = read_secret_file(
+                storage.secret_access_key_file, "storage.secret_access_key_file"
+            )
+        except ConfigError as exc:
+            raise TrainerConfigError(str(exc)) from exc
+        config = config.model_copy(
+            update={"storage": storage.model_copy(update={"secret_access_key": secret})}
+        )
+    return config

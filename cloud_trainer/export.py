@@ -1,0 +1,126 @@
+"""Export fine-tuned weights to ONNX (pinned opset, fixed or dynamic batch, optional FP16 copy)
+and prove the export computes what the torch model computes before anything is signed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cloud_trainer.config import ExportSection
+from cloud_trainer.errors import ExportError
+from edge_agent.inference.preprocess import letterbox
+from edge_agent.inference.runner import InferenceRunner, RunnerOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    onnx: Path
+    fp16_onnx: Path | None
+    opset: int
+    batch: int  # -1: dynamic
+    imgsz: int
+    class_names: tuple[str, ...]
+    parity_max_abs_diff: float
+    fp16_parity_max_abs_diff: float | None
+    parity_images: int
+
+
+def _export(weights: Path, imgsz: int, config: ExportSection, *, fp16: bool) -> Path:
+    from ultralytics import YOLO  # noqa: PLC0415 - trainer only
+
+    try:
+        path = YOLO(str(weights)).export(
+            format="onnx",
+            imgsz=imgsz,
+            opset=config.opset,
+            dynamic=config.dynamic_batch,
+            simplify=True,
+            nms=False,
+            device="cpu",
+            **({"quantize": 16} if fp16 else {}),
+        )
+    except Exception as exc:
+        raise ExportError(f"ONNX export of {weights} failed: {str(exc)[:500]}") from exc
+    return Path(path)
+
+
+def _raw_outputs_differ(
+    weights: Path, model: Path, images: Sequence[Path], imgsz: int
+) -> tuple[float, tuple[str, ...]]:
+    """Max |onnx - torch| over the raw head on ``images``, both fed the agent's letterbox."""
+    import torch  # noqa: PLC0415
+    from ultralytics import YOLO  # noqa: PLC0415
+
+    net = YOLO(str(weights)).model.float().eval()
+    runner = InferenceRunner(model, RunnerOptions(warmup_runs=1))
+    worst = 0.0
+    try:
+        for path in images:
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                raise ExportError(f"parity image {path} is unreadable")
+            blob, _ = letterbox([np.asarray(image, np.uint8)], imgsz, imgsz, dtype=np.float32)
+            with torch.no_grad():
+                expected = net(torch.from_numpy(blob))
+            expected_head = (
+                expected[0] if isinstance(expected, list | tuple) else expected
+            ).numpy()
+            actual = runner.run(blob)
+            if actual.shape != expected_head.shape:
+                raise ExportError(
+                    f"ONNX output shape {actual.shape} differs from torch {expected_head.shape}"
+                )
+            worst = max(worst, float(np.abs(actual - expected_head).max()))
+        names = runner.info.class_names
+    finally:
+        runner.close()
+    return worst, names
+
+
+def export_and_check(
+    weights: Path,
+    out_dir: Path,
+    *,
+    imgsz: int,
+    config: ExportSection,
+    parity_images: Sequence[Path],
+    expected_classes: Sequence[str],
+) -> ExportResult:
+    """Export, then refuse the export unless it matches torch within the configured bound."""
+    if not parity_images:
+        raise ExportError("no image to check ONNX parity on")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32 = _export(weights, imgsz, config, fp16=False).replace(out_dir / "model.onnx")
+    images = list(parity_images)[: config.parity_images]
+    worst, names = _raw_outputs_differ(weights, fp32, images, imgsz)
+    if names != tuple(expected_classes):
+        raise ExportError(f"exported classes {list(names)} differ from {list(expected_classes)}")
+    if worst > config.parity_max_abs_diff:
+        raise ExportError(
+            f"ONNX and torch outputs differ by up to {worst:.4g} on {len(images)} held-out "
+            f"images (bound {config.parity_max_abs_diff}): refusing the export"
+        )
+    fp16: Path | None = None
+    fp16_worst: float | None = None
+    if config.fp16_copy:
+        fp16 = _export(weights, imgsz, config, fp16=True).replace(out_dir / "model.fp16.onnx")
+        fp16_worst, _ = _raw_outputs_differ(weights, fp16, images, imgsz)
+        log.info("fp16 copy: max abs diff %.4g vs torch", fp16_worst)
+    return ExportResult(
+        onnx=fp32,
+        fp16_onnx=fp16,
+        opset=config.opset,
+        batch=-1 if config.dynamic_batch else 1,
+        imgsz=imgsz,
+        class_names=names,
+        parity_max_abs_diff=round(worst, 6),
+        fp16_parity_max_abs_diff=None if fp16_worst is None else round(fp16_worst, 6),
+        parity_images=len(images),
+    )

@@ -1,0 +1,324 @@
+"""``cloud-trainer retrain``: hard examples -> dataset -> fine-tune -> export -> gate -> publish.
+
+Every run leaves ``runs/{run_id}/report.json`` with its verdict, figures and stage timings,
+whether it published, was rejected by the gate, found nothing to train on, or failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from cloud_trainer.config import TrainerConfig
+from cloud_trainer.dataset import BuildRequest, DatasetBuilder
+from cloud_trainer.errors import EmptySelectionError, RegistryError, TrainerConfigError
+from cloud_trainer.evaluate import evaluate_onnx
+from cloud_trainer.export import ExportResult, export_and_check
+from cloud_trainer.gate import GateVerdict, judge
+from cloud_trainer.labeling import make_label_source
+from cloud_trainer.registry import ModelRegistry, PublishFiles
+from cloud_trainer.store import ObjectStore
+from cloud_trainer.training import (
+    EpochReport,
+    LocalTrainer,
+    TrainResult,
+    TrainSpec,
+    resolve_device,
+    save_spec,
+)
+from shared.errors import LinefleetError
+from shared.manifest import ArtifactRef, ClassInfo, EvalMetrics, InputSpec, Lineage, ModelManifest
+from shared.messages import utc_now
+from shared.object_keys import run_prefix
+from shared.signing import SigningKey
+
+log = logging.getLogger(__name__)
+
+Status = Literal["published", "rejected", "skipped", "failed"]
+
+
+class RunReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    model_name: str
+    status: Status = "failed"
+    reason: str = ""
+    started_at: AwareDatetime
+    finished_at: AwareDatetime | None = None
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
+    parent_version: int | None = None
+    dataset_version: str | None = None
+    dataset_counts: dict[str, dict[str, int]] = Field(default_factory=dict)
+    skipped: dict[str, int] = Field(default_factory=dict)
+    training: TrainResult | None = None
+    parity_max_abs_diff: float | None = None
+    gate: GateVerdict | None = None
+    published_version: int | None = None
+    cost_usd: float = 0.0
+
+
+def report_key(run_id: str) -> str:
+    return f"{run_prefix(run_id)}/report.json"
+
+
+def new_run_id(model_name: str) -> str:
+    return f"{model_name[:40]}-{utc_now():%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+
+
+def load_signing_key(config: TrainerConfig) -> SigningKey:
+    """Read the key before any work, so a missing key fails in seconds, not after training."""
+    signing = config.signing
+    if not signing.key_id:
+        raise TrainerConfigError("signing.key_id is not set: the trainer cannot sign models")
+    if signing.key_pem is not None:
+        return SigningKey.from_pem(signing.key_id, signing.key_pem.get_secret_value().encode())
+    if signing.key_file is not None:
+        return SigningKey.from_file(signing.key_id, signing.key_file)
+    raise TrainerConfigError(
+        "no signing key: set signing.key_file, or LINEFLEET_TRAINER_SIGNING__KEY_PEM"
+    )
+
+
+def build_manifest(
+    *,
+    name: str,
+    version: int,
+    artifact: ArtifactRef,
+    weights: ArtifactRef | None,
+    export: ExportResult,
+    metrics: EvalMetrics | None,
+    lineage: Lineage,
+    ttl_days: int | None,
+    notes: str = "",
+) -> ModelManifest:
+    created = utc_now()
+    return ModelManifest(
+        model_name=name,
+        version=version,
+        created_at=created,
+        expires_at=created + timedelta(days=ttl_days) if ttl_days else None,
+        artifact=artifact,
+        weights=weights,
+        onnx_opset=export.opset,
+        precision="fp32",
+        input=InputSpec(batch=export.batch, height=export.imgsz, width=export.imgsz),
+        output_format="yolo_raw",
+        classes=[ClassInfo(id=i, name=n) for i, n in enumerate(export.class_names)],
+        metrics=metrics,
+        lineage=lineage,
+        notes=notes,
+    )
+
+
+class Stages:
+    """Wall time per stage, for the report and the benchmark."""
+
+    def __init__(self, report: RunReport, announce: Callable[[str], None]) -> None:
+        self.report = report
+        self.announce = announce
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.announce(f"[{name}] ...")
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            seconds = round(time.monotonic() - started, 3)
+            self.report.stage_seconds[name] = seconds
+            self.announce(f"[{name}] {seconds:.1f} s")
+
+
+class Retrainer:
+    def __init__(
+        self,
+        config: TrainerConfig,
+        store: ObjectStore,
+        *,
+        announce: Callable[[str], None] = lambda line: log.info("%s", line),
+        on_epoch: Callable[[EpochReport], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.announce = announce
+        self.on_epoch = on_epoch
+        self.work_dir = config.work_dir.resolve()
+        self.registry = ModelRegistry(store, config.model_line.name)
+
+    def run(self, run_id: str | None = None) -> RunReport:
+        line = self.config.model_line
+        report = RunReport(
+            run_id=run_id or new_run_id(line.name), model_name=line.name, started_at=utc_now()
+        )
+        try:
+            self._run(report)
+        except EmptySelectionError as exc:
+            report.status, report.reason = "skipped", str(exc)
+        except LinefleetError as exc:
+            report.status, report.reason = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            report.finished_at = utc_now()
+            self.store.put(
+                report_key(report.run_id),
+                json.dumps(report.model_dump(mode="json"), indent=1).encode(),
+                content_type="application/json",
+            )
+        self.announce(f"run {report.run_id}: {report.status} ({report.reason})")
+        return report
+
+    def _run(self, report: RunReport) -> None:
+        config, line = self.config, self.config.model_line
+        signer = load_signing_key(config)
+        if config.training.backend == "local":  # fail before building anything
+            resolve_device(config.training.device, require_gpu=config.training.require_gpu)
+        stages = Stages(report, self.announce)
+        production_entry = self.registry.latest_published()
+        production = self.registry.manifest(production_entry.version)
+        report.parent_version = production.version
+        if production.weights is None:
+            raise RegistryError(
+                f"{line.name} v{production.version} has no .pt weights in the registry: "
+                "fine-tuning needs them (register the model with --weights)"
+            )
+        builder = DatasetBuilder(self.store, self.work_dir)
+        labeler = make_label_source(
+            config.labeling.source,
+            store=self.store,
+            class_names=line.classes,
+            teacher_model=config.labeling.teacher_model,
+            teacher_confidence=config.labeling.teacher_confidence,
+        )
+        request = BuildRequest(
+            name=line.name,
+            fleet=line.fleet,
+            class_names=list(line.classes),
+            selection=config.selection,
+            dataset=config.dataset,
+            labeler=labeler,
+            parent=production.lineage.dataset_version,
+        )
+        with stages.stage("select"):
+            selection = builder.select(request)
+            self.announce(f"  {len(selection.examples)} hard example(s) match the filters")
+        with stages.stage("build"):
+            dataset = builder.build(request, selection)
+        manifest = dataset.manifest
+        report.dataset_version = manifest.version
+        report.dataset_counts = manifest.counts
+        report.skipped = manifest.skipped
+        self.announce(
+            f"  dataset {manifest.version}: "
+            + ", ".join(f"{s} {c['images']}" for s, c in manifest.counts.items())
+            + (f"; skipped {manifest.skipped}" if manifest.skipped else "")
+        )
+        training = config.training
+        spec = TrainSpec(
+            run_id=report.run_id,
+            model_name=line.name,
+            dataset_name=manifest.name,
+            dataset_version=manifest.version,
+            parent_version=production.version,
+            parent_weights_key=production.weights.key,
+            parent_weights_sha256=production.weights.sha256,
+            imgsz=line.imgsz,
+            epochs=training.epochs,
+            batch=training.batch,
+            seed=training.seed,
+            device=training.device,
+            require_gpu=training.require_gpu,
+            workers=training.workers,
+            patience=training.patience,
+            close_mosaic=training.close_mosaic,
+            warmup_epochs=training.warmup_epochs,
+            cpu_price_per_hour_usd=training.cpu_price_per_hour_usd,
+            gpu_price_per_hour_usd=training.gpu_price_per_hour_usd,
+            max_cost_usd=training.max_cost_usd,
+        )
+        save_spec(self.store, spec)
+        with stages.stage("train"):
+            result = self._train(spec)
+        report.training = result
+        report.cost_usd = result.cost_usd
+        holdout = dataset.labelled("holdout")
+        with stages.stage("export"):
+            best = self.store.download(
+                result.best_key,
+                self.work_dir / "runs" / spec.run_id / "best.pt",
+                sha256=result.best_sha256,
+            )
+            exported = export_and_check(
+                best,
+                self.work_dir / "runs" / spec.run_id / "export",
+                imgsz=line.imgsz,
+                config=config.export,
+                parity_images=[i.image_path for i in holdout],
+                expected_classes=line.classes,
+            )
+        report.parity_max_abs_diff = exported.parity_max_abs_diff
+        with stages.stage("evaluate"):
+            current = self.registry.fetch(production.version, self.work_dir / "models")
+            gate_conf = config.gate.operating_confidence
+            candidate_metrics = evaluate_onnx(
+                exported.onnx, holdout, line.classes, operating_confidence=gate_conf
+            )
+            production_metrics = evaluate_onnx(
+                current.onnx, holdout, line.classes, operating_confidence=gate_conf
+            )
+            verdict = judge(candidate_metrics, production_metrics, config.gate)
+        report.gate = verdict
+        self.announce(
+            f"  gate on {len(holdout)} held-out images: candidate mAP50 "
+            f"{candidate_metrics.map50:.3f} vs production {production_metrics.map50:.3f} -> "
+            f"{'PASS' if verdict.passed else 'REJECT'}: {'; '.join(verdict.reasons)}"
+        )
+        if not verdict.passed:
+            report.status, report.reason = "rejected", "; ".join(verdict.reasons)
+            return
+        lineage = Lineage(
+            parent_version=production.version,
+            dataset_version=manifest.version,
+            training_run=report.run_id,
+            gpu_seconds=result.gpu_seconds,
+            cost_usd=result.cost_usd,
+            backend=training.backend,
+        )
+        with stages.stage("publish"):
+            signed = self.registry.publish(
+                lambda version, artifact, weights: build_manifest(
+                    name=line.name,
+                    version=version,
+                    artifact=artifact,
+                    weights=weights,
+                    export=exported,
+                    metrics=candidate_metrics,
+                    lineage=lineage,
+                    ttl_days=config.signing.manifest_ttl_days,
+                ),
+                PublishFiles(onnx=exported.onnx, weights=best, fp16_onnx=exported.fp16_onnx),
+                signer,
+                lineage=lineage,
+                note=f"run {report.run_id}",
+            )
+        report.published_version = signed.version
+        report.status = "published"
+        report.reason = f"published {line.name} v{signed.version}"
+
+    def _train(self, spec: TrainSpec) -> TrainResult:
+        if self.config.training.backend == "skypilot":
+            from cloud_trainer.skypilot import SkyPilotBackend  # noqa: PLC0415
+
+            return SkyPilotBackend(self.config, self.store).train(spec, announce=self.announce)
+        return LocalTrainer(self.store, self.work_dir, on_epoch=self.on_epoch).run(spec)
+
+
+def describe_report(report: RunReport) -> str:
+    return json.dumps(report.model_dump(mode="json"), indent=1)

@@ -1,0 +1,140 @@
+"""Retrain triggers for ``cloud-trainer serve``: a cron schedule and a threshold of new hard
+examples since the last run. The watermark lives in the bucket, so a restarted server does
+not re-trigger on examples a previous run already saw."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+
+from cloud_trainer.config import TrainerConfig
+from cloud_trainer.errors import ObjectNotFoundError, TrainerConfigError
+from cloud_trainer.retrain import RunReport
+from cloud_trainer.store import ObjectStore
+from shared.errors import LinefleetError
+from shared.messages import utc_now
+from shared.object_keys import HARD_EXAMPLES, RUNS
+
+log = logging.getLogger(__name__)
+
+
+class TriggerState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    watermark: AwareDatetime | None = None
+    last_run_id: str | None = None
+    last_status: str | None = None
+
+
+class RetrainTriggers:
+    def __init__(
+        self, config: TrainerConfig, store: ObjectStore, retrain: Callable[[], RunReport]
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._retrain = retrain
+        self._busy = threading.Lock()
+        self.state_key = f"{RUNS}/triggers/{config.model_line.name}.json"
+
+    # ------------------------------------------------------------------ state
+    def load_state(self) -> TriggerState:
+        try:
+            body, _ = self.store.get(self.state_key, max_bytes=64 * 1024)
+            return TriggerState.model_validate_json(body)
+        except ObjectNotFoundError:
+            return TriggerState()
+        except ValidationError:
+            log.warning("trigger state %s is unreadable; starting from scratch", self.state_key)
+            return TriggerState()
+
+    def _newest_and_count(self, watermark: datetime | None) -> tuple[datetime | None, int]:
+        newest: datetime | None = None
+        count = 0
+        prefix = f"{HARD_EXAMPLES}/{self.config.model_line.fleet}/"
+        for info in self.store.list(prefix):
+            if not info.key.endswith(".jpg"):
+                continue
+            newest = info.last_modified if newest is None else max(newest, info.last_modified)
+            if watermark is None or info.last_modified > watermark:
+                count += 1
+        return newest, count
+
+    def new_examples(self) -> int:
+        return self._newest_and_count(self.load_state().watermark)[1]
+
+    # ------------------------------------------------------------------ firing
+    def fire(self, why: str) -> RunReport | None:
+        """Run a retrain unless one is already running; advance the watermark afterwards."""
+        if not self._busy.acquire(blocking=False):
+            log.info("retrain trigger (%s) skipped: a run is in progress", why)
+            return None
+        try:
+            newest, _ = self._newest_and_count(None)
+            log.info("retrain triggered: %s", why)
+            report = self._retrain()
+            state = TriggerState(
+                watermark=newest, last_run_id=report.run_id, last_status=report.status
+            )
+            self.store.put(
+                self.state_key, state.model_dump_json().encode(), content_type="application/json"
+            )
+            return report
+        finally:
+            self._busy.release()
+
+    def check_threshold(self) -> RunReport | None:
+        needed = self.config.schedule.min_new_examples
+        if needed is None:
+            return None
+        count = self.new_examples()
+        if count < needed:
+            log.debug("%d new hard example(s), threshold %d", count, needed)
+            return None
+        return self.fire(f"{count} new hard examples >= threshold {needed}")
+
+    def _safely(self, job: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                job()
+            except LinefleetError as exc:
+                log.error("scheduled retrain failed: %s", exc)
+
+        return run
+
+    def scheduler(self) -> BackgroundScheduler:
+        """A started-later scheduler with the configured jobs (one run at a time)."""
+        schedule = self.config.schedule
+        scheduler = BackgroundScheduler(timezone="UTC")
+        if schedule.cron:
+            try:
+                trigger = CronTrigger.from_crontab(schedule.cron, timezone="UTC")
+            except ValueError as exc:
+                raise TrainerConfigError(f"schedule.cron {schedule.cron!r}: {exc}") from exc
+            scheduler.add_job(
+                self._safely(lambda: self.fire(f"cron {schedule.cron}")),
+                trigger,
+                id="cron",
+                max_instances=1,
+                coalesce=True,
+            )
+        if schedule.min_new_examples is not None:
+            scheduler.add_job(
+                self._safely(self.check_threshold),
+                "interval",
+                seconds=schedule.check_interval_s,
+                id="threshold",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=utc_now(),
+            )
+        if not scheduler.get_jobs():
+            raise TrainerConfigError(
+                "serve has nothing to schedule: set schedule.cron and/or schedule.min_new_examples"
+            )
+        return scheduler

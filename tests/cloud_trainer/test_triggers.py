@@ -1,0 +1,74 @@
+"""Retrain triggers against a real S3 server; the retrain itself is a recorder (pure logic)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from cloud_trainer.config import TrainerConfig
+from cloud_trainer.errors import TrainerConfigError
+from cloud_trainer.retrain import RunReport
+from cloud_trainer.store import ObjectStore
+from cloud_trainer.triggers import RetrainTriggers
+from shared.messages import utc_now
+from tests.cloud_trainer.helpers import upload_examples
+
+
+def make(store: ObjectStore, fleet: str, calls: list[str], **schedule: object) -> RetrainTriggers:
+    config = TrainerConfig(model_line={"fleet": fleet}, schedule=schedule)  # type: ignore[arg-type]
+
+    def retrain() -> RunReport:
+        calls.append("run")
+        return RunReport(
+            run_id=f"r{len(calls)}", model_name="m", status="published", started_at=utc_now()
+        )
+
+    return RetrainTriggers(config, store, retrain)
+
+
+def test_threshold_counts_only_examples_newer_than_the_last_run(
+    store: ObjectStore, fleet_name: str, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+    triggers = make(store, fleet_name, calls, min_new_examples=5)
+    upload_examples(store, fleet=fleet_name, count=4)
+    assert triggers.check_threshold() is None and calls == []
+    upload_examples(store, fleet=fleet_name, count=2, start=4)
+    assert triggers.check_threshold() is not None and calls == ["run"]
+    # The watermark is in the bucket: a restarted server does not fire again on old examples.
+    restarted = make(store, fleet_name, calls, min_new_examples=5)
+    assert restarted.new_examples() == 0
+    assert restarted.check_threshold() is None and calls == ["run"]
+    assert restarted.load_state().last_run_id == "r1"
+
+
+def test_only_one_run_at_a_time(store: ObjectStore, fleet_name: str) -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+    triggers = make(store, fleet_name, calls, cron="0 3 * * *")
+
+    def slow() -> RunReport:
+        started.set()
+        release.wait(10)
+        calls.append("slow")
+        return RunReport(run_id="slow", model_name="m", started_at=utc_now())
+
+    triggers._retrain = slow
+    thread = threading.Thread(target=triggers.fire, args=("cron",))
+    thread.start()
+    assert started.wait(10)
+    assert triggers.fire("threshold") is None  # skipped while the first one runs
+    release.set()
+    thread.join()
+    assert calls == ["slow"]
+
+
+def test_scheduler_jobs_and_config_errors(store: ObjectStore, fleet_name: str) -> None:
+    scheduler = make(store, fleet_name, [], cron="0 3 * * *", min_new_examples=10).scheduler()
+    assert sorted(job.id for job in scheduler.get_jobs()) == ["cron", "threshold"]
+    with pytest.raises(TrainerConfigError, match=r"schedule\.cron"):
+        make(store, fleet_name, [], cron="61 * * * *").scheduler()
+    with pytest.raises(TrainerConfigError, match="nothing to schedule"):
+        make(store, fleet_name, []).scheduler()
