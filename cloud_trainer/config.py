@@ -21,7 +21,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cloud_trainer.errors import TrainerConfigError
-from edge_agent.config import format_validation_error, read_secret_file, read_yaml
+from cloud_trainer.fleet.params import RolloutParams
+from edge_agent.config import MqttSection, format_validation_error, read_secret_file, read_yaml
 from edge_agent.errors import ConfigError
 from shared.hard_examples import SamplerTag
 from shared.identifiers import Identifier
@@ -185,6 +186,24 @@ class ScheduleSection(_Section):
     check_interval_s: float = Field(default=300.0, ge=1.0)
 
 
+class FleetSection(_Section):
+    """The control plane: device registry database, MQTT identity, rollout defaults."""
+
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///{work_dir}/fleet.db"
+    )
+    controller_id: Identifier = "control-plane"
+    share_group: Identifier = "linefleet-control"
+    tick_interval_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    settle_s: float = Field(
+        default=1.0, ge=0.0, le=60.0, description="time to take in retained state at start"
+    )
+    rollout: RolloutParams = RolloutParams()
+
+    def url(self, work_dir: Path) -> str:
+        return self.database_url or f"sqlite:///{(work_dir / 'fleet.db').resolve()}"
+
+
 class TrainerConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LINEFLEET_TRAINER_", env_nested_delimiter="__", extra="forbid"
@@ -201,6 +220,8 @@ class TrainerConfig(BaseSettings):
     export: ExportSection = ExportSection()
     signing: SigningSection = SigningSection()
     schedule: ScheduleSection = ScheduleSection()
+    mqtt: MqttSection = MqttSection()
+    fleet: FleetSection = FleetSection()
     work_dir: Path = Path("linefleet-work")
 
     @classmethod

@@ -61,10 +61,14 @@ class MqttLink:
         *,
         agent_version: str,
         client_id: str | None = None,
+        presence_topic: str | None = None,
     ) -> None:
         self.config = config
         self.device_id = device_id
         self.topics = topics
+        # Where `online` and the last will go: the device's own topic, or (for the control
+        # plane, which is not a device) a control topic.
+        self.presence_topic = presence_topic or topics.device(device_id, Channel.ONLINE)
         self.agent_version = agent_version
         self.stats = LinkStats()
         self.connected = threading.Event()
@@ -100,7 +104,7 @@ class MqttLink:
             device_id=self.device_id, online=False, agent_version=self.agent_version
         )
         client.will_set(
-            self.topics.device(self.device_id, Channel.ONLINE),
+            self.presence_topic,
             will.to_payload(),
             qos=1,
             retain=True,
@@ -147,7 +151,7 @@ class MqttLink:
                 agent_version=self.agent_version,
             )
             self.publish(
-                self.topics.device(self.device_id, Channel.ONLINE),
+                self.presence_topic,
                 status.to_payload(),
                 qos=1,
                 retain=True,
@@ -209,7 +213,7 @@ class MqttLink:
             device_id=self.device_id, online=True, at=utc_now(), agent_version=self.agent_version
         )
         self._client.publish(
-            self.topics.device(self.device_id, Channel.ONLINE),
+            self.presence_topic,
             online.to_payload(),
             qos=1,
             retain=True,

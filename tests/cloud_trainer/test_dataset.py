@@ -13,10 +13,10 @@ from cloud_trainer.errors import EmptySelectionError, StoragePermissionError
 from cloud_trainer.label_import import import_yolo_labels
 from cloud_trainer.labeling import SyntheticOracle, YoloLabelFiles
 from cloud_trainer.store import ObjectStore
+from cloud_trainer.synthetic_examples import upload_examples
 from shared.local_services import NanioS3Process
 from shared.object_keys import dataset_prefix, label_key
 from shared.synth import CLASS_NAMES
-from tests.cloud_trainer.helpers import upload_examples
 
 LOOSE = DatasetSection(min_train_images=1, min_holdout_images=1, replay_previous=False)
 

@@ -1,0 +1,155 @@
+"""The control plane's database: SQLite by default (a real file, WAL), through SQLAlchemy Core
+so a ``postgresql://`` URL works unchanged. Schema changes are numbered migrations applied at
+open, recorded in ``schema_migrations``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, whatever the backend keeps (SQLite drops the zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous: pass timezone-aware UTC")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("fleet", String(64), nullable=False, index=True),
+    Column("group_name", String(64), index=True),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("agent_version", String(32)),
+    Column("model_name", String(64)),
+    Column("running_version", Integer),
+    Column("ota_state", String(32)),
+    Column("reason", String(500), nullable=False, default=""),
+    Column("rollout_id", String(64)),
+    Column("reported_sequence", Integer, nullable=False, default=-1),
+    Column("reported_at", UtcDateTime()),
+    Column("heartbeat_at", UtcDateTime()),
+    Column("fps", Float),
+    Column("heartbeat_model_version", Integer),
+    Column("inference_errors", Integer),
+    Column("spool_depth", Integer),
+    Column("uptime_s", Float),
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("rollout_id", String(64), primary_key=True),
+    Column("fleet", String(64), nullable=False),
+    Column("model_name", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("previous_version", Integer),
+    Column("state", String(32), nullable=False),
+    Column("targets", JSON, nullable=False),
+    Column("waves", JSON, nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("current_wave", Integer, nullable=False, default=0),
+    Column("wave_started_at", UtcDateTime()),
+    Column("wave_completed_at", UtcDateTime()),
+    Column("reason", String(1000), nullable=False, default=""),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+rollout_devices = Table(
+    "rollout_devices",
+    metadata,
+    Column("rollout_id", String(64), primary_key=True),
+    Column("device_id", String(64), primary_key=True),
+    Column("wave", Integer, nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("targeted_at", UtcDateTime()),
+    Column("done_at", UtcDateTime()),
+    Column("baseline_fps", Float),
+    Column("reason", String(500), nullable=False, default=""),
+)
+
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+
+def _create_all(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[devices, rollouts, rollout_devices, counters])
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "devices, rollouts, rollout_devices, counters", _create_all),
+]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def open_database(url: str) -> Engine:
+    """Open (and migrate) the database at ``url``, e.g. ``sqlite:///var/lib/lf/fleet.db``."""
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    with engine.begin() as connection:
+        metadata.create_all(connection, tables=[schema_migrations])
+        applied = set(connection.scalars(select(schema_migrations.c.version)))
+        for version, name, migrate in MIGRATIONS:
+            if version not in applied:
+                migrate(connection)
+                connection.execute(schema_migrations.insert().values(version=version, name=name))
+    return engine
+
+
+def applied_migrations(engine: Engine) -> list[int]:
+    with engine.connect() as connection:
+        return sorted(connection.scalars(select(schema_migrations.c.version)))

@@ -1,0 +1,171 @@
+"""The fleet registry: what every device reports, kept in the database.
+
+Fed with raw MQTT messages (topic + bytes) by :mod:`cloud_trainer.fleet.listener`. Every payload
+is untrusted: it must parse, its device id must be the one in its topic (a device that may
+publish only under its own topic cannot speak for another, and a payload that claims to is
+rejected), and a ``reported`` message older than the last one applied (by the agent's own
+sequence) is dropped, so duplicates and out-of-order copies never move a device backwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from cloud_trainer.fleet.db import devices
+from shared.errors import ContractError
+from shared.messages import Heartbeat, OnlineStatus, ReportedState, parse_payload
+from shared.topics import Channel, Scope, Topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    device_id: str
+    fleet: str
+    group_name: str | None
+    online: bool
+    agent_version: str | None
+    model_name: str | None
+    running_version: int | None
+    ota_state: str | None
+    reason: str
+    rollout_id: str | None
+    reported_sequence: int
+    reported_at: datetime | None
+    heartbeat_at: datetime | None
+    fps: float | None
+    heartbeat_model_version: int | None
+    inference_errors: int | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> DeviceRow:
+        values = row._mapping
+        return cls(**{name: values[name] for name in cls.__dataclass_fields__})
+
+
+class FleetRegistry:
+    def __init__(self, engine: Engine, fleet: str, topics: Topics | None = None) -> None:
+        self.engine = engine
+        self.fleet = fleet
+        self.topics = topics or Topics(fleet)
+        self.outcomes: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ ingest
+    def ingest(self, topic: str, payload: bytes) -> str:
+        """Apply one message; returns what happened (also counted in :attr:`outcomes`)."""
+        outcome = self._ingest(topic, payload)
+        self.outcomes[outcome] += 1
+        return outcome
+
+    def _ingest(self, topic: str, payload: bytes) -> str:
+        try:
+            address = self.topics.parse(topic)
+        except ContractError:
+            return "rejected_topic"
+        if address.scope is not Scope.DEVICE:
+            return "ignored"
+        device_id = address.target
+        try:
+            if address.channel == Channel.REPORTED:
+                return self._reported(device_id, parse_payload(ReportedState, payload))
+            if address.channel == Channel.ONLINE:
+                return self._online(device_id, parse_payload(OnlineStatus, payload))
+            if address.channel == Channel.HEARTBEAT:
+                return self._heartbeat(device_id, parse_payload(Heartbeat, payload))
+        except ContractError as exc:
+            log.warning("rejected %s: %s", topic, exc)
+            return "rejected_payload"
+        return "ignored"
+
+    def _forged(self, topic_device: str, claimed: str, topic: str) -> bool:
+        if claimed != topic_device:
+            log.warning(
+                "rejected %s message on %s's topic claiming device %r", topic, topic_device, claimed
+            )
+            return True
+        return False
+
+    def _upsert(self, device_id: str, values: dict[str, Any]) -> None:
+        with self.engine.begin() as connection:
+            exists = connection.execute(
+                select(devices.c.device_id).where(devices.c.device_id == device_id)
+            ).first()
+            if exists:
+                connection.execute(
+                    devices.update().where(devices.c.device_id == device_id).values(**values)
+                )
+            else:
+                connection.execute(
+                    devices.insert().values(device_id=device_id, fleet=self.fleet, **values)
+                )
+
+    def _reported(self, device_id: str, message: ReportedState) -> str:
+        if self._forged(device_id, message.device_id, "reported") or message.fleet != self.fleet:
+            return "rejected_forged"
+        current = self.device(device_id)
+        if current is not None and message.sequence <= current.reported_sequence:
+            return "stale"
+        self._upsert(
+            device_id,
+            {
+                "group_name": message.group,
+                "agent_version": message.agent_version,
+                "model_name": message.model_name,
+                "running_version": message.running_version,
+                "ota_state": message.ota_state.value,
+                "reason": message.reason[:500],
+                "rollout_id": message.rollout_id,
+                "reported_sequence": message.sequence,
+                "reported_at": message.updated_at,
+            },
+        )
+        return "applied"
+
+    def _online(self, device_id: str, message: OnlineStatus) -> str:
+        if self._forged(device_id, message.device_id, "online"):
+            return "rejected_forged"
+        values: dict[str, Any] = {"online": message.online}
+        if message.agent_version:
+            values["agent_version"] = message.agent_version
+        self._upsert(device_id, values)
+        return "applied"
+
+    def _heartbeat(self, device_id: str, message: Heartbeat) -> str:
+        if self._forged(device_id, message.device_id, "heartbeat"):
+            return "rejected_forged"
+        self._upsert(
+            device_id,
+            {
+                "heartbeat_at": message.sent_at,
+                "fps": message.fps,
+                "heartbeat_model_version": message.model_version,
+                "inference_errors": message.inference_errors,
+                "spool_depth": message.spool_depth,
+                "uptime_s": message.uptime_s,
+                "online": True,
+            },
+        )
+        return "applied"
+
+    # ------------------------------------------------------------------ queries
+    def device(self, device_id: str) -> DeviceRow | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(devices).where(devices.c.device_id == device_id)
+            ).first()
+        return DeviceRow.from_row(row) if row else None
+
+    def devices(self, *, group: str | None = None) -> list[DeviceRow]:
+        query = select(devices).where(devices.c.fleet == self.fleet)
+        if group is not None:
+            query = query.where(devices.c.group_name == group)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query.order_by(devices.c.device_id)).all()
+        return [DeviceRow.from_row(r) for r in rows]

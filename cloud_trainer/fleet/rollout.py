@@ -1,0 +1,542 @@
+"""The staged rollout controller.
+
+A rollout sends one model version to a set of devices in cumulative waves (e.g. 1 canary ->
+10% -> 50% -> 100%). Each wave's devices get a signed, retained ``desired`` message; a device
+counts as done when it reports the version ``active`` and proven (off probation), with fps
+not below a share of what it ran before. After a wave is done and has soaked, the next one
+starts. When failures exceed the count or ratio threshold the rollout aborts and every
+touched device is re-targeted to the version it ran before (``action=rollback``).
+
+All state is in the database and every step is idempotent, so a controller killed at any
+point resumes the rollout where it was when restarted. Deadlines use wall-clock UTC stored in
+the database on purpose: they must survive the controller's restart (monotonic time does not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from cloud_trainer.errors import TrainerError
+from cloud_trainer.fleet.db import counters, rollout_devices, rollouts
+from cloud_trainer.fleet.params import RolloutParams
+from cloud_trainer.fleet.registry import DeviceRow, FleetRegistry
+from shared.manifest import ModelManifest
+from shared.messages import DesiredAction, DesiredState, RolloutTargets, utc_now
+from shared.signing import SigningKey
+from shared.topics import Channel, Topics
+
+log = logging.getLogger(__name__)
+
+PROBATION_MARK = "probation"
+
+
+class RolloutError(TrainerError):
+    """A rollout request cannot be carried out (unknown id, another one running, no target)."""
+
+
+class RolloutState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    ABORTED = "aborted"  # stopped, touched devices re-targeted to their previous version
+    ROLLED_BACK = "rolled_back"  # rolled back on request after the fact
+
+
+class DeviceState(StrEnum):
+    PENDING = "pending"  # in a later wave
+    TARGETED = "targeted"  # desired state sent, waiting for its report
+    ACTIVE = "active"  # running the version, proven
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"  # offline or silent past the deadline; still retained, not failed
+    RETARGETED = "retargeted"  # sent back to its previous version
+
+
+TERMINAL_IN_WAVE = {DeviceState.ACTIVE, DeviceState.FAILED, DeviceState.TIMED_OUT}
+LIVE = {RolloutState.RUNNING, RolloutState.PAUSED}
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    rollout_id: str
+    model_name: str
+    version: int
+    state: str
+    current_wave: int
+    waves: list[float]
+    reason: str
+    counts: dict[str, int]
+    per_wave: list[dict[str, int]]
+    created_at: datetime
+    updated_at: datetime
+
+
+Publish = Callable[[str, bytes], None]  # retained, QoS 1
+ManifestSource = Callable[[int], ModelManifest]
+
+
+def wave_sizes(total: int, waves: Sequence[float], min_canary: int) -> list[int]:
+    """Cumulative device counts per wave; the first wave holds at least ``min_canary``."""
+    sizes: list[int] = []
+    for index, fraction in enumerate(waves):
+        size = math.ceil(fraction * total)
+        if index == 0:
+            size = max(size, min(min_canary, total))
+        sizes.append(min(total, max(size, sizes[-1] if sizes else 0)))
+    if sizes:
+        sizes[-1] = total
+    return sizes
+
+
+class RolloutController:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: FleetRegistry,
+        manifests: ManifestSource,
+        signer: SigningKey,
+        publish: Publish,
+        *,
+        topics: Topics | None = None,
+        now: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.fleet = registry.fleet
+        self.manifests = manifests
+        self.signer = signer
+        self.publish = publish
+        self.topics = topics or registry.topics
+        self.now = now
+
+    # ------------------------------------------------------------------ commands
+    def start(
+        self,
+        rollout_id: str,
+        model_name: str,
+        version: int,
+        targets: RolloutTargets,
+        params: RolloutParams,
+    ) -> str:
+        with self.engine.connect() as connection:
+            live = connection.execute(
+                select(rollouts.c.rollout_id).where(
+                    rollouts.c.fleet == self.fleet,
+                    rollouts.c.state.in_([s.value for s in LIVE]),
+                )
+            ).first()
+            if live is not None:
+                raise RolloutError(
+                    f"rollout {live[0]} is still in progress on fleet {self.fleet}: "
+                    "wait for it, or abort it first"
+                )
+            if connection.execute(
+                select(rollouts.c.rollout_id).where(rollouts.c.rollout_id == rollout_id)
+            ).first():
+                raise RolloutError(f"rollout id {rollout_id!r} already exists")
+        manifest = self.manifests(version)  # fails early when the version is not published
+        if manifest.model_name != model_name:
+            raise RolloutError(f"version {version} belongs to {manifest.model_name}")
+        device_ids = self._resolve(targets)
+        if not device_ids:
+            raise RolloutError("the rollout targets match no device")
+        order = sorted(
+            device_ids, key=lambda d: hashlib.sha256(f"{rollout_id}/{d}".encode()).digest()
+        )
+        sizes = wave_sizes(len(order), params.waves or [1.0], params.min_canary_devices)
+        now = self.now()
+        with self.engine.begin() as connection:
+            connection.execute(
+                rollouts.insert().values(
+                    rollout_id=rollout_id,
+                    fleet=self.fleet,
+                    model_name=model_name,
+                    version=version,
+                    state=RolloutState.RUNNING.value,
+                    targets=targets.model_dump(mode="json"),
+                    waves=params.waves or [1.0],
+                    params=params.model_dump(mode="json"),
+                    current_wave=-1,
+                    reason="",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            start = 0
+            for wave, end in enumerate(sizes):
+                for device_id in order[start:end]:
+                    connection.execute(
+                        rollout_devices.insert().values(
+                            rollout_id=rollout_id,
+                            device_id=device_id,
+                            wave=wave,
+                            state=DeviceState.PENDING.value,
+                            reason="",
+                        )
+                    )
+                start = end
+        log.info(
+            "rollout %s: %s v%d to %d device(s) in %s",
+            rollout_id,
+            model_name,
+            version,
+            len(order),
+            sizes,
+        )
+        self.tick()
+        return rollout_id
+
+    def pause(self, rollout_id: str) -> None:
+        self._set_state(
+            rollout_id, RolloutState.PAUSED, {RolloutState.RUNNING}, "paused by request"
+        )
+
+    def resume(self, rollout_id: str) -> None:
+        self._set_state(rollout_id, RolloutState.RUNNING, {RolloutState.PAUSED}, "")
+
+    def abort(self, rollout_id: str, reason: str = "aborted by request") -> None:
+        self._require(rollout_id, LIVE)
+        self._retarget_touched(rollout_id)
+        self._update(rollout_id, state=RolloutState.ABORTED.value, reason=reason)
+
+    def rollback(self, rollout_id: str) -> None:
+        self._require(rollout_id, LIVE | {RolloutState.SUCCEEDED, RolloutState.ABORTED})
+        self._retarget_touched(rollout_id)
+        self._update(
+            rollout_id, state=RolloutState.ROLLED_BACK.value, reason="rolled back by request"
+        )
+
+    # ------------------------------------------------------------------ the loop body
+    def tick(self) -> None:
+        """Advance every running rollout by what the fleet reported since the last tick."""
+        with self.engine.connect() as connection:
+            running = connection.scalars(
+                select(rollouts.c.rollout_id).where(
+                    rollouts.c.fleet == self.fleet,
+                    rollouts.c.state == RolloutState.RUNNING.value,
+                )
+            ).all()
+        for rollout_id in running:
+            self._advance(rollout_id)
+
+    def _advance(self, rollout_id: str) -> None:
+        rollout = self._row(rollout_id)
+        params = RolloutParams.model_validate(rollout["params"])
+        now = self.now()
+        self._observe(rollout_id, rollout["version"], params, now)
+        counts = self._counts(rollout_id)
+        failures = counts.get(DeviceState.FAILED.value, 0)
+        touched = sum(v for k, v in counts.items() if k != DeviceState.PENDING.value)
+        if touched and (
+            failures > params.max_failures or failures / touched > params.max_failure_ratio
+        ):
+            reason = (
+                f"{failures} of {touched} device(s) failed (limits: {params.max_failures} "
+                f"devices, {params.max_failure_ratio:.0%}); touched devices re-targeted to "
+                "their previous version"
+            )
+            log.warning("rollout %s aborted: %s", rollout_id, reason)
+            self.abort(rollout_id, reason)
+            return
+        wave = rollout["current_wave"]
+        if wave >= 0:
+            states = self._wave_states(rollout_id, wave)
+            if any(s not in TERMINAL_IN_WAVE for s in states):
+                return
+            if rollout["wave_completed_at"] is None:
+                self._update(rollout_id, wave_completed_at=now)
+                if params.soak_s > 0:
+                    return
+            elif now - rollout["wave_completed_at"] < timedelta(seconds=params.soak_s):
+                return
+        next_wave = wave + 1
+        if next_wave >= len(rollout["waves"]):
+            self._update(rollout_id, state=RolloutState.SUCCEEDED.value, reason="every wave done")
+            log.info("rollout %s succeeded", rollout_id)
+            return
+        self._target_wave(rollout_id, next_wave, self.manifests(rollout["version"]))
+
+    def _target_wave(self, rollout_id: str, wave: int, manifest: ModelManifest) -> None:
+        now = self.now()
+        with self.engine.connect() as connection:
+            device_ids = connection.scalars(
+                select(rollout_devices.c.device_id).where(
+                    rollout_devices.c.rollout_id == rollout_id, rollout_devices.c.wave == wave
+                )
+            ).all()
+        for device_id in device_ids:
+            device = self.registry.device(device_id)
+            self._send(rollout_id, device_id, manifest, DesiredAction.UPDATE)
+            with self.engine.begin() as connection:
+                connection.execute(
+                    rollout_devices.update()
+                    .where(
+                        rollout_devices.c.rollout_id == rollout_id,
+                        rollout_devices.c.device_id == device_id,
+                    )
+                    .values(
+                        state=DeviceState.TARGETED.value,
+                        targeted_at=now,
+                        baseline_fps=device.fps if device else None,
+                    )
+                )
+        # The wave counts as started only once every device of it has been sent its state;
+        # a controller killed half-way re-sends the same (idempotent) retained messages.
+        self._update(rollout_id, current_wave=wave, wave_started_at=now, wave_completed_at=None)
+        log.info("rollout %s: wave %d targeted (%d device(s))", rollout_id, wave, len(device_ids))
+
+    def _observe(self, rollout_id: str, version: int, params: RolloutParams, now: datetime) -> None:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(rollout_devices).where(
+                    rollout_devices.c.rollout_id == rollout_id,
+                    rollout_devices.c.state.in_(
+                        [
+                            DeviceState.TARGETED.value,
+                            DeviceState.ACTIVE.value,
+                            DeviceState.TIMED_OUT.value,
+                        ]
+                    ),
+                )
+            ).all()
+        for row in rows:
+            values = row._mapping
+            device = self.registry.device(values["device_id"])
+            state, reason = self._judge(
+                rollout_id=rollout_id,
+                version=version,
+                params=params,
+                row=values,
+                device=device,
+                now=now,
+            )
+            if state.value != values["state"] or reason != values["reason"]:
+                with self.engine.begin() as connection:
+                    connection.execute(
+                        rollout_devices.update()
+                        .where(
+                            rollout_devices.c.rollout_id == rollout_id,
+                            rollout_devices.c.device_id == values["device_id"],
+                        )
+                        .values(
+                            state=state.value,
+                            reason=reason[:500],
+                            done_at=now if state in TERMINAL_IN_WAVE else None,
+                        )
+                    )
+
+    @staticmethod
+    def _judge(
+        *,
+        rollout_id: str,
+        version: int,
+        params: RolloutParams,
+        row: Any,
+        device: DeviceRow | None,
+        now: datetime,
+    ) -> tuple[DeviceState, str]:
+        targeted_at: datetime = row["targeted_at"]
+        fresh = (
+            device is not None
+            and device.reported_at is not None
+            and device.reported_at >= targeted_at - timedelta(seconds=5)
+        )
+        if (
+            device is not None
+            and fresh
+            and device.rollout_id == rollout_id
+            and device.ota_state in ("failed", "rolled_back")
+        ):
+            return DeviceState.FAILED, f"{device.ota_state}: {device.reason}"
+        if (
+            device is not None
+            and device.running_version == version
+            and device.ota_state == "active"
+            and PROBATION_MARK not in device.reason
+        ):
+            baseline = row["baseline_fps"]
+            if (
+                baseline
+                and device.fps is not None
+                and device.heartbeat_model_version == version
+                and device.fps < params.min_fps_ratio * baseline
+            ):
+                return (
+                    DeviceState.FAILED,
+                    f"fps {device.fps:.1f} below {params.min_fps_ratio:.0%} of {baseline:.1f}",
+                )
+            return DeviceState.ACTIVE, ""
+        if params.device_timeout_s is not None and now - targeted_at > timedelta(
+            seconds=params.device_timeout_s
+        ):
+            online = device is not None and device.online
+            return DeviceState.TIMED_OUT, "no report in time" + ("" if online else " (offline)")
+        return DeviceState.TARGETED, ""
+
+    # ------------------------------------------------------------------ re-targeting
+    def _retarget_touched(self, rollout_id: str) -> None:
+        """Send every touched device back to the version it ran before the rollout."""
+        rollout = self._row(rollout_id)
+        with self.engine.connect() as connection:
+            touched = connection.scalars(
+                select(rollout_devices.c.device_id).where(
+                    rollout_devices.c.rollout_id == rollout_id,
+                    rollout_devices.c.state != DeviceState.PENDING.value,
+                    rollout_devices.c.state != DeviceState.RETARGETED.value,
+                )
+            ).all()
+        previous = rollout["previous_version"]
+        for device_id in touched:
+            target = previous or self._previous_of(device_id, rollout["version"])
+            if target is None:
+                log.warning("rollout %s: no previous version known for %s", rollout_id, device_id)
+                continue
+            self._send(rollout_id, device_id, self.manifests(target), DesiredAction.ROLLBACK)
+            with self.engine.begin() as connection:
+                connection.execute(
+                    rollout_devices.update()
+                    .where(
+                        rollout_devices.c.rollout_id == rollout_id,
+                        rollout_devices.c.device_id == device_id,
+                    )
+                    .values(state=DeviceState.RETARGETED.value, reason=f"back to v{target}")
+                )
+
+    def _previous_of(self, device_id: str, version: int) -> int | None:
+        device = self.registry.device(device_id)
+        if device is None or device.running_version is None:
+            return None
+        if device.running_version != version:
+            return device.running_version
+        return version - 1 if version > 1 else None
+
+    # ------------------------------------------------------------------ messages
+    def _next_sequence(self) -> int:
+        """Grows across restarts and database loss: max(stored + 1, milliseconds now)."""
+        with self.engine.begin() as connection:
+            stored = connection.execute(
+                select(counters.c.value).where(counters.c.name == "desired_sequence")
+            ).scalar()
+            value = max((stored or 0) + 1, int(self.now().timestamp() * 1000))
+            if stored is None:
+                connection.execute(counters.insert().values(name="desired_sequence", value=value))
+            else:
+                connection.execute(
+                    counters.update()
+                    .where(counters.c.name == "desired_sequence")
+                    .values(value=value)
+                )
+        return value
+
+    def _send(
+        self, rollout_id: str, device_id: str, manifest: ModelManifest, action: DesiredAction
+    ) -> None:
+        desired = DesiredState(
+            fleet=self.fleet,
+            rollout_id=rollout_id,
+            sequence=self._next_sequence(),
+            issued_at=self.now(),
+            action=action,
+            manifest=manifest,
+        )
+        payload = self.signer.sign(desired).to_payload()
+        self.publish(self.topics.device(device_id, Channel.DESIRED), payload)
+
+    # ------------------------------------------------------------------ queries
+    def _resolve(self, targets: RolloutTargets) -> list[str]:
+        chosen: set[str] = set(targets.devices)
+        if targets.whole_fleet:
+            chosen.update(d.device_id for d in self.registry.devices())
+        for group in targets.groups:
+            chosen.update(d.device_id for d in self.registry.devices(group=group))
+        return sorted(chosen)
+
+    def _row(self, rollout_id: str) -> dict[str, Any]:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(rollouts).where(rollouts.c.rollout_id == rollout_id)
+            ).first()
+        if row is None:
+            raise RolloutError(f"no rollout {rollout_id!r}")
+        return dict(row._mapping)
+
+    def _require(self, rollout_id: str, allowed: set[RolloutState]) -> dict[str, Any]:
+        row = self._row(rollout_id)
+        if row["state"] not in {s.value for s in allowed}:
+            raise RolloutError(f"rollout {rollout_id} is {row['state']}; cannot do that now")
+        return row
+
+    def _set_state(
+        self, rollout_id: str, state: RolloutState, allowed: set[RolloutState], reason: str
+    ) -> None:
+        self._require(rollout_id, allowed)
+        self._update(rollout_id, state=state.value, reason=reason)
+
+    def _update(self, rollout_id: str, **values: Any) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                rollouts.update()
+                .where(rollouts.c.rollout_id == rollout_id)
+                .values(updated_at=self.now(), **values)
+            )
+
+    def _counts(self, rollout_id: str) -> dict[str, int]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(rollout_devices.c.state, func.count())
+                .where(rollout_devices.c.rollout_id == rollout_id)
+                .group_by(rollout_devices.c.state)
+            ).all()
+        return {state: int(count) for state, count in rows}
+
+    def _wave_states(self, rollout_id: str, wave: int) -> list[DeviceState]:
+        with self.engine.connect() as connection:
+            states = connection.scalars(
+                select(rollout_devices.c.state).where(
+                    rollout_devices.c.rollout_id == rollout_id, rollout_devices.c.wave == wave
+                )
+            ).all()
+        return [DeviceState(s) for s in states]
+
+    def status(self, rollout_id: str) -> RolloutStatus:
+        row = self._row(rollout_id)
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(rollout_devices.c.wave, rollout_devices.c.state, func.count())
+                .where(rollout_devices.c.rollout_id == rollout_id)
+                .group_by(rollout_devices.c.wave, rollout_devices.c.state)
+            ).all()
+        per_wave: list[dict[str, int]] = [{} for _ in row["waves"]]
+        for wave, state, count in rows:
+            per_wave[int(wave)][state] = int(count)
+        return RolloutStatus(
+            rollout_id=rollout_id,
+            model_name=row["model_name"],
+            version=row["version"],
+            state=row["state"],
+            current_wave=row["current_wave"],
+            waves=list(row["waves"]),
+            reason=row["reason"],
+            counts=self._counts(rollout_id),
+            per_wave=per_wave,
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    def rollouts(self) -> list[str]:
+        with self.engine.connect() as connection:
+            return list(
+                connection.scalars(
+                    select(rollouts.c.rollout_id)
+                    .where(rollouts.c.fleet == self.fleet)
+                    .order_by(rollouts.c.created_at.desc())
+                ).all()
+            )

@@ -1,0 +1,106 @@
+"""The running control plane: one MQTT connection feeding the fleet registry, and the rollout
+controller's loop. ``cloud-trainer serve`` and ``cloud-trainer rollout ... --wait`` use it.
+
+Subscriptions: ``reported`` and ``online`` are retained, and MQTT v5 never delivers retained
+messages to shared subscriptions, so every replica subscribes to them directly (low volume);
+``heartbeat`` is high volume and not retained, so replicas split it with
+``$share/{group}/...``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+
+from cloud_trainer import __version__
+from cloud_trainer.config import TrainerConfig
+from cloud_trainer.errors import TrainerError
+from cloud_trainer.fleet.db import open_database
+from cloud_trainer.fleet.registry import FleetRegistry
+from cloud_trainer.fleet.rollout import ManifestSource, RolloutController
+from edge_agent.mqtt_link import MqttLink
+from shared.signing import SigningKey
+from shared.topics import Channel, Topics
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        config: TrainerConfig,
+        manifests: ManifestSource,
+        signer: SigningKey,
+        *,
+        engine: Engine | None = None,
+    ) -> None:
+        fleet = config.model_line.fleet
+        self.config = config
+        self.topics = Topics(fleet, prefix=config.mqtt.topic_prefix)
+        self.engine = engine or open_database(config.fleet.url(config.work_dir))
+        self.registry = FleetRegistry(self.engine, fleet, self.topics)
+        self._last_message = time.monotonic()
+        self.link = MqttLink(
+            config.mqtt,
+            config.fleet.controller_id,
+            self.topics,
+            agent_version=__version__,
+            presence_topic=self.topics.control(f"presence-{config.fleet.controller_id}"),
+        )
+        self.link.add_handler(self._on_message)
+        self.link.subscribe(self.topics.all_devices(Channel.REPORTED), qos=1)
+        self.link.subscribe(self.topics.all_devices(Channel.ONLINE), qos=1)
+        self.link.subscribe(
+            f"$share/{config.fleet.share_group}/{self.topics.all_devices(Channel.HEARTBEAT)}",
+            qos=0,
+        )
+        self.controller = RolloutController(
+            self.engine,
+            self.registry,
+            manifests,
+            signer,
+            self._publish,
+            topics=self.topics,
+        )
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        if not self.link.publish(topic, payload, qos=1, retain=True):
+            raise TrainerError(f"MQTT outbox full: could not queue the desired state for {topic}")
+
+    def _on_message(self, topic: str, payload: bytes, _retained: bool) -> None:
+        self._last_message = time.monotonic()
+        self.registry.ingest(topic, payload)
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Connect, then take in the retained fleet state before anyone acts on it."""
+        self.link.start()
+        if not self.link.wait_connected(timeout_s):
+            self.link.stop(timeout=0.5)
+            mqtt = self.config.mqtt
+            raise TrainerError(
+                f"cannot reach the MQTT broker at {mqtt.host}:{mqtt.port} within {timeout_s:.0f} s"
+            )
+        settle = self.config.fleet.settle_s
+        deadline = time.monotonic() + max(settle * 5, 1.0)
+        while time.monotonic() < deadline:
+            if time.monotonic() - self._last_message >= settle:
+                break
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.link.stop()
+
+    def run(self, stop: threading.Event, until: Callable[[], bool] | None = None) -> None:
+        """Tick the controller every ``tick_interval_s`` until ``stop`` (or ``until()``)."""
+        interval = self.config.fleet.tick_interval_s
+        while not stop.wait(interval):
+            try:
+                self.controller.tick()
+            except TrainerError as exc:
+                log.error("rollout tick failed: %s", exc)
+            if until is not None and until():
+                return

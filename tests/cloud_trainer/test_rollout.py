@@ -1,0 +1,294 @@
+"""Staged rollouts over a real mosquitto with simulated devices, state in a real SQLite file."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from cloud_trainer.config import TrainerConfig
+from cloud_trainer.fleet.db import rollout_devices
+from cloud_trainer.fleet.params import RolloutParams
+from cloud_trainer.fleet.rollout import RolloutError, RolloutState, wave_sizes
+from cloud_trainer.fleet.service import ControlPlane
+from cloud_trainer.fleet.simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
+from cloud_trainer.registry import ModelRegistry, PublishFiles
+from cloud_trainer.store import ObjectStore
+from shared.local_services import MosquittoProcess
+from shared.manifest import ArtifactRef, Lineage, ModelManifest
+from shared.messages import RolloutTargets
+from shared.signing import SigningKey, Verifier
+from shared.topics import Topics
+from tests.factories import make_manifest
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+KEY = SigningKey.generate("cp-test")
+VERIFIER = Verifier({"cp-test": KEY.private_key.public_key()})
+MODEL = "line-detector"
+
+
+def publish_versions(store: ObjectStore, tmp_path: Path, count: int) -> ModelRegistry:
+    registry = ModelRegistry(store, MODEL)
+    for index in range(count):
+        onnx = tmp_path / f"v{index}.onnx"
+        onnx.write_bytes(b"model-%d" % index)
+
+        def build(
+            version: int, artifact: ArtifactRef, weights: ArtifactRef | None
+        ) -> ModelManifest:
+            return make_manifest().model_copy(
+                update={"model_name": MODEL, "version": version, "artifact": artifact}
+            )
+
+        registry.publish(build, PublishFiles(onnx=onnx), KEY, lineage=Lineage())
+    return registry
+
+
+@pytest.fixture
+def registry(store: ObjectStore, tmp_path: Path) -> ModelRegistry:
+    return publish_versions(store, tmp_path, 2)
+
+
+def config_for(broker: MosquittoProcess, fleet: str, tmp_path: Path) -> TrainerConfig:
+    return TrainerConfig(
+        mqtt={"host": broker.host, "port": broker.port},  # type: ignore[arg-type]
+        model_line={"fleet": fleet, "name": MODEL},  # type: ignore[arg-type]
+        fleet={  # type: ignore[arg-type]
+            "database_url": f"sqlite:///{tmp_path / 'fleet.db'}",
+            "tick_interval_s": 0.05,
+            "settle_s": 0.3,
+            "controller_id": f"cp-{fleet}",
+        },
+        work_dir=tmp_path / "work",
+    )
+
+
+@pytest.fixture
+def plane_factory(
+    mosquitto: MosquittoProcess, registry: ModelRegistry, fleet_name: str, tmp_path: Path
+) -> Iterator[Callable[..., ControlPlane]]:
+    planes: list[ControlPlane] = []
+
+    def make(broker: MosquittoProcess | None = None) -> ControlPlane:
+        config = config_for(broker or mosquitto, fleet_name, tmp_path)
+        plane = ControlPlane(config, registry.manifest, KEY)
+        plane.start()
+        planes.append(plane)
+        return plane
+
+    yield make
+    for plane in planes:
+        plane.stop()
+
+
+def sim_fleet(
+    broker: MosquittoProcess, fleet: str, count: int, behaviour: DeviceBehaviour | None = None
+) -> SimulatedFleet:
+    devices = [
+        SimulatedDevice(f"dev-{i:03d}", "line-1", 1, behaviour or DeviceBehaviour())
+        for i in range(count)
+    ]
+    fleet_sim = SimulatedFleet(
+        broker.host, broker.port, Topics(fleet), devices, verifier=VERIFIER, heartbeat_s=0.2
+    )
+    fleet_sim.start()
+    return fleet_sim
+
+
+def run_until(plane: ControlPlane, until: Callable[[], bool], timeout: float = 30.0) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(timeout, stop.set)
+    timer.start()
+    try:
+        plane.run(stop, until=until)
+    finally:
+        timer.cancel()
+    assert until(), f"condition not reached within {timeout} s"
+
+
+def run_until_done(plane: ControlPlane, rollout_id: str, timeout: float = 30.0) -> str:
+    run_until(plane, lambda: plane.controller.status(rollout_id).state != "running", timeout)
+    return plane.controller.status(rollout_id).state
+
+
+def targeted_times(plane: ControlPlane, rollout_id: str) -> dict[int, list[Any]]:
+    with plane.engine.connect() as connection:
+        rows = connection.execute(
+            select(rollout_devices).where(rollout_devices.c.rollout_id == rollout_id)
+        ).all()
+    waves: dict[int, list[Any]] = {}
+    for row in rows:
+        waves.setdefault(row.wave, []).append(row)
+    return waves
+
+
+def test_wave_sizes_are_cumulative_with_a_canary() -> None:
+    assert wave_sizes(1000, [0.001, 0.1, 0.5, 1.0], 1) == [1, 100, 500, 1000]
+    assert wave_sizes(10, [0.01, 1.0], 1) == [1, 10]
+    assert wave_sizes(3, [0.1, 0.5, 1.0], 2) == [2, 2, 3]
+
+
+def test_a_rollout_goes_wave_by_wave_and_every_device_ends_active(
+    mosquitto: MosquittoProcess, plane_factory: Callable[..., ControlPlane], fleet_name: str
+) -> None:
+    fleet = sim_fleet(mosquitto, fleet_name, 10)
+    try:
+        plane = plane_factory()
+        wait_for(lambda: len(plane.registry.devices()) == 10, timeout=10)
+        params = RolloutParams(waves=[0.1, 0.5, 1.0], soak_s=0.3)
+        plane.controller.start("r1", MODEL, 2, RolloutTargets(whole_fleet=True), params)
+        assert run_until_done(plane, "r1") == RolloutState.SUCCEEDED
+        status = plane.controller.status("r1")
+        assert status.counts == {"active": 10}
+        assert [sum(w.values()) for w in status.per_wave] == [1, 4, 5]
+        waves = targeted_times(plane, "r1")
+        canary_done = waves[0][0].done_at
+        assert all(r.targeted_at >= canary_done for r in waves[1])  # canary proven first
+        wait_for(lambda: all(d.running_version == 2 for d in plane.registry.devices()), 10)
+        assert not fleet.rejected  # every desired state verified on the device side
+        with pytest.raises(RolloutError, match="already exists"):
+            plane.controller.start("r1", MODEL, 2, RolloutTargets(whole_fleet=True), params)
+    finally:
+        fleet.stop()
+
+
+def test_a_failing_canary_stops_the_rollout_before_wave_two_and_is_retargeted(
+    mosquitto: MosquittoProcess, plane_factory: Callable[..., ControlPlane], fleet_name: str
+) -> None:
+    fleet = sim_fleet(mosquitto, fleet_name, 8, DeviceBehaviour(fail_versions={2}))
+    try:
+        plane = plane_factory()
+        wait_for(lambda: len(plane.registry.devices()) == 8, timeout=10)
+        params = RolloutParams(waves=[0.1, 0.5, 1.0], soak_s=0.1)
+        plane.controller.start("r-bad", MODEL, 2, RolloutTargets(whole_fleet=True), params)
+        assert run_until_done(plane, "r-bad") == RolloutState.ABORTED
+        status = plane.controller.status("r-bad")
+        assert "1 of 1 device(s) failed" in status.reason
+        assert status.counts == {"retargeted": 1, "pending": 7}
+        canary = next(iter(targeted_times(plane, "r-bad")[0]))
+        touched = fleet.devices[canary.device_id]
+        wait_for(lambda: touched.desired_sequence > 0, 5)
+        assert "failed:1" in touched.history
+        untouched = [d for d in fleet.devices.values() if d.device_id != canary.device_id]
+        assert all(d.history == ["active:1"] for d in untouched)
+    finally:
+        fleet.stop()
+
+
+def test_offline_devices_time_out_without_failing_and_update_when_back(
+    mosquitto: MosquittoProcess, plane_factory: Callable[..., ControlPlane], fleet_name: str
+) -> None:
+    fleet = sim_fleet(mosquitto, fleet_name, 10)
+    try:
+        plane = plane_factory()
+        wait_for(lambda: len(plane.registry.devices()) == 10, timeout=10)
+        offline = ["dev-003", "dev-007"]  # 20% of the fleet loses power
+        for device_id in offline:
+            fleet.set_offline(device_id, True)
+        wait_for(lambda: not any(plane.registry.device(d).online for d in offline), 10)  # type: ignore[union-attr]
+        params = RolloutParams(waves=[0.2, 1.0], soak_s=0.1, device_timeout_s=1.0)
+        plane.controller.start("r-off", MODEL, 2, RolloutTargets(whole_fleet=True), params)
+        assert run_until_done(plane, "r-off") == RolloutState.SUCCEEDED
+        assert plane.controller.status("r-off").counts == {"active": 8, "timed_out": 2}
+        for device_id in offline:
+            fleet.set_offline(device_id, False)
+        # Desired states are retained: the returning devices update by themselves.
+        wait_for(lambda: all(fleet.devices[d].running_version == 2 for d in offline), 15)
+    finally:
+        fleet.stop()
+
+
+def test_a_restarted_controller_resumes_the_rollout(
+    mosquitto: MosquittoProcess, plane_factory: Callable[..., ControlPlane], fleet_name: str
+) -> None:
+    fleet = sim_fleet(mosquitto, fleet_name, 6)
+    try:
+        first = plane_factory()
+        wait_for(lambda: len(first.registry.devices()) == 6, timeout=10)
+        params = RolloutParams(waves=[0.2, 0.5, 1.0], soak_s=0.5)
+        first.controller.start("r-restart", MODEL, 2, RolloutTargets(whole_fleet=True), params)
+        run_until(first, lambda: first.controller.status("r-restart").current_wave >= 1)
+        first.stop()  # killed mid-rollout
+        second = plane_factory()
+        assert second.controller.status("r-restart").state == RolloutState.RUNNING
+        assert run_until_done(second, "r-restart") == RolloutState.SUCCEEDED
+        assert second.controller.status("r-restart").counts == {"active": 6}
+        # Each device updated exactly once (no duplicate downloads after the restart).
+        assert all(d.history.count("downloading:1") == 1 for d in fleet.devices.values())
+    finally:
+        fleet.stop()
+
+
+def test_a_broker_restart_mid_rollout_is_survived(
+    broker_factory: Callable[..., MosquittoProcess],
+    plane_factory: Callable[..., ControlPlane],
+    fleet_name: str,
+) -> None:
+    broker = broker_factory()
+    fleet = sim_fleet(broker, fleet_name, 6)
+    try:
+        plane = plane_factory(broker)
+        wait_for(lambda: len(plane.registry.devices()) == 6, timeout=10)
+        params = RolloutParams(waves=[0.2, 1.0], soak_s=1.5)
+        plane.controller.start("r-broker", MODEL, 2, RolloutTargets(whole_fleet=True), params)
+        run_until(plane, lambda: plane.controller.status("r-broker").counts.get("active", 0) >= 1)
+        broker.restart()
+        assert run_until_done(plane, "r-broker", timeout=40) == RolloutState.SUCCEEDED
+        wait_for(lambda: all(d.running_version == 2 for d in fleet.devices.values()), 15)
+    finally:
+        fleet.stop()
+
+
+def test_registry_rejects_forged_stale_and_malformed_reports(
+    plane_factory: Callable[..., ControlPlane], fleet_name: str
+) -> None:
+    from shared.messages import OtaState, ReportedState, utc_now
+    from shared.topics import Channel
+
+    plane = plane_factory()
+    registry, topics = plane.registry, plane.topics
+
+    def report(device: str, sequence: int, version: int) -> bytes:
+        return ReportedState(
+            device_id=device,
+            fleet=fleet_name,
+            agent_version="0.1.0",
+            ota_state=OtaState.ACTIVE,
+            running_version=version,
+            sequence=sequence,
+            updated_at=utc_now(),
+        ).to_payload()
+
+    topic_a = topics.device("dev-a", Channel.REPORTED)
+    assert registry.ingest(topic_a, report("dev-a", 5, 2)) == "applied"
+    assert registry.ingest(topic_a, report("dev-a", 5, 2)) == "stale"  # duplicate
+    assert registry.ingest(topic_a, report("dev-a", 3, 1)) == "stale"  # out of order
+    assert registry.ingest(topic_a, report("dev-b", 9, 1)) == "rejected_forged"
+    assert registry.ingest(topic_a, b"\xff\x00 not json") == "rejected_payload"
+    assert registry.ingest("lf/other/dev/x/reported", report("x", 1, 1)) == "rejected_topic"
+    device = registry.device("dev-a")
+    assert device is not None and device.running_version == 2 and device.reported_sequence == 5
+    assert registry.device("dev-b") is None
+
+
+def test_start_refuses_bad_requests(
+    plane_factory: Callable[..., ControlPlane], registry: ModelRegistry
+) -> None:
+    plane = plane_factory()
+    with pytest.raises(RolloutError, match="match no device"):
+        plane.controller.start("r-x", MODEL, 2, RolloutTargets(groups=["nobody"]), RolloutParams())
+    with pytest.raises(Exception, match="no published version 7"):
+        plane.controller.start("r-y", MODEL, 7, RolloutTargets(devices=["dev-1"]), RolloutParams())
+    plane.controller.start("r-z", MODEL, 2, RolloutTargets(devices=["dev-1"]), RolloutParams())
+    with pytest.raises(RolloutError, match="still in progress"):
+        plane.controller.start("r-w", MODEL, 2, RolloutTargets(devices=["dev-2"]), RolloutParams())
+    plane.controller.abort("r-z")
+    assert plane.controller.status("r-z").state == RolloutState.ABORTED
+    with pytest.raises(RolloutError, match="cannot do that now"):
+        plane.controller.pause("r-z")
