@@ -35,9 +35,7 @@ test: setup lint
 	$(PY) -m pytest
 
 demo: setup
-	@echo "make demo: the closed-loop demo is not built yet (tracked in issue 7)." >&2
-	@echo "What works today: make test, cloud-trainer keygen, cloud-trainer synth-dataset." >&2
-	@exit 1
+	$(PY) -m cloud_trainer.demo --work-dir .demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

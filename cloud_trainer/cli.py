@@ -17,6 +17,7 @@ from shared.signing import SigningKey
 
 if TYPE_CHECKING:
     from cloud_trainer.config import TrainerConfig
+    from cloud_trainer.fleet.service import ControlPlane
     from cloud_trainer.store import ObjectStore
     from cloud_trainer.training import EpochReport
 
@@ -222,15 +223,147 @@ def _serve(args: argparse.Namespace) -> int:
     store = _store(config)
     retrainer = Retrainer(config, store, announce=_progress_line, on_epoch=_print_epoch)
     triggers = RetrainTriggers(config, store, retrainer.run)
-    scheduler = triggers.scheduler()
+    schedule = config.schedule
+    scheduler = triggers.scheduler() if schedule.cron or schedule.min_new_examples else None
+    plane = _control_plane(config) if config.mqtt.enabled else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    scheduler.start()
-    print(f"serving triggers: {[job.id for job in scheduler.get_jobs()]}", file=sys.stderr)
-    stop.wait()
-    scheduler.shutdown(wait=True)
+    if scheduler is not None:
+        scheduler.start()
+        print(f"retrain triggers: {[job.id for job in scheduler.get_jobs()]}", file=sys.stderr)
+    try:
+        if plane is not None:
+            print("rollout controller running", file=sys.stderr)
+            plane.run(stop)
+        else:
+            stop.wait()
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+        if plane is not None:
+            plane.stop()
     return 0
+
+
+# ----------------------------------------------------------------------------- rollouts
+def _control_plane(config: TrainerConfig, *, connect: bool = True) -> ControlPlane:
+    from cloud_trainer.fleet.service import ControlPlane  # noqa: PLC0415
+    from cloud_trainer.registry import ModelRegistry  # noqa: PLC0415
+    from cloud_trainer.retrain import load_signing_key  # noqa: PLC0415
+
+    registry = ModelRegistry(_store(config), config.model_line.name)
+    plane = ControlPlane(config, registry.manifest, load_signing_key(config))
+    if connect:
+        plane.start()
+    return plane
+
+
+def _print_status(plane: ControlPlane, rollout_id: str) -> str:
+    status = plane.controller.status(rollout_id)
+    waves = "  ".join(
+        f"wave {i + 1} ({int(f * 100)}%): "
+        + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-")
+        for i, (f, counts) in enumerate(zip(status.waves, status.per_wave, strict=True))
+    )
+    print(
+        f"{status.rollout_id}: {status.model_name} v{status.version} {status.state}"
+        f"{' - ' + status.reason if status.reason else ''}\n  {waves}",
+        flush=True,
+    )
+    return status.state
+
+
+def _follow(plane: ControlPlane, rollout_id: str) -> int:
+    import threading  # noqa: PLC0415
+
+    stop = threading.Event()
+    last: list[str] = [""]
+
+    def done() -> bool:
+        status = plane.controller.status(rollout_id)
+        line = f"{status.state} {status.current_wave} {sorted(status.counts.items())}"
+        if line != last[0]:
+            last[0] = line
+            _print_status(plane, rollout_id)
+        return status.state not in ("running", "paused")
+
+    if not done():
+        plane.run(stop, until=done)
+    return 0 if plane.controller.status(rollout_id).state == "succeeded" else 1
+
+
+def _rollout_start(args: argparse.Namespace) -> int:
+    from cloud_trainer.fleet.params import RolloutParams  # noqa: PLC0415
+    from shared.messages import RolloutTargets, utc_now  # noqa: PLC0415
+
+    config = _config(args)
+    defaults = config.fleet.rollout
+    overrides = {
+        "waves": [float(w) for w in args.waves.split(",")] if args.waves else None,
+        "soak_s": args.soak_s,
+        "max_failures": args.max_failures,
+        "max_failure_ratio": args.max_failure_ratio,
+        "device_timeout_s": args.device_timeout_s,
+    }
+    params = RolloutParams.model_validate(
+        defaults.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+    )
+    targets = RolloutTargets(
+        devices=args.devices.split(",") if args.devices else [],
+        groups=args.groups.split(",") if args.groups else [],
+        whole_fleet=not (args.devices or args.groups),
+    )
+    plane = _control_plane(config)
+    try:
+        rollout_id = args.rollout_id or f"rollout-{utc_now():%Y%m%dT%H%M%SZ}"
+        plane.controller.start(rollout_id, config.model_line.name, args.version, targets, params)
+        print(f"started {rollout_id}", flush=True)
+        if args.wait:
+            return _follow(plane, rollout_id)
+        _print_status(plane, rollout_id)
+        return 0
+    finally:
+        plane.stop()
+
+
+def _latest_rollout(plane: ControlPlane, rollout_id: str | None) -> str:
+    from cloud_trainer.fleet.rollout import RolloutError  # noqa: PLC0415
+
+    if rollout_id:
+        return rollout_id
+    known = plane.controller.rollouts()
+    if not known:
+        raise RolloutError("no rollout yet on this fleet")
+    return known[0]
+
+
+def _rollout_status(args: argparse.Namespace) -> int:
+    plane = _control_plane(_config(args), connect=False)
+    _print_status(plane, _latest_rollout(plane, args.rollout_id))
+    return 0
+
+
+def _rollout_action(args: argparse.Namespace) -> int:
+    config = _config(args)
+    needs_mqtt = args.rollout_command in ("abort", "rollback", "wait", "resume")
+    plane = _control_plane(config, connect=needs_mqtt)
+    try:
+        rollout_id = _latest_rollout(plane, args.rollout_id)
+        controller = plane.controller
+        if args.rollout_command == "wait":
+            return _follow(plane, rollout_id)
+        {
+            "pause": controller.pause,
+            "resume": controller.resume,
+            "abort": controller.abort,
+            "rollback": controller.rollback,
+        }[args.rollout_command](rollout_id)
+        _print_status(plane, rollout_id)
+        return 0
+    finally:
+        if needs_mqtt:
+            plane.stop()
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -315,7 +448,42 @@ def build_parser() -> argparse.ArgumentParser:
     label_import.add_argument("--from", dest="source", type=Path, required=True)
     label_import.set_defaults(handler=_labels_import)
 
-    serve = commands.add_parser("serve", help="run the retrain triggers (cron and threshold)")
+    rollout = commands.add_parser("rollout", help="staged rollouts of a model version")
+    rollout_commands = rollout.add_subparsers(
+        dest="rollout_command", metavar="ACTION", required=True
+    )
+    start = rollout_commands.add_parser("start", help="start a rollout (default: whole fleet)")
+    _add_config(start)
+    start.add_argument("--version", type=int, required=True)
+    start.add_argument("--rollout-id")
+    start.add_argument("--devices", help="comma-separated device ids")
+    start.add_argument("--groups", help="comma-separated groups")
+    start.add_argument("--waves", help="cumulative fractions, e.g. 0.01,0.1,0.5,1")
+    start.add_argument("--soak-s", type=float)
+    start.add_argument("--max-failures", type=int)
+    start.add_argument("--max-failure-ratio", type=float)
+    start.add_argument("--device-timeout-s", type=float)
+    start.add_argument("--wait", action="store_true", help="drive it here until it ends")
+    start.set_defaults(handler=_rollout_start)
+    status = rollout_commands.add_parser("status", help="a rollout's waves (default: latest)")
+    _add_config(status)
+    status.add_argument("rollout_id", nargs="?")
+    status.set_defaults(handler=_rollout_status)
+    for action, text in (
+        ("pause", "stop starting new waves"),
+        ("resume", "continue a paused rollout"),
+        ("abort", "stop, and send touched devices back to their previous version"),
+        ("rollback", "send every touched device back, even after success"),
+        ("wait", "drive a rollout here until it ends (e.g. after a controller restart)"),
+    ):
+        sub = rollout_commands.add_parser(action, help=text)
+        _add_config(sub)
+        sub.add_argument("rollout_id", nargs="?")
+        sub.set_defaults(handler=_rollout_action)
+
+    serve = commands.add_parser(
+        "serve", help="retrain triggers (cron, threshold) and the rollout controller loop"
+    )
     _add_config(serve)
     serve.set_defaults(handler=_serve)
     return parser

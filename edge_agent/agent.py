@@ -65,7 +65,8 @@ def build_source(camera: SyntheticCamera | StreamCamera) -> FrameSource:
                 fps=camera.fps or 30.0,
                 seed=camera.seed,
                 drift=camera.drift,
-            )
+            ),
+            drift_schedule=[(s.after_frames, s.drift) for s in camera.drift_schedule],
         )
     return OpenCVSource(
         camera.url,

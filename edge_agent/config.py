@@ -27,11 +27,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class DriftStep(_Section):
+    """After this many frames the synthetic line changes conditions (a drifting line)."""
+
+    after_frames: int = Field(ge=1)
+    drift: str
+
+
 class SyntheticCamera(_Section):
     kind: Literal["synthetic"] = "synthetic"
     id: Identifier
     seed: int = 0
     drift: str = "none"
+    drift_schedule: list[DriftStep] = Field(default_factory=list, max_length=32)
     width: int = Field(default=640, ge=128, le=4096)
     height: int = Field(default=640, ge=128, le=4096)
     fps: float | None = Field(default=30.0, gt=0, le=240, description="None: unpaced")
@@ -39,8 +47,12 @@ class SyntheticCamera(_Section):
 
     @model_validator(mode="after")
     def _known_drift(self) -> SyntheticCamera:
-        if self.drift not in DRIFT_PRESETS:
-            raise ValueError(f"unknown drift {self.drift!r}; choose one of {sorted(DRIFT_PRESETS)}")
+        for name in [self.drift, *(s.drift for s in self.drift_schedule)]:
+            if name not in DRIFT_PRESETS:
+                raise ValueError(f"unknown drift {name!r}; choose one of {sorted(DRIFT_PRESETS)}")
+        frames = [s.after_frames for s in self.drift_schedule]
+        if frames != sorted(set(frames)):
+            raise ValueError("drift_schedule steps must have increasing after_frames")
         return self
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import cast
 
 import cv2
@@ -53,11 +54,19 @@ class SyntheticSource(FrameSource):
 
     live = False
 
-    def __init__(self, config: LineConfig, *, max_frames: int | None = None) -> None:
+    def __init__(
+        self,
+        config: LineConfig,
+        *,
+        max_frames: int | None = None,
+        drift_schedule: Sequence[tuple[int, str]] = (),
+    ) -> None:
         self._config = config
         self._line: SyntheticLine | None = None
         self._max_frames = max_frames
         self._count = 0
+        # (after_frames, drift) steps, applied in order as frames go by.
+        self._schedule = sorted(drift_schedule)
 
     @property
     def description(self) -> str:
@@ -77,6 +86,8 @@ class SyntheticSource(FrameSource):
             raise CameraError("synthetic source read before open")
         if self._max_frames is not None and self._count >= self._max_frames:
             return None
+        if self._schedule and self._count >= self._schedule[0][0]:
+            self.set_drift(self._schedule.pop(0)[1])
         self._count += 1
         frame = self._line.next_frame()
         return frame.image, frame.truth

@@ -176,3 +176,36 @@ def test_normalise_image_converts_grey_and_bgra() -> None:
     bgra = normalise_image(np.zeros((20, 20, 4), np.uint8))
     assert grey is not None and grey.shape == (20, 20, 3)
     assert bgra is not None and bgra.shape == (20, 20, 3)
+
+
+def test_synthetic_drift_schedule_changes_the_line_after_n_frames() -> None:
+    from edge_agent.camera.sources import SyntheticSource
+    from shared.synth import LineConfig, SyntheticLine
+
+    source = SyntheticSource(LineConfig(seed=4), drift_schedule=[(3, "lighting")])
+    source.open()
+    frames = [source.read() for _ in range(4)]
+    assert all(f is not None for f in frames)
+    assert "lighting" in source.description
+    # Frame 4 is the first of the drifted line (which restarts its belt).
+    drifted = SyntheticLine(LineConfig(seed=4, drift="lighting")).next_frame().image
+    assert (frames[3][0] == drifted).all()  # type: ignore[index]
+    assert not (frames[0][0] == drifted).all()  # type: ignore[index]
+
+
+def test_drift_schedule_config_is_validated() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from edge_agent.config import SyntheticCamera
+
+    with pytest.raises(ValidationError, match="unknown drift"):
+        SyntheticCamera(id="c", drift_schedule=[{"after_frames": 5, "drift": "fog"}])  # type: ignore[list-item]
+    with pytest.raises(ValidationError, match="increasing"):
+        SyntheticCamera(
+            id="c",
+            drift_schedule=[
+                {"after_frames": 5, "drift": "blur_angle"},
+                {"after_frames": 5, "drift": "lighting"},
+            ],  # type: ignore[list-item]
+        )

@@ -1,0 +1,462 @@
+"""The closed loop on one machine: ``make demo``.
+
+mosquitto and a folder-backed S3 server (nanio) are started here; two edge agents run on the
+synthetic line (two cameras each) as separate processes; the bootstrap model is registered as
+v1. Then the line drifts, the agents keep detecting (worse) and upload hard examples, the
+trainer fine-tunes on CPU with the synthetic line as labeler, the gate passes, a staged
+rollout delivers the new version, the agents hot-swap, and a before/after table is printed.
+
+Accuracy is measured *through each agent*: labelled frames of the line's current condition
+are posted to the agent's own ``/detect`` API, so the numbers are what that box's running
+model does (mAP50 at the agent's operating confidence threshold). The last line of output is
+one JSON object with the headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import yaml
+
+from cloud_trainer.config import StorageSection, TrainerConfig
+from cloud_trainer.dataset import register_folder_dataset
+from cloud_trainer.evaluate import MetricsAccumulator
+from cloud_trainer.fleet.params import RolloutParams
+from cloud_trainer.fleet.service import ControlPlane
+from cloud_trainer.offline import prepare_offline_ultralytics
+from cloud_trainer.register import register_model
+from cloud_trainer.registry import ModelRegistry
+from cloud_trainer.retrain import Retrainer, RunReport
+from cloud_trainer.store import ObjectStore
+from cloud_trainer.training import EpochReport
+from shared.detections import Detections
+from shared.local_services import MosquittoProcess, NanioS3Process, free_port, wait_for_port
+from shared.messages import RolloutTargets
+from shared.object_keys import HARD_EXAMPLES
+from shared.signing import SigningKey
+from shared.synth import CLASS_NAMES, SyntheticLine, write_yolo_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOTSTRAP_PT = ROOT / "artifacts" / "bootstrap-yolov8n-320.pt"
+FLEET = "demo"
+MODEL = "line-detector"
+BUCKET = "linefleet-demo"
+KEY_ID = "demo-release"
+
+
+@dataclass
+class DemoSettings:
+    drift: str = "lighting"
+    examples: int = 240
+    epochs: int = 5
+    camera_fps: float = 4.0
+    drift_after_frames: int = 40
+    eval_frames: int = 40
+    probation_s: float = 8.0
+    timeout_s: float = 900.0
+
+
+@dataclass
+class DeviceRow:
+    device_id: str
+    api_port: int
+    process: subprocess.Popen[bytes] | None = None
+    log: Any = None
+    scores: dict[str, tuple[int | None, float]] = field(default_factory=dict)
+
+
+class Demo:
+    def __init__(self, work: Path, settings: DemoSettings) -> None:
+        self.work = work
+        self.settings = settings
+        self.started = time.monotonic()
+        self.devices = [DeviceRow(f"edge-{i:02d}", free_port()) for i in (1, 2)]
+        self.services: list[Any] = []
+
+    # ------------------------------------------------------------------ output
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
+
+    # ------------------------------------------------------------------ set-up
+    def start_services(self) -> tuple[MosquittoProcess, NanioS3Process]:
+        broker = MosquittoProcess(self.work / "mosquitto").start()
+        self.services.append(broker)
+        self.say(f"mosquitto {broker.version} on {broker.host}:{broker.port}")
+        s3 = NanioS3Process(self.work / "s3").start()
+        self.services.append(s3)
+        self.say(f"object store (nanio, folder {self.work / 's3'}) at {s3.endpoint_url}")
+        return broker, s3
+
+    def trainer_config(self, broker: MosquittoProcess, s3: NanioS3Process) -> TrainerConfig:
+        key_file = self.work / "keys" / f"{KEY_ID}.key"
+        return TrainerConfig(
+            storage=StorageSection(
+                bucket=BUCKET,
+                endpoint_url=s3.endpoint_url,
+                access_key_id=s3.access_key,
+                secret_access_key=s3.secret_key,
+            ),
+            model_line={"name": MODEL, "fleet": FLEET, "imgsz": 320},
+            labeling={"source": "synthetic"},
+            dataset={"replay_max_train_images": 48},
+            # cpu price: what a 2-vCPU cloud VM costs per hour, to show the cost accounting.
+            training={
+                "epochs": self.settings.epochs,
+                "batch": 16,
+                "device": "auto",
+                "cpu_price_per_hour_usd": 0.08,
+            },
+            signing={"key_id": KEY_ID, "key_file": key_file},
+            mqtt={"host": broker.host, "port": broker.port},
+            fleet={"tick_interval_s": 0.5, "settle_s": 0.5},
+            work_dir=self.work / "trainer",
+        )
+
+    def make_key(self) -> SigningKey:
+        keys = self.work / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        key = SigningKey.generate(KEY_ID)
+        (keys / f"{KEY_ID}.key").write_bytes(key.private_pem())
+        (keys / f"{KEY_ID}.pub").write_bytes(key.public_pem())
+        return key
+
+    def register_bootstrap(
+        self, config: TrainerConfig, store: ObjectStore, key: SigningKey
+    ) -> Path:
+        prepare_offline_ultralytics(self.work / "trainer")
+        from ultralytics import YOLO  # noqa: PLC0415 - after the offline set-up
+
+        folder = self.work / "bootstrap"
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / "model.pt"
+        shutil.copyfile(BOOTSTRAP_PT, weights)
+        onnx = Path(YOLO(str(weights)).export(format="onnx", imgsz=320, opset=18, simplify=True))
+        data = write_yolo_dataset(folder / "data", train=96, val=24, seed=0)
+        register_folder_dataset(
+            store,
+            config.work_dir,
+            name=MODEL,
+            version="bootstrap",
+            folder=data.parent,
+            class_names=list(CLASS_NAMES),
+            dataset=config.dataset,
+        )
+        manifest = register_model(
+            config,
+            ModelRegistry(store, MODEL),
+            key,
+            onnx=onnx,
+            weights=weights,
+            dataset_version="bootstrap",
+            notes="bootstrap (artifacts/README.md)",
+        )
+        self.say(f"registered bootstrap model as {MODEL} v{manifest.version}")
+        return onnx
+
+    def agent_config(
+        self,
+        device: DeviceRow,
+        index: int,
+        broker: MosquittoProcess,
+        s3: NanioS3Process,
+        onnx: Path,
+    ) -> Path:
+        s = self.settings
+        state = self.work / device.device_id
+        state.mkdir(parents=True, exist_ok=True)
+        secret = state / "s3-secret"
+        secret.write_text(s3.secret_key)
+        sampler = {"per_minute": 600, "per_hour": 10_000}
+        cameras = [
+            {
+                "kind": "synthetic",
+                "id": f"cam{c}",
+                "seed": 100 * index + c,
+                "fps": s.camera_fps,
+                "drift_schedule": [{"after_frames": s.drift_after_frames, "drift": s.drift}],
+            }
+            for c in (1, 2)
+        ]
+        config = {
+            "device": {"id": device.device_id, "fleet": FLEET, "group": "line-a"},
+            "cameras": cameras,
+            "model": {"path": str(onnx), "intra_op_threads": 1},
+            "mqtt": {"host": broker.host, "port": broker.port, "events_max_per_s": 2.0},
+            "api": {"host": "127.0.0.1", "port": device.api_port},
+            "storage": {
+                "enabled": True,
+                "bucket": BUCKET,
+                "endpoint_url": s3.endpoint_url,
+                "access_key_id": s3.access_key,
+                "secret_access_key_file": str(secret),
+            },
+            "mining": {
+                "confidence_band": sampler,
+                "count_anomaly": sampler,
+                "flicker": sampler,
+                "classes": sampler,
+                "random": sampler | {"probability": 0.5},
+            },
+            "ota": {
+                "enabled": True,
+                "model_name": MODEL,
+                "trusted_keys": {KEY_ID: str(self.work / "keys" / f"{KEY_ID}.pub")},
+                "probation_s": s.probation_s,
+            },
+            "state_dir": str(state / "state"),
+            "logging": {"level": "WARNING"},
+        }
+        path = state / "agent.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def start_agents(self, broker: MosquittoProcess, s3: NanioS3Process, onnx: Path) -> None:
+        for index, device in enumerate(self.devices, start=1):
+            config = self.agent_config(device, index, broker, s3, onnx)
+            device.log = (self.work / device.device_id / "agent.log").open("wb")
+            device.process = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
+                stdout=device.log,
+                stderr=subprocess.STDOUT,
+                env=os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+            )
+        for device in self.devices:
+            wait_for_port("127.0.0.1", device.api_port, timeout=60)
+            deadline = time.monotonic() + 60
+            while httpx.get(f"http://127.0.0.1:{device.api_port}/readyz").status_code != 200:
+                if time.monotonic() > deadline or device.process.poll() is not None:  # type: ignore[union-attr]
+                    raise RuntimeError(f"{device.device_id} did not get ready; see its agent.log")
+                time.sleep(0.3)
+            self.say(f"{device.device_id} running (2 synthetic cameras, API :{device.api_port})")
+
+    # ------------------------------------------------------------------ measuring
+    def eval_frames(self, drift: str) -> list[tuple[bytes, Detections]]:
+        line = SyntheticLine(seed=9_000, drift=drift)
+        out = []
+        for index in range(self.settings.eval_frames):
+            frame = line.random_scene(index)
+            ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            if not ok:
+                raise RuntimeError("JPEG encoding failed")
+            out.append((jpeg.tobytes(), frame.truth))
+        return out
+
+    def measure(self, phase: str, drift: str) -> None:
+        frames = self.eval_frames(drift)
+        for device in self.devices:
+            accumulator = MetricsAccumulator(CLASS_NAMES)
+            version = None
+            with httpx.Client(base_url=f"http://127.0.0.1:{device.api_port}", timeout=30) as http:
+                for jpeg, truth in frames:
+                    response = http.post("/detect", content=jpeg)
+                    response.raise_for_status()
+                    body = response.json()
+                    version = body["model"]["version"]
+                    accumulator.add(truth, Detections.from_records(body["detections"]))
+            score = accumulator.metrics().map50
+            device.scores[phase] = (version, score)
+            self.say(
+                f"{device.device_id} {_version(version)}: mAP50 {score:.3f} on the line {phase}"
+            )
+
+    def hard_examples(self, store: ObjectStore) -> int:
+        return sum(1 for i in store.list(f"{HARD_EXAMPLES}/{FLEET}/") if i.key.endswith(".jpg"))
+
+    def wait_for_examples(self, store: ObjectStore) -> int:
+        target = self.settings.examples
+        deadline = time.monotonic() + self.settings.timeout_s / 3
+        last = -1
+        while True:
+            count = self.hard_examples(store)
+            if count != last:
+                self.say(f"hard examples uploaded: {count}/{target}")
+                last = count
+            if count >= target:
+                return count
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {count} hard examples after waiting; see agent logs")
+            time.sleep(3)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict[str, Any]:
+        broker, s3 = self.start_services()
+        key = self.make_key()
+        config = self.trainer_config(broker, s3)
+        store = ObjectStore.from_config(config.storage)
+        store._client.create_bucket(Bucket=BUCKET)
+        onnx = self.register_bootstrap(config, store, key)
+        self.start_agents(broker, s3, onnx)
+        registry = ModelRegistry(store, MODEL)
+        plane = ControlPlane(config, registry.manifest, key)
+        plane.start()
+        self.services.append(plane)
+        self.say("control plane connected (fleet registry + rollout controller)")
+
+        self.measure("before drift", "none")
+        s = self.settings
+        self.say(f"the line drifts to {s.drift!r} after {s.drift_after_frames} frames per camera")
+        examples = self.wait_for_examples(store)
+        self.measure("after drift", self.settings.drift)
+
+        self.say("retrain: select -> build -> fine-tune (CPU) -> export -> gate -> publish")
+        report = Retrainer(config, store, announce=self.say, on_epoch=self._epoch).run()
+        if report.status != "published" or report.published_version is None:
+            raise RuntimeError(f"retrain did not publish: {report.status}: {report.reason}")
+        new_version = report.published_version
+
+        self.say(f"staged rollout of v{new_version}: wave 1 = 1 canary, wave 2 = everyone")
+        rollout_id = f"demo-v{new_version}"
+        plane.controller.start(
+            rollout_id,
+            MODEL,
+            new_version,
+            RolloutTargets(whole_fleet=True),
+            RolloutParams(waves=[0.5, 1.0], soak_s=3.0, device_timeout_s=300.0),
+        )
+        self._follow_rollout(plane, rollout_id)
+        self.measure("after the OTA update", self.settings.drift)
+        return self._summary(report, examples, plane, rollout_id, new_version)
+
+    def _epoch(self, report: EpochReport) -> None:
+        self.say(
+            f"  epoch {report.epoch}/{report.epochs}: {report.seconds:.0f} s, val mAP50 "
+            f"{report.map50 if report.map50 is not None else float('nan'):.3f}"
+        )
+
+    def _follow_rollout(self, plane: ControlPlane, rollout_id: str) -> None:
+        stop = threading.Event()
+        timer = threading.Timer(self.settings.timeout_s / 3, stop.set)
+        timer.start()
+        seen: list[str] = [""]
+
+        def done() -> bool:
+            status = plane.controller.status(rollout_id)
+            wave = f"wave {status.current_wave + 1}/{len(status.waves)}"
+            line = f"rollout {status.state}, {wave}: {dict(sorted(status.counts.items()))}"
+            if line != seen[0]:
+                seen[0] = line
+                self.say(line)
+            return status.state not in ("running", "paused")
+
+        try:
+            plane.run(stop, until=done)
+        finally:
+            timer.cancel()
+        status = plane.controller.status(rollout_id)
+        if status.state != "succeeded":
+            raise RuntimeError(f"rollout ended {status.state}: {status.reason}")
+
+    def _summary(
+        self,
+        report: RunReport,
+        examples: int,
+        plane: ControlPlane,
+        rollout_id: str,
+        new_version: int,
+    ) -> dict[str, Any]:
+        phases = ("before drift", "after drift", "after the OTA update")
+        print()
+        print(f"{'device':<10}" + "".join(f"{p:>26}" for p in phases))
+        for device in self.devices:
+            cells = "".join(
+                f"{_version(device.scores[p][0]) + f'  mAP50 {device.scores[p][1]:.3f}':>26}"
+                for p in phases
+            )
+            print(f"{device.device_id:<10}{cells}")
+        training = report.training
+        counts = ", ".join(f"{s} {c['images']}" for s, c in report.dataset_counts.items())
+        print(
+            f"\nhard examples uploaded: {examples}; dataset {report.dataset_version} "
+            f"({counts}); "
+            f"training {training.compute_seconds if training else 0:.0f} s on "
+            f"{training.device if training else '?'}, cost ${report.cost_usd:.4f}; "
+            f"total {time.monotonic() - self.started:.0f} s\n"
+        )
+
+        def mean(phase: str) -> float:
+            return round(sum(d.scores[phase][1] for d in self.devices) / len(self.devices), 4)
+
+        updated = [d for d in plane.registry.devices() if d.running_version == new_version]
+        return {
+            "map50_before_drift": mean("before drift"),
+            "map50_after_drift": mean("after drift"),
+            "map50_after_update": mean("after the OTA update"),
+            "frames_seen": self._frames_seen(),
+            "examples_uploaded": examples,
+            "devices_updated": len(updated),
+            "devices_total": len(self.devices),
+            "new_version": new_version,
+            "rollout_id": rollout_id,
+            "train_seconds": training.compute_seconds if training else None,
+            "demo_seconds": round(time.monotonic() - self.started, 1),
+        }
+
+    def _frames_seen(self) -> int:
+        total = 0
+        for device in self.devices:
+            status = httpx.get(f"http://127.0.0.1:{device.api_port}/status").json()
+            total += int(
+                sum(c.get("frames_captured", 0) for c in status.get("cameras", {}).values())
+            )
+        return total
+
+    def close(self) -> None:
+        for device in self.devices:
+            if device.process is not None and device.process.poll() is None:
+                device.process.terminate()
+                try:
+                    device.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    device.process.kill()
+            if device.log is not None:
+                device.log.close()
+        for service in reversed(self.services):
+            service.stop()
+
+
+def _version(version: int | None) -> str:
+    # The bootstrap runs from the agent's configured file, outside any OTA manifest.
+    return "bootstrap" if version is None else f"v{version}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="linefleet-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, default=Path(".demo"))
+    parser.add_argument("--quick", action="store_true", help="fewer examples and epochs (tests)")
+    parser.add_argument("--keep", action="store_true", help="keep the previous work dir")
+    args = parser.parse_args(argv)
+    settings = DemoSettings()
+    if args.quick:
+        settings = DemoSettings(
+            examples=160, epochs=5, drift_after_frames=12, eval_frames=24, probation_s=4.0
+        )
+    work = args.work_dir.resolve()
+    if work.exists() and not args.keep:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    demo = Demo(work, settings)
+    try:
+        summary = demo.run()
+    except (RuntimeError, OSError) as exc:
+        print(f"demo failed: {exc} (logs under {work})", file=sys.stderr)
+        return 1
+    finally:
+        demo.close()
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
