@@ -226,6 +226,12 @@ def _serve(args: argparse.Namespace) -> int:
     schedule = config.schedule
     scheduler = triggers.scheduler() if schedule.cron or schedule.min_new_examples else None
     plane = _control_plane(config) if config.mqtt.enabled else None
+    api = None
+    if plane is not None and config.fleet.api.enabled:
+        from cloud_trainer.registry import ModelRegistry  # noqa: PLC0415
+
+        api = plane.serve_api(ModelRegistry(store, config.model_line.name), store)
+        print(f"dashboard: http://{config.fleet.api.host}:{api.port}/", file=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -241,6 +247,8 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=True)
+        if api is not None:
+            api.stop()
         if plane is not None:
             plane.stop()
     return 0

@@ -186,6 +186,16 @@ class ScheduleSection(_Section):
     check_interval_s: float = Field(default=300.0, ge=1.0)
 
 
+class ControlApiSection(_Section):
+    """The control-plane HTTP API and dashboard of ``cloud-trainer serve``."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8780, ge=0, le=65535)
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+
 class FleetSection(_Section):
     """The control plane: device registry database, MQTT identity, rollout defaults."""
 
@@ -199,6 +209,7 @@ class FleetSection(_Section):
         default=1.0, ge=0.0, le=60.0, description="time to take in retained state at start"
     )
     rollout: RolloutParams = RolloutParams()
+    api: ControlApiSection = ControlApiSection()
 
     def url(self, work_dir: Path) -> str:
         return self.database_url or f"sqlite:///{(work_dir / 'fleet.db').resolve()}"
@@ -257,4 +268,12 @@ def load_trainer_config(path: Path | None) -> TrainerConfig:
         config = config.model_copy(
             update={"storage": storage.model_copy(update={"secret_access_key": secret})}
         )
+    api = config.fleet.api
+    if api.token_file is not None:
+        try:
+            token = read_secret_file(api.token_file, "fleet.api.token_file")
+        except ConfigError as exc:
+            raise TrainerConfigError(str(exc)) from exc
+        fleet = config.fleet.model_copy(update={"api": api.model_copy(update={"token": token})})
+        config = config.model_copy(update={"fleet": fleet})
     return config

@@ -120,7 +120,7 @@ class Demo:
             },
             signing={"key_id": KEY_ID, "key_file": key_file},
             mqtt={"host": broker.host, "port": broker.port},
-            fleet={"tick_interval_s": 0.5, "settle_s": 0.5},
+            fleet={"tick_interval_s": 0.5, "settle_s": 0.5, "api": {"port": free_port()}},
             work_dir=self.work / "trainer",
         )
 
@@ -302,7 +302,9 @@ class Demo:
         plane = ControlPlane(config, registry.manifest, key)
         plane.start()
         self.services.append(plane)
-        self.say("control plane connected (fleet registry + rollout controller)")
+        api = plane.serve_api(registry, store)
+        self.services.append(api)
+        self.say(f"control plane running; dashboard: http://127.0.0.1:{api.port}/")
 
         self.measure("before drift", "none")
         s = self.settings

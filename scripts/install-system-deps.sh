@@ -6,8 +6,10 @@ set -euo pipefail
 have_mosquitto() { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; }
 # systemd-analyze checks the shipped unit in the tests.
 have_systemd_analyze() { command -v systemd-analyze >/dev/null 2>&1; }
+# Headless Chromium loads the control-plane dashboard in the tests.
+have_chromium() { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }
 
-if have_mosquitto && have_systemd_analyze; then
+if have_mosquitto && have_systemd_analyze && have_chromium; then
   exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -17,13 +19,14 @@ fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "packages missing and we are not root: run 'apt-get install mosquitto mosquitto-clients systemd' as root" >&2
+    echo "packages missing and we are not root: run 'apt-get install mosquitto mosquitto-clients systemd chromium' as root" >&2
     exit 1
   fi
 fi
-echo "installing mosquitto and systemd (for systemd-analyze) with apt-get ..."
+echo "installing mosquitto, systemd (for systemd-analyze) and chromium (dashboard test) with apt-get ..."
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients systemd >/dev/null
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients systemd chromium >/dev/null
 have_mosquitto || { echo "mosquitto still not found after apt-get install" >&2; exit 1; }
 have_systemd_analyze || { echo "systemd-analyze still not found after apt-get install" >&2; exit 1; }
+have_chromium || { echo "chromium still not found after apt-get install" >&2; exit 1; }
 echo "mosquitto installed: $( (mosquitto -h 2>/dev/null || /usr/sbin/mosquitto -h) | head -1)"

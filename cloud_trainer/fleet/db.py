@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -24,7 +25,10 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.types import TypeDecorator
+
+from cloud_trainer.errors import TrainerConfigError, TrainerError
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -137,16 +141,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def open_database(url: str) -> Engine:
     """Open (and migrate) the database at ``url``, e.g. ``sqlite:///var/lib/lf/fleet.db``."""
-    engine = create_engine(url, future=True)
+    try:
+        engine = create_engine(url, future=True)
+    except (ArgumentError, ImportError) as exc:
+        raise TrainerConfigError(f"fleet.database_url {url!r} is not usable: {exc}") from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    with engine.begin() as connection:
-        metadata.create_all(connection, tables=[schema_migrations])
-        applied = set(connection.scalars(select(schema_migrations.c.version)))
-        for version, name, migrate in MIGRATIONS:
-            if version not in applied:
-                migrate(connection)
-                connection.execute(schema_migrations.insert().values(version=version, name=name))
+        if engine.url.database and engine.url.database != ":memory:":
+            Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with engine.begin() as connection:
+            metadata.create_all(connection, tables=[schema_migrations])
+            applied = set(connection.scalars(select(schema_migrations.c.version)))
+            for version, name, migrate in MIGRATIONS:
+                if version not in applied:
+                    migrate(connection)
+                    connection.execute(
+                        schema_migrations.insert().values(version=version, name=name)
+                    )
+    except OperationalError as exc:
+        raise TrainerError(
+            f"cannot open the fleet database {engine.url.render_as_string()}: {exc.orig}"
+        ) from exc
     return engine
 
 

@@ -19,9 +19,13 @@ from sqlalchemy import Engine
 from cloud_trainer import __version__
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.errors import TrainerError
+from cloud_trainer.fleet.api import create_control_app
 from cloud_trainer.fleet.db import open_database
 from cloud_trainer.fleet.registry import FleetRegistry
 from cloud_trainer.fleet.rollout import ManifestSource, RolloutController
+from cloud_trainer.registry import ModelRegistry
+from cloud_trainer.store import ObjectStore
+from edge_agent.api import ApiServer
 from edge_agent.mqtt_link import MqttLink
 from shared.signing import SigningKey
 from shared.topics import Channel, Topics
@@ -66,6 +70,21 @@ class ControlPlane:
             self._publish,
             topics=self.topics,
         )
+
+    def serve_api(self, models: ModelRegistry, store: ObjectStore) -> ApiServer:
+        """Start the HTTP API and dashboard in a thread; returns the running server."""
+        api = self.config.fleet.api
+        app = create_control_app(
+            registry=self.registry,
+            controller=self.controller,
+            models=models,
+            store=store,
+            token=api.token.get_secret_value() if api.token else None,
+            default_params=self.config.fleet.rollout,
+        )
+        server = ApiServer(app, api.host, api.port)
+        server.start()
+        return server
 
     def _publish(self, topic: str, payload: bytes) -> None:
         if not self.link.publish(topic, payload, qos=1, retain=True):

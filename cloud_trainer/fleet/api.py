@@ -1,0 +1,161 @@
+"""The control-plane HTTP API and its dashboard page (``cloud-trainer serve``).
+
+JSON under ``/api`` (OpenAPI at ``/openapi.json``, docs at ``/docs``), bearer-token auth on
+everything but ``/healthz`` and the dashboard page itself; the page is one static HTML file
+whose script reads the token from the URL fragment (never sent to the server in a URL) and
+polls the API. No build step.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict
+from importlib.resources import files
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud_trainer.errors import ObjectNotFoundError, TrainerError
+from cloud_trainer.fleet.params import RolloutParams
+from cloud_trainer.fleet.registry import FleetRegistry
+from cloud_trainer.fleet.rollout import RolloutController, RolloutError
+from cloud_trainer.registry import ModelRegistry
+from cloud_trainer.store import ObjectStore
+from shared.errors import ContractError
+from shared.identifiers import Identifier
+from shared.messages import RolloutTargets, utc_now
+from shared.object_keys import HARD_EXAMPLES, RUNS, parse_hard_example_key
+
+MAX_THUMBNAIL_BYTES = 4 * 1024 * 1024
+
+
+class StartRollout(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    rollout_id: Identifier | None = None
+    targets: RolloutTargets = RolloutTargets(whole_fleet=True)
+    params: RolloutParams | None = None
+
+
+def create_control_app(
+    *,
+    registry: FleetRegistry,
+    controller: RolloutController,
+    models: ModelRegistry,
+    store: ObjectStore,
+    token: str | None,
+    default_params: RolloutParams,
+) -> FastAPI:
+    app = FastAPI(title="linefleet control plane", version="1")
+
+    def require_token(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        if not secrets.compare_digest(header, f"Bearer {token}"):
+            raise HTTPException(401, "missing or wrong bearer token")
+
+    guarded = [Depends(require_token)]
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse)
+    def dashboard() -> str:
+        return files("cloud_trainer.fleet").joinpath("dashboard.html").read_text()
+
+    @app.get("/api/devices", dependencies=guarded)
+    def devices() -> list[dict[str, Any]]:
+        return [asdict(d) for d in registry.devices()]
+
+    @app.get("/api/models", dependencies=guarded)
+    def model_versions() -> list[dict[str, Any]]:
+        index, _ = models.read_index()
+        return [e.model_dump(mode="json") for e in sorted(index.entries, key=lambda e: e.version)]
+
+    @app.get("/api/rollouts", dependencies=guarded)
+    def rollouts() -> list[dict[str, Any]]:
+        return [asdict(controller.status(r)) for r in controller.rollouts()[:50]]
+
+    @app.get("/api/rollouts/{rollout_id}", dependencies=guarded)
+    def rollout(rollout_id: str) -> dict[str, Any]:
+        try:
+            return asdict(controller.status(rollout_id))
+        except RolloutError as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    @app.post("/api/rollouts", dependencies=guarded, status_code=201)
+    def start(body: StartRollout) -> dict[str, Any]:
+        rollout_id = body.rollout_id or f"rollout-{utc_now():%Y%m%dT%H%M%S%fZ}"
+        try:
+            controller.start(
+                rollout_id, models.name, body.version, body.targets, body.params or default_params
+            )
+        except (RolloutError, ContractError) as exc:
+            raise HTTPException(409, str(exc)) from exc
+        except TrainerError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        return asdict(controller.status(rollout_id))
+
+    @app.post("/api/rollouts/{rollout_id}/{action}", dependencies=guarded)
+    def act(rollout_id: str, action: str) -> dict[str, Any]:
+        handlers = {
+            "pause": controller.pause,
+            "resume": controller.resume,
+            "abort": controller.abort,
+            "rollback": controller.rollback,
+        }
+        if action not in handlers:
+            raise HTTPException(404, f"unknown action {action!r}; use {sorted(handlers)}")
+        try:
+            handlers[action](rollout_id)
+        except RolloutError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return asdict(controller.status(rollout_id))
+
+    @app.get("/api/runs", dependencies=guarded)
+    def runs(limit: int = Query(default=20, ge=1, le=200)) -> list[dict[str, Any]]:
+        keys = sorted(
+            (i for i in store.list(f"{RUNS}/") if i.key.endswith("/report.json")),
+            key=lambda i: i.last_modified,
+            reverse=True,
+        )[:limit]
+        out = []
+        for info in keys:
+            body, _ = store.get(info.key, max_bytes=4 * 1024 * 1024)
+            out.append(json.loads(body))
+        return out
+
+    @app.get("/api/hard-examples", dependencies=guarded)
+    def hard_examples(limit: int = Query(default=12, ge=1, le=100)) -> list[dict[str, Any]]:
+        fleet = registry.fleet
+        images = sorted(
+            (i for i in store.list(f"{HARD_EXAMPLES}/{fleet}/") if i.key.endswith(".jpg")),
+            key=lambda i: i.last_modified,
+            reverse=True,
+        )[:limit]
+        return [
+            {"key": i.key, "uploaded_at": i.last_modified.isoformat(), "bytes": i.size}
+            for i in images
+        ]
+
+    @app.get("/api/hard-examples/image", dependencies=guarded)
+    def hard_example_image(key: str) -> Response:
+        try:
+            parsed = parse_hard_example_key(key)
+        except ContractError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        if parsed.extension != "jpg" or parsed.fleet != registry.fleet:
+            raise HTTPException(400, "only this fleet's hard-example images are served")
+        try:
+            body, _ = store.get(key, max_bytes=MAX_THUMBNAIL_BYTES)
+        except ObjectNotFoundError as exc:
+            raise HTTPException(404, "no such image") from exc
+        return Response(body, media_type="image/jpeg")
+
+    return app

@@ -1,0 +1,132 @@
+"""The control-plane HTTP API over real HTTP, and its dashboard in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from cloud_trainer.fleet.service import ControlPlane
+from cloud_trainer.fleet.simulator import SimulatedFleet
+from cloud_trainer.registry import ModelRegistry
+from cloud_trainer.store import ObjectStore
+from cloud_trainer.synthetic_examples import upload_examples
+from shared.local_services import MosquittoProcess
+from tests.cloud_trainer.test_rollout import (  # noqa: F401 - fixtures
+    plane_factory,
+    registry,
+    sim_fleet,
+)
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+TOKEN = "dashboard-test-token"
+
+
+@pytest.fixture
+def served(
+    plane_factory: Callable[..., ControlPlane],  # noqa: F811
+    registry: ModelRegistry,  # noqa: F811
+    store: ObjectStore,
+) -> Iterator[tuple[ControlPlane, str]]:
+    plane = plane_factory()
+    api_config = plane.config.fleet.api.model_copy(update={"port": 0, "token": SecretStr(TOKEN)})
+    fleet_config = plane.config.fleet.model_copy(update={"api": api_config})
+    plane.config = plane.config.model_copy(update={"fleet": fleet_config})
+    server = plane.serve_api(registry, store)
+    stop = threading.Event()
+    loop = threading.Thread(target=plane.run, args=(stop,), daemon=True)
+    loop.start()
+    yield plane, f"http://127.0.0.1:{server.port}"
+    stop.set()
+    loop.join(5)
+    server.stop()
+
+
+def test_api_needs_the_token_and_refuses_bad_requests(served: tuple[ControlPlane, str]) -> None:
+    _, base = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    assert httpx.get(f"{base}/api/devices").status_code == 401
+    assert (
+        httpx.get(f"{base}/api/devices", headers={"Authorization": "Bearer x"}).status_code == 401
+    )
+    assert httpx.get(f"{base}/api/devices", headers=auth).json() == []
+    assert [m["version"] for m in httpx.get(f"{base}/api/models", headers=auth).json()] == [1, 2]
+    bad = httpx.post(f"{base}/api/rollouts", headers=auth, json={"version": 0})
+    assert bad.status_code == 422
+    unknown = httpx.post(
+        f"{base}/api/rollouts", headers=auth, json={"version": 9, "targets": {"devices": ["d"]}}
+    )
+    assert unknown.status_code == 400 and "no published version 9" in unknown.text
+    assert httpx.get(f"{base}/api/rollouts/nope", headers=auth).status_code == 404
+    for key in (
+        "../etc/passwd",
+        "hard-examples/other/dev/2026/01/01/x.jpg",
+        "models/x/1/model.onnx",
+    ):
+        response = httpx.get(f"{base}/api/hard-examples/image", params={"key": key}, headers=auth)
+        assert response.status_code == 400, key
+    assert "/api/rollouts" in httpx.get(f"{base}/openapi.json").json()["paths"]
+
+
+def dump_dom(url: str) -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is installed by scripts/install-system-deps.sh"
+    done = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_the_dashboard_shows_devices_examples_and_a_rollout_advancing(
+    served: tuple[ControlPlane, str],
+    mosquitto: MosquittoProcess,
+    store: ObjectStore,
+    fleet_name: str,
+) -> None:
+    plane, base = served
+    page = f"{base}/#token={TOKEN}"
+    assert "linefleet control plane" in dump_dom(page)
+    fleet: SimulatedFleet = sim_fleet(mosquitto, fleet_name, 3)
+    try:
+        upload_examples(store, fleet=fleet_name, count=2)
+        wait_for(lambda: len(plane.registry.devices()) == 3, timeout=10)
+        dom = dump_dom(page)
+        for device in ("dev-000", "dev-001", "dev-002"):
+            assert device in dom
+        assert dom.count("<img") == 2  # thumbnails of the uploaded hard examples
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        body = {
+            "version": 2,
+            "rollout_id": "dash-1",
+            "params": {"waves": [0.3, 1.0], "soak_s": 4.0},
+        }
+        assert httpx.post(f"{base}/api/rollouts", headers=auth, json=body).status_code == 201
+        wait_for(lambda: plane.controller.status("dash-1").counts.get("active", 0) >= 1, timeout=15)
+        during = dump_dom(page)
+        assert 'data-state="running"' in during and "wave 1 (30%): 1/1 active" in during
+        wait_for(lambda: plane.controller.status("dash-1").state == "succeeded", timeout=30)
+        after = dump_dom(page)
+        assert 'data-state="succeeded"' in after and "wave 2 (100%): 2/2 active" in after
+    finally:
+        fleet.stop()
