@@ -45,9 +45,9 @@ class DeviceRow:
     inference_errors: int | None
 
     @classmethod
-    def from_row(cls, row: Any) -> DeviceRow:
+    def from_row(cls, row: Any, prefix: str = "") -> DeviceRow:
         values = row._mapping
-        return cls(**{name: values[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: values[prefix + name] for name in cls.__dataclass_fields__})
 
 
 class FleetRegistry:
@@ -161,6 +161,16 @@ class FleetRegistry:
                 select(devices).where(devices.c.device_id == device_id)
             ).first()
         return DeviceRow.from_row(row) if row else None
+
+    def devices_by_id(self, device_ids: list[str]) -> dict[str, DeviceRow]:
+        """Many devices in one query (the rollout controller's hot path)."""
+        found: dict[str, DeviceRow] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(device_ids), 500):
+                chunk = device_ids[start : start + 500]
+                rows = connection.execute(select(devices).where(devices.c.device_id.in_(chunk)))
+                found.update((row.device_id, DeviceRow.from_row(row)) for row in rows)
+        return found
 
     def devices(self, *, group: str | None = None) -> list[DeviceRow]:
         query = select(devices).where(devices.c.fleet == self.fleet)

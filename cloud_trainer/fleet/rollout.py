@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, bindparam, func, select
 
 from cloud_trainer.errors import TrainerError
 from cloud_trainer.fleet.db import counters, rollout_devices, rollouts
@@ -267,33 +267,45 @@ class RolloutController:
     def _target_wave(self, rollout_id: str, wave: int, manifest: ModelManifest) -> None:
         now = self.now()
         with self.engine.connect() as connection:
-            device_ids = connection.scalars(
-                select(rollout_devices.c.device_id).where(
-                    rollout_devices.c.rollout_id == rollout_id, rollout_devices.c.wave == wave
-                )
-            ).all()
-        for device_id in device_ids:
-            device = self.registry.device(device_id)
-            self._send(rollout_id, device_id, manifest, DesiredAction.UPDATE)
-            with self.engine.begin() as connection:
-                connection.execute(
-                    rollout_devices.update()
-                    .where(
-                        rollout_devices.c.rollout_id == rollout_id,
-                        rollout_devices.c.device_id == device_id,
+            device_ids = list(
+                connection.scalars(
+                    select(rollout_devices.c.device_id).where(
+                        rollout_devices.c.rollout_id == rollout_id, rollout_devices.c.wave == wave
                     )
-                    .values(
-                        state=DeviceState.TARGETED.value,
-                        targeted_at=now,
-                        baseline_fps=device.fps if device else None,
-                    )
+                ).all()
+            )
+        known = self.registry.devices_by_id(device_ids)
+        sequences = self._next_sequences(len(device_ids))
+        for device_id, sequence in zip(device_ids, sequences, strict=True):
+            self._send(rollout_id, device_id, manifest, DesiredAction.UPDATE, sequence)
+        with self.engine.begin() as connection:
+            connection.execute(
+                rollout_devices.update()
+                .where(
+                    rollout_devices.c.rollout_id == rollout_id,
+                    rollout_devices.c.device_id == bindparam("target_device"),
                 )
+                .values(
+                    state=DeviceState.TARGETED.value,
+                    targeted_at=now,
+                    baseline_fps=bindparam("baseline"),
+                ),
+                [
+                    {
+                        "target_device": d,
+                        "baseline": known[d].fps if d in known else None,
+                    }
+                    for d in device_ids
+                ],
+            )
         # The wave counts as started only once every device of it has been sent its state;
         # a controller killed half-way re-sends the same (idempotent) retained messages.
         self._update(rollout_id, current_wave=wave, wave_started_at=now, wave_completed_at=None)
         log.info("rollout %s: wave %d targeted (%d device(s))", rollout_id, wave, len(device_ids))
 
     def _observe(self, rollout_id: str, version: int, params: RolloutParams, now: datetime) -> None:
+        """Judge every in-flight device from the registry: two queries and one batched write
+        per tick, whatever the fleet size."""
         with self.engine.connect() as connection:
             rows = connection.execute(
                 select(rollout_devices).where(
@@ -307,31 +319,43 @@ class RolloutController:
                     ),
                 )
             ).all()
+        known = self.registry.devices_by_id([r.device_id for r in rows])
+        changes = []
         for row in rows:
             values = row._mapping
-            device = self.registry.device(values["device_id"])
             state, reason = self._judge(
                 rollout_id=rollout_id,
                 version=version,
                 params=params,
                 row=values,
-                device=device,
+                device=known.get(values["device_id"]),
                 now=now,
             )
             if state.value != values["state"] or reason != values["reason"]:
-                with self.engine.begin() as connection:
-                    connection.execute(
-                        rollout_devices.update()
-                        .where(
-                            rollout_devices.c.rollout_id == rollout_id,
-                            rollout_devices.c.device_id == values["device_id"],
-                        )
-                        .values(
-                            state=state.value,
-                            reason=reason[:500],
-                            done_at=now if state in TERMINAL_IN_WAVE else None,
-                        )
-                    )
+                changes.append(
+                    {
+                        "target_device": values["device_id"],
+                        "new_state": state.value,
+                        "new_reason": reason[:500],
+                        "new_done_at": now if state in TERMINAL_IN_WAVE else None,
+                    }
+                )
+        if not changes:
+            return
+        with self.engine.begin() as connection:
+            connection.execute(
+                rollout_devices.update()
+                .where(
+                    rollout_devices.c.rollout_id == rollout_id,
+                    rollout_devices.c.device_id == bindparam("target_device"),
+                )
+                .values(
+                    state=bindparam("new_state"),
+                    reason=bindparam("new_reason"),
+                    done_at=bindparam("new_done_at"),
+                ),
+                changes,
+            )
 
     @staticmethod
     def _judge(
@@ -394,12 +418,15 @@ class RolloutController:
                 )
             ).all()
         previous = rollout["previous_version"]
+        manifests: dict[int, ModelManifest] = {}  # one fetch per version, not per device
         for device_id in touched:
             target = previous or self._previous_of(device_id, rollout["version"])
             if target is None:
                 log.warning("rollout %s: no previous version known for %s", rollout_id, device_id)
                 continue
-            self._send(rollout_id, device_id, self.manifests(target), DesiredAction.ROLLBACK)
+            if target not in manifests:
+                manifests[target] = self.manifests(target)
+            self._send(rollout_id, device_id, manifests[target], DesiredAction.ROLLBACK)
             with self.engine.begin() as connection:
                 connection.execute(
                     rollout_devices.update()
@@ -419,30 +446,37 @@ class RolloutController:
         return version - 1 if version > 1 else None
 
     # ------------------------------------------------------------------ messages
-    def _next_sequence(self) -> int:
-        """Grows across restarts and database loss: max(stored + 1, milliseconds now)."""
+    def _next_sequences(self, count: int) -> range:
+        """``count`` fresh desired-state sequence numbers, growing across restarts and even
+        database loss: they start at max(stored + 1, milliseconds now)."""
         with self.engine.begin() as connection:
             stored = connection.execute(
                 select(counters.c.value).where(counters.c.name == "desired_sequence")
             ).scalar()
-            value = max((stored or 0) + 1, int(self.now().timestamp() * 1000))
+            first = max((stored or 0) + 1, int(self.now().timestamp() * 1000))
+            last = first + max(count, 1) - 1
             if stored is None:
-                connection.execute(counters.insert().values(name="desired_sequence", value=value))
+                connection.execute(counters.insert().values(name="desired_sequence", value=last))
             else:
                 connection.execute(
                     counters.update()
                     .where(counters.c.name == "desired_sequence")
-                    .values(value=value)
+                    .values(value=last)
                 )
-        return value
+        return range(first, first + count)
 
     def _send(
-        self, rollout_id: str, device_id: str, manifest: ModelManifest, action: DesiredAction
+        self,
+        rollout_id: str,
+        device_id: str,
+        manifest: ModelManifest,
+        action: DesiredAction,
+        sequence: int | None = None,
     ) -> None:
         desired = DesiredState(
             fleet=self.fleet,
             rollout_id=rollout_id,
-            sequence=self._next_sequence(),
+            sequence=self._next_sequences(1)[0] if sequence is None else sequence,
             issued_at=self.now(),
             action=action,
             manifest=manifest,
