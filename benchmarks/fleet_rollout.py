@@ -102,7 +102,7 @@ def main() -> None:
             secret_access_key=s3.secret_key,  # type: ignore[arg-type]
         )
         store = ObjectStore.from_config(section)
-        store._client.create_bucket(Bucket=section.bucket)
+        store.create_bucket()
         registry = publish_two_versions(store, key, work)
         stop, ready = ctx.Event(), ctx.Semaphore(0)
         share = -(-args.devices // args.processes)

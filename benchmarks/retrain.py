@@ -62,7 +62,7 @@ def main() -> None:
                 secret_access_key=server.secret_key,  # type: ignore[arg-type]
             )
             store = ObjectStore.from_config(section)
-            store._client.create_bucket(Bucket=section.bucket)
+            store.create_bucket()
             key = SigningKey.generate("bench")
             key_file = work / "bench.key"
             key_file.write_bytes(key.private_pem())

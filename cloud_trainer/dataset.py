@@ -415,10 +415,11 @@ class DatasetBuilder:
             label_path = root / "labels" / frozen.split / f"{frozen.stem}.txt"
             label_path.parent.mkdir(parents=True, exist_ok=True)
             label_path.write_text(label)
-        self._upload(root, manifest)
+        self.upload(root, manifest)
         return BuiltDataset(manifest, root, write_data_yaml(root, request.class_names))
 
-    def _upload(self, root: Path, manifest: DatasetManifest) -> None:
+    def upload(self, root: Path, manifest: DatasetManifest) -> None:
+        """Upload a local YOLO folder as ``datasets/{name}/{version}/``, manifest last."""
         prefix = dataset_prefix(manifest.name, manifest.version)
         files = [p for p in root.rglob("*") if p.is_file() and p.name != "data.yaml"]
         with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
@@ -526,6 +527,6 @@ def register_folder_dataset(
         sources={"imported": len(items)},
         items=items,
     )
-    DatasetBuilder(store, work_dir)._upload(root, manifest)
+    DatasetBuilder(store, work_dir).upload(root, manifest)
     write_data_yaml(root, class_names)
     return manifest

@@ -295,7 +295,7 @@ class Demo:
         key = self.make_key()
         config = self.trainer_config(broker, s3)
         store = ObjectStore.from_config(config.storage)
-        store._client.create_bucket(Bucket=BUCKET)
+        store.create_bucket()
         onnx = self.register_bootstrap(config, store, key)
         self.start_agents(broker, s3, onnx)
         registry = ModelRegistry(store, MODEL)

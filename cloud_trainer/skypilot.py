@@ -11,6 +11,7 @@ Launching needs a cloud account; generating and validating the task does not.
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from collections.abc import Callable
@@ -102,8 +103,6 @@ class SkyPilotBackend:
         self.store = store
 
     def train(self, spec: TrainSpec, *, announce: Callable[[str], None]) -> TrainResult:
-        import os  # noqa: PLC0415
-
         task_config = render_task(self.config, spec)
         secret = self.config.storage.secret_access_key
         values = {

@@ -187,6 +187,21 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "delete", key) from exc
 
+    def create_bucket(self) -> None:
+        """Create the bucket if it is missing (demo and benchmarks; production buckets are
+        made by whoever owns the account, with their policies)."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError:
+            pass
+        except BotoCoreError as exc:
+            raise self._error(exc, "head", "") from exc
+        try:
+            self._client.create_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "create bucket", "") from exc
+
     def supports_conditional_writes(self, probe_key: str) -> bool:
         """Whether the server enforces If-None-Match (AWS S3 and moto do; some S3 look-alikes
         silently ignore it, which would let concurrent registry writers lose entries)."""

@@ -22,6 +22,7 @@ from cloud_trainer.dataset import DatasetBuilder
 from cloud_trainer.errors import GpuRequiredError, ObjectNotFoundError, TrainingError
 from cloud_trainer.offline import prepare_offline_ultralytics
 from cloud_trainer.store import ObjectStore
+from shared.digests import file_sha256
 from shared.identifiers import Identifier
 from shared.object_keys import run_prefix
 
@@ -307,8 +308,6 @@ class LocalTrainer:
         return on_model_save
 
     def _finish(self, spec: TrainSpec, ledger: _Ledger, device: str, best: Path) -> TrainResult:
-        from shared.digests import file_sha256  # noqa: PLC0415
-
         best_key = _checkpoint_key(spec.run_id, "best")
         self.store.upload(best, best_key)
         progress = ledger.progress
