@@ -30,6 +30,7 @@ import cv2
 import httpx
 import yaml
 
+from cloud_trainer.bootstrap import train_bootstrap
 from cloud_trainer.config import StorageSection, TrainerConfig
 from cloud_trainer.dataset import register_folder_dataset
 from cloud_trainer.evaluate import MetricsAccumulator
@@ -141,7 +142,12 @@ class Demo:
         folder = self.work / "bootstrap"
         folder.mkdir(parents=True, exist_ok=True)
         weights = folder / "model.pt"
-        shutil.copyfile(BOOTSTRAP_PT, weights)
+        if BOOTSTRAP_PT.is_file():
+            shutil.copyfile(BOOTSTRAP_PT, weights)
+        else:  # a checkout without the committed artifact: make it (about 12 min on 2 cores)
+            self.say(f"{BOOTSTRAP_PT} is missing: training the bootstrap model first")
+            trained = train_bootstrap(folder / "train", epochs=20, imgsz=320, seed=0)
+            shutil.copyfile(trained.weights, weights)
         onnx = Path(YOLO(str(weights)).export(format="onnx", imgsz=320, opset=18, simplify=True))
         data = write_yolo_dataset(folder / "data", train=96, val=24, seed=0)
         register_folder_dataset(
