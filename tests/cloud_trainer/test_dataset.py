@@ -21,6 +21,14 @@ from shared.synth import CLASS_NAMES
 LOOSE = DatasetSection(min_train_images=1, min_holdout_images=1, replay_previous=False)
 
 
+@pytest.fixture
+def fleet_name() -> str:
+    """A fixed fleet: the split hashes example keys, which contain it, so a random name
+    would make split sizes (and a small selection's held-out count) vary between runs. Each
+    test has its own bucket, so a fixed name is still isolated."""
+    return "plant-a"
+
+
 def request(fleet: str, labeler: object, **selection: object) -> BuildRequest:
     return BuildRequest(
         name="line-a",
