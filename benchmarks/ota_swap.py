@@ -109,11 +109,13 @@ ota: {{enabled: true, model_name: line-detector,
 
         agent.add_sink(record)
         active_at: list[float] = []
+        reports: list[str] = []  # every OTA state seen, so a run that never swaps says why
         topics = Topics("bench")
         listener = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
 
         def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
             report = parse_payload(ReportedState, bytes(message.payload))
+            reports.append(f"{report.ota_state.value} v{report.running_version} {report.reason}")
             if (
                 report.ota_state is OtaState.ACTIVE
                 and report.running_version == 2
@@ -159,6 +161,7 @@ ota: {{enabled: true, model_name: line-detector,
         "frames_processed": len(records),
         "frames_produced": produced,
         "publish_to_active_s": round(active_at[0] - published, 3) if active_at else None,
+        "ota_states": reports[-6:],
         "frames_dropped": dropped,
         "frames_duplicated": duplicated,
         "median_latency_ms": round(median * 1000, 2),
