@@ -170,6 +170,18 @@ class DetectionEvent(_Message):
     detections: list[DetectionRecord] = Field(max_length=MAX_DETECTIONS_PER_EVENT)
 
 
+def check_wave_fractions(waves: list[float]) -> list[float]:
+    """Cumulative wave fractions: each in (0, 1], strictly increasing, the last 1.0 (the whole
+    target). Shared by rollout commands and the controller's parameters."""
+    if any(not 0.0 < w <= 1.0 for w in waves):
+        raise ValueError("wave fractions must lie in (0, 1]")
+    if any(b <= a for a, b in itertools.pairwise(waves)):
+        raise ValueError("wave fractions must strictly increase")
+    if waves and waves[-1] != 1.0:
+        raise ValueError("the last wave must be 1.0 (the whole target)")
+    return waves
+
+
 class RolloutAction(StrEnum):
     START = "start"
     PAUSE = "pause"
@@ -212,15 +224,7 @@ class RolloutCommand(_Message):
     @field_validator("waves")
     @classmethod
     def _waves_increase_to_one(cls, waves: list[float]) -> list[float]:
-        if not waves:
-            return waves
-        if any(not 0.0 < w <= 1.0 for w in waves):
-            raise ValueError("wave fractions must lie in (0, 1]")
-        if any(b <= a for a, b in itertools.pairwise(waves)):
-            raise ValueError("wave fractions must strictly increase")
-        if waves[-1] != 1.0:
-            raise ValueError("the last wave must be 1.0 (the whole target)")
-        return waves
+        return check_wave_fractions(waves) if waves else waves
 
     @model_validator(mode="after")
     def _start_needs_target(self) -> RolloutCommand:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.messages import check_wave_fractions
 
 
 class RolloutParams(BaseModel):
@@ -23,8 +23,6 @@ class RolloutParams(BaseModel):
     @field_validator("waves")
     @classmethod
     def _waves_increase_to_one(cls, waves: list[float]) -> list[float]:
-        if not waves or any(not 0.0 < w <= 1.0 for w in waves):
-            raise ValueError("waves must be fractions in (0, 1], e.g. [0.1, 0.5, 1.0]")
-        if any(b <= a for a, b in itertools.pairwise(waves)) or waves[-1] != 1.0:
-            raise ValueError("wave fractions must strictly increase and end at 1.0")
-        return waves
+        if not waves:
+            raise ValueError("waves must not be empty, e.g. [0.1, 0.5, 1.0]")
+        return check_wave_fractions(waves)
