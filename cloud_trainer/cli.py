@@ -283,22 +283,8 @@ def _print_status(plane: ControlPlane, rollout_id: str) -> str:
 
 
 def _follow(plane: ControlPlane, rollout_id: str) -> int:
-    import threading  # noqa: PLC0415
-
-    stop = threading.Event()
-    last: list[str] = [""]
-
-    def done() -> bool:
-        status = plane.controller.status(rollout_id)
-        line = f"{status.state} {status.current_wave} {sorted(status.counts.items())}"
-        if line != last[0]:
-            last[0] = line
-            _print_status(plane, rollout_id)
-        return status.state not in ("running", "paused")
-
-    if not done():
-        plane.run(stop, until=done)
-    return 0 if plane.controller.status(rollout_id).state == "succeeded" else 1
+    status = plane.follow(rollout_id, lambda _: _print_status(plane, rollout_id))
+    return 0 if status.state == "succeeded" else 1
 
 
 def _rollout_start(args: argparse.Namespace) -> int:

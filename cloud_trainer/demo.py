@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from cloud_trainer.config import StorageSection, TrainerConfig
 from cloud_trainer.dataset import register_folder_dataset
 from cloud_trainer.evaluate import MetricsAccumulator
 from cloud_trainer.fleet.params import RolloutParams
+from cloud_trainer.fleet.rollout import RolloutStatus
 from cloud_trainer.fleet.service import ControlPlane
 from cloud_trainer.offline import prepare_offline_ultralytics
 from cloud_trainer.register import register_model
@@ -344,25 +344,11 @@ class Demo:
         )
 
     def _follow_rollout(self, plane: ControlPlane, rollout_id: str) -> None:
-        stop = threading.Event()
-        timer = threading.Timer(self.settings.timeout_s / 3, stop.set)
-        timer.start()
-        seen: list[str] = [""]
-
-        def done() -> bool:
-            status = plane.controller.status(rollout_id)
+        def show(status: RolloutStatus) -> None:
             wave = f"wave {status.current_wave + 1}/{len(status.waves)}"
-            line = f"rollout {status.state}, {wave}: {dict(sorted(status.counts.items()))}"
-            if line != seen[0]:
-                seen[0] = line
-                self.say(line)
-            return status.state not in ("running", "paused")
+            self.say(f"rollout {status.state}, {wave}: {dict(sorted(status.counts.items()))}")
 
-        try:
-            plane.run(stop, until=done)
-        finally:
-            timer.cancel()
-        status = plane.controller.status(rollout_id)
+        status = plane.follow(rollout_id, show, timeout_s=self.settings.timeout_s / 3)
         if status.state != "succeeded":
             raise RuntimeError(f"rollout ended {status.state}: {status.reason}")
 

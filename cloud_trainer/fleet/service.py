@@ -22,7 +22,7 @@ from cloud_trainer.errors import TrainerError
 from cloud_trainer.fleet.api import create_control_app
 from cloud_trainer.fleet.db import open_database
 from cloud_trainer.fleet.registry import FleetRegistry
-from cloud_trainer.fleet.rollout import ManifestSource, RolloutController
+from cloud_trainer.fleet.rollout import ManifestSource, RolloutController, RolloutStatus
 from cloud_trainer.registry import ModelRegistry
 from cloud_trainer.store import ObjectStore
 from edge_agent.api import ApiServer
@@ -112,6 +112,37 @@ class ControlPlane:
 
     def stop(self) -> None:
         self.link.stop()
+
+    def follow(
+        self,
+        rollout_id: str,
+        on_change: Callable[[RolloutStatus], object],
+        *,
+        timeout_s: float | None = None,
+    ) -> RolloutStatus:
+        """Drive ``rollout_id`` until it is no longer running or paused (or ``timeout_s``),
+        calling ``on_change`` whenever its state, wave or device counts move."""
+        stop = threading.Event()
+        timer = threading.Timer(timeout_s, stop.set) if timeout_s is not None else None
+        last: list[tuple[object, ...]] = [()]
+
+        def done() -> bool:
+            status = self.controller.status(rollout_id)
+            key = (status.state, status.current_wave, sorted(status.counts.items()))
+            if key != last[0]:
+                last[0] = key
+                on_change(status)
+            return status.state not in ("running", "paused")
+
+        if timer is not None:
+            timer.start()
+        try:
+            if not done():
+                self.run(stop, until=done)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return self.controller.status(rollout_id)
 
     def run(self, stop: threading.Event, until: Callable[[], bool] | None = None) -> None:
         """Tick the controller every ``tick_interval_s`` until ``stop`` (or ``until()``)."""
