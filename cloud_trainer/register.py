@@ -9,7 +9,7 @@ from cloud_trainer.config import TrainerConfig
 from cloud_trainer.errors import ExportError
 from cloud_trainer.export import ExportResult
 from cloud_trainer.registry import ModelRegistry, PublishFiles
-from cloud_trainer.retrain import build_manifest
+from cloud_trainer.retrain import publish_export
 from edge_agent.inference.runner import InferenceRunner, RunnerOptions
 from shared.manifest import EvalMetrics, Lineage, ModelManifest
 from shared.signing import SigningKey
@@ -58,21 +58,14 @@ def register_model(
             f"{onnx} predicts {list(export.class_names)}, the model line has "
             f"{list(config.model_line.classes)}"
         )
-    lineage = Lineage(dataset_version=dataset_version, backend="bootstrap")
-    return registry.publish(
-        lambda version, artifact, weights_ref: build_manifest(
-            name=registry.name,
-            version=version,
-            artifact=artifact,
-            weights=weights_ref,
-            export=export,
-            metrics=metrics,
-            lineage=lineage,
-            ttl_days=config.signing.manifest_ttl_days,
-            notes=notes,
-        ),
+    return publish_export(
+        registry,
+        export,
         PublishFiles(onnx=onnx, weights=weights),
         signer,
-        lineage=lineage,
+        metrics=metrics,
+        lineage=Lineage(dataset_version=dataset_version, backend="bootstrap"),
+        ttl_days=config.signing.manifest_ttl_days,
         note=notes or "registered",
+        notes=notes,
     )

@@ -119,6 +119,38 @@ def build_manifest(
     )
 
 
+def publish_export(
+    registry: ModelRegistry,
+    export: ExportResult,
+    files: PublishFiles,
+    signer: SigningKey,
+    *,
+    metrics: EvalMetrics | None,
+    lineage: Lineage,
+    ttl_days: int | None,
+    note: str,
+    notes: str = "",
+) -> ModelManifest:
+    """Publish an exported model as the registry's next version, signed."""
+    return registry.publish(
+        lambda version, artifact, weights: build_manifest(
+            name=registry.name,
+            version=version,
+            artifact=artifact,
+            weights=weights,
+            export=export,
+            metrics=metrics,
+            lineage=lineage,
+            ttl_days=ttl_days,
+            notes=notes,
+        ),
+        files,
+        signer,
+        lineage=lineage,
+        note=note,
+    )
+
+
 class Stages:
     """Wall time per stage, for the report and the benchmark."""
 
@@ -292,20 +324,14 @@ class Retrainer:
             backend=training.backend,
         )
         with stages.stage("publish"):
-            signed = self.registry.publish(
-                lambda version, artifact, weights: build_manifest(
-                    name=line.name,
-                    version=version,
-                    artifact=artifact,
-                    weights=weights,
-                    export=exported,
-                    metrics=candidate_metrics,
-                    lineage=lineage,
-                    ttl_days=config.signing.manifest_ttl_days,
-                ),
+            signed = publish_export(
+                self.registry,
+                exported,
                 PublishFiles(onnx=exported.onnx, weights=best, fp16_onnx=exported.fp16_onnx),
                 signer,
+                metrics=candidate_metrics,
                 lineage=lineage,
+                ttl_days=config.signing.manifest_ttl_days,
                 note=f"run {report.run_id}",
             )
         report.published_version = signed.version
