@@ -2,8 +2,9 @@
 
     python benchmarks/retrain.py [--images 500] [--epochs 3] [--imgsz 320] [--drift lighting]
 
-A moto S3 server is started here; the committed bootstrap model is registered as v1; ``--images``
-drifted hard examples (with the synthetic line's exact labels) are uploaded as agents would;
+A moto (or ``--s3 nanio``) S3 server is started here; the committed bootstrap model is
+registered as v1; ``--images`` drifted hard examples (with the synthetic line's exact labels)
+are uploaded as agents would;
 then one ``cloud-trainer retrain`` runs in-process. The peer of the non-training stages is the
 training stage of the same run: ``non_training_share`` = (select + build + export + evaluate +
 publish) / total. Also reports the gate's before/after accuracy on the held-out set.
@@ -30,7 +31,7 @@ from cloud_trainer.registry import ModelRegistry  # noqa: E402
 from cloud_trainer.retrain import Retrainer  # noqa: E402
 from cloud_trainer.store import ObjectStore  # noqa: E402
 from cloud_trainer.synthetic_examples import upload_examples  # noqa: E402
-from shared.local_services import MotoS3Process  # noqa: E402
+from shared.local_services import MotoS3Process, NanioS3Process  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
 
 BOOTSTRAP = ROOT / "artifacts" / "bootstrap-yolov8n-320.pt"
@@ -44,6 +45,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--drift", default="lighting")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--s3",
+        choices=("moto", "nanio"),
+        default="moto",
+        help="S3 server to start: moto enforces conditional writes as AWS does; nanio is "
+        "lighter to install (a GPU box for a one-off measurement)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="lf-bench-retrain-"))
@@ -54,7 +62,8 @@ def main() -> None:
         weights = work / "bootstrap.pt"
         shutil.copyfile(BOOTSTRAP, weights)
         onnx = Path(YOLO(str(weights)).export(format="onnx", imgsz=args.imgsz, opset=18))
-        with MotoS3Process(work / "s3") as server:
+        server_type = MotoS3Process if args.s3 == "moto" else NanioS3Process
+        with server_type(work / "s3") as server:
             section = StorageSection(
                 bucket="bench-retrain",
                 endpoint_url=server.endpoint_url,

@@ -1,0 +1,388 @@
+"""The contenders of ``benchmarks/pipeline.py``, each served from its own process.
+
+A contender loads once, reports its cold start, then answers ``run SECONDS`` commands on
+stdin with the frames it finished in that slice, and ``close`` with its peak memory and
+whatever else it collected. The orchestrator alternates short slices of every contender, so
+a slow phase of this shared machine (the same ``session.run`` measured 13 ms and 19 ms a
+minute apart) hits all of them alike and the per-slice ratios stay meaningful.
+
+Throughput in a slice counts frames *finished* between ``SETTLE_S`` after the slice opened
+and its end: for the pipeline that is what its sinks received, so queues filling or draining
+at the edges of a slice are not counted as work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+SETTLE_S = 0.2
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image. Not ru_maxrss: on Linux it survives
+    exec, so a child would report its (torch-loaded) parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def window_fps(stamps: list[float], opened: float, closed: float) -> tuple[int, float]:
+    """Frames finished in ``[opened + SETTLE_S, closed]`` and their rate (first to last)."""
+    inside = [s for s in stamps if opened + SETTLE_S <= s <= closed]
+    if len(inside) < 2:
+        return len(inside), 0.0
+    return len(inside), (len(inside) - 1) / (inside[-1] - inside[0])
+
+
+def read_jpeg(path: str) -> NDArray[np.uint8]:
+    import cv2
+
+    image = cv2.imread(path)
+    if image is None:
+        raise SystemExit(f"cannot read {path}")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def providers(name: str) -> tuple[str, ...]:
+    return {
+        "cpu": ("CPUExecutionProvider",),
+        "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+        "tensorrt": (
+            "TensorrtExecutionProvider",
+            "CUDAExecutionProvider",
+            "CPUExecutionProvider",
+        ),
+    }[name]
+
+
+class Contender(Protocol):
+    def run_for(self, seconds: float) -> dict[str, Any]: ...
+
+    def close(self) -> dict[str, Any]: ...
+
+
+# ----------------------------------------------------------------- raw onnxruntime
+class RawOrt:
+    """``session.run`` on pre-letterboxed tensors: the ceiling for the pipeline."""
+
+    def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
+        from edge_agent.inference import InferenceRunner, RunnerOptions, letterbox
+
+        runner = InferenceRunner(
+            Path(args.model), RunnerOptions(providers=providers(args.provider))
+        )
+        info = runner.info
+        self.provider = info.provider
+        self.session = runner._session  # the bare session: no validation, no decoding
+        self.input_name = info.input_name
+        self.blobs: list[NDArray[np.floating]] = []
+        for path in frames[0]:
+            self.blobs.append(letterbox([read_jpeg(path)], info.input_height, info.input_width)[0])
+            if len(self.blobs) == 1:
+                self.session.run(None, {self.input_name: self.blobs[0]})
+                self.cold_start_s = time.time() - args.spawned
+        self.latencies: list[float] = []
+        self.next = 0
+
+    def run_for(self, seconds: float) -> dict[str, Any]:
+        stamps: list[float] = []
+        opened = time.perf_counter()
+        closed = opened + seconds
+        while (now := time.perf_counter()) < closed:
+            self.session.run(None, {self.input_name: self.blobs[self.next % len(self.blobs)]})
+            self.next += 1
+            done = time.perf_counter()
+            stamps.append(done)
+            if done - opened >= SETTLE_S:
+                self.latencies.append(done - now)
+        frames, fps = window_fps(stamps, opened, closed)
+        return {"frames": frames, "fps": fps}
+
+    def close(self) -> dict[str, Any]:
+        return {
+            "peak_rss_mb": peak_rss_mb(),
+            "provider": self.provider,
+            "infer_p50_ms": percentile_ms(self.latencies, 0.5),
+            "infer_p99_ms": percentile_ms(self.latencies, 0.99),
+        }
+
+
+# ----------------------------------------------------------------- the agent pipeline
+class AgentPipeline:
+    """The agent's cameras -> hub -> prepare/infer/finish -> events sink, on looping JPEGs
+    (JPEG decode + letterbox + inference + decode/NMS + event JSON), one camera per list."""
+
+    def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
+        import cv2
+
+        from edge_agent.camera import CameraWorker, FrameHub, FrameSource
+        from edge_agent.config import MqttSection
+        from edge_agent.events import EventsSink
+        from edge_agent.inference import (
+            InferenceRunner,
+            RunnerOptions,
+            intra_op_threads,
+            prepare_thread_pool,
+        )
+        from edge_agent.metrics import AgentMetrics
+        from edge_agent.mqtt_link import MqttLink
+        from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, Pipeline
+        from shared.topics import Topics
+
+        gate = threading.Event()
+        stop = threading.Event()
+
+        class GatedJpegLoop(FrameSource):
+            """Reads its JPEGs in a loop, only while the slice's gate is open."""
+
+            live = False  # read on demand: the camera never outruns the model
+
+            def __init__(self, paths: list[str]) -> None:
+                self.paths = paths
+                self.next = 0
+
+            @property
+            def description(self) -> str:
+                return "looping jpeg files"
+
+            def open(self) -> None:
+                pass
+
+            def read(self):  # type: ignore[no-untyped-def]
+                while not gate.wait(0.05):
+                    if stop.is_set():
+                        return None
+                image = cv2.imread(self.paths[self.next % len(self.paths)])
+                self.next += 1
+                return image, None
+
+        self.gate, self.stop = gate, stop
+        self.stamps: list[float] = []
+        self.stage_samples: dict[str, list[float]] = {
+            s: [] for s in ("prepare", "infer", "finish", "total")
+        }
+        self.detections: list[dict[str, Any]] = []
+        self.agreement_frames = args.agreement_frames
+        self.sampling = False
+        prepare_thread_pool(intra_op_threads(0))  # as the agent does at start
+        runner = InferenceRunner(
+            Path(args.model), RunnerOptions(providers=providers(args.provider))
+        )
+        self.provider = runner.info.provider
+        metrics = AgentMetrics()
+        hub = FrameHub()
+
+        def record(result: DetectionResult) -> None:
+            self.stamps.append(time.perf_counter())
+            if self.sampling:
+                for stage, seconds in result.latency_s.items():
+                    self.stage_samples[stage].append(seconds)
+            if result.frame.camera_id == "cam0" and len(self.detections) < self.agreement_frames:
+                self.detections.append(
+                    {
+                        "xyxy": result.detections.xyxy.tolist(),
+                        "cls": result.detections.class_id.tolist(),
+                    }
+                )
+
+        self.pipeline = Pipeline(
+            hub,
+            ModelSlot(ActiveModel(runner, "bench", 1)),
+            stop,
+            max_batch=args.max_batch,
+            observe_latency=metrics.observe_stage,
+        )
+        self.link = None
+        if args.mqtt_port:
+            self.link = MqttLink(
+                MqttSection(host="127.0.0.1", port=args.mqtt_port),
+                "bench",
+                Topics("bench"),
+                agent_version="0.1.0",
+            )
+            self.link.start()
+            self.link.wait_connected(10)
+            self.pipeline.add_sink(
+                EventsSink(self.link, Topics("bench"), "bench", metrics, max_per_s=1000.0)
+            )
+        self.pipeline.add_sink(record)
+        self.pipeline.start()
+        self.cameras = [
+            CameraWorker(
+                f"cam{i}", GatedJpegLoop(paths), hub, stop, lossless=True, stall_timeout_s=3600
+            )
+            for i, paths in enumerate(frames)
+        ]
+        for camera in self.cameras:
+            camera.start()
+        gate.set()  # cold start: spawn to the first detection
+        while not self.stamps:
+            time.sleep(0.001)
+        self.cold_start_s = time.time() - args.spawned
+        gate.clear()
+        self._drain()
+
+    def _drain(self, quiet_s: float = 0.25, limit_s: float = 10.0) -> None:
+        """Wait until the frames read before the gate closed have gone through."""
+        deadline = time.perf_counter() + limit_s
+        seen = len(self.stamps)
+        while time.perf_counter() < deadline:
+            time.sleep(quiet_s)
+            if len(self.stamps) == seen:
+                return
+            seen = len(self.stamps)
+
+    def run_for(self, seconds: float) -> dict[str, Any]:
+        opened = time.perf_counter()
+        self.sampling = True
+        self.gate.set()
+        time.sleep(seconds)
+        self.gate.clear()
+        self.sampling = False
+        closed = time.perf_counter()
+        self._drain()
+        frames, fps = window_fps(self.stamps, opened, closed)
+        return {"frames": frames, "fps": fps}
+
+    def close(self) -> dict[str, Any]:
+        self.stop.set()
+        self.gate.set()
+        self.pipeline.join()
+        if self.link is not None:
+            self.link.stop()
+        return {
+            "peak_rss_mb": peak_rss_mb(),
+            "provider": self.provider,
+            "stages": {
+                stage: {
+                    "p50_ms": percentile_ms(samples, 0.5),
+                    "p99_ms": percentile_ms(samples, 0.99),
+                }
+                for stage, samples in self.stage_samples.items()
+            },
+            "events_published": self.link.stats.published if self.link else 0,
+            "detections": self.detections,
+        }
+
+
+# ----------------------------------------------------------------- ultralytics predict()
+class UltralyticsPredict:
+    """``YOLO(model.onnx).predict(jpeg_path)`` frame after frame, cameras round-robin."""
+
+    def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
+        from cloud_trainer.offline import prepare_offline_ultralytics
+
+        prepare_offline_ultralytics(Path(args.work_dir))
+        from ultralytics import YOLO
+
+        self.model = YOLO(args.model, task="detect")
+        self.order = [p for group in zip(*frames, strict=True) for p in group]
+        device = "cpu" if args.provider == "cpu" else "cuda:0"
+        self.kwargs = {
+            "imgsz": args.imgsz,
+            "conf": 0.25,
+            "iou": 0.7,
+            "verbose": False,
+            "device": device,
+        }
+        self.agreement_frames = args.agreement_frames
+        self.detections: list[dict[str, Any]] = []
+        self.latencies: list[float] = []
+        self.next = 0
+        self._predict()
+        self.cold_start_s = time.time() - args.spawned
+
+    def _predict(self) -> None:
+        path = self.order[self.next % len(self.order)]
+        self.next += 1
+        result = self.model.predict(path, **self.kwargs)[0]
+        if Path(path).name.startswith("cam0") and len(self.detections) < self.agreement_frames:
+            self.detections.append(
+                {
+                    "xyxy": result.boxes.xyxy.cpu().numpy().tolist(),
+                    "cls": result.boxes.cls.cpu().numpy().astype(int).tolist(),
+                }
+            )
+
+    def run_for(self, seconds: float) -> dict[str, Any]:
+        stamps: list[float] = []
+        opened = time.perf_counter()
+        closed = opened + seconds
+        while (now := time.perf_counter()) < closed:
+            self._predict()
+            done = time.perf_counter()
+            stamps.append(done)
+            if done - opened >= SETTLE_S:
+                self.latencies.append(done - now)
+        frames, fps = window_fps(stamps, opened, closed)
+        return {"frames": frames, "fps": fps}
+
+    def close(self) -> dict[str, Any]:
+        return {
+            "peak_rss_mb": peak_rss_mb(),
+            "p50_ms": percentile_ms(self.latencies, 0.5),
+            "p99_ms": percentile_ms(self.latencies, 0.99),
+            "detections": self.detections,
+        }
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    return round(float(np.quantile(np.asarray(values), q)) * 1000.0, 3) if values else 0.0
+
+
+CONTENDERS: dict[str, type[RawOrt] | type[AgentPipeline] | type[UltralyticsPredict]] = {
+    "raw": RawOrt,
+    "pipeline": AgentPipeline,
+    "ultralytics": UltralyticsPredict,
+}
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Load, say ready, then answer ``run SECONDS`` / ``close`` lines until closed."""
+    frames = json.loads(Path(args.frames_file).read_text())
+    contender: Contender = CONTENDERS[args.worker](args, frames)
+    reply({"ready": True, "cold_start_s": contender.cold_start_s})  # type: ignore[attr-defined]
+    for line in sys.stdin:
+        command = line.split()
+        if command and command[0] == "run":
+            reply(contender.run_for(float(command[1])))
+        elif command and command[0] == "close":
+            reply(contender.close())
+            return
+
+
+def reply(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", choices=sorted(CONTENDERS), required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--frames-file", required=True)
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--work-dir", required=True)
+    parser.add_argument("--spawned", type=float, required=True)
+    parser.add_argument("--max-batch", type=int, default=1)
+    parser.add_argument("--mqtt-port", type=int, default=0)
+    parser.add_argument("--agreement-frames", type=int, default=20)
+    parser.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    serve(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    main()
