@@ -22,7 +22,12 @@ from edge_agent.camera import CameraWorker, FrameHub, FrameSource, OpenCVSource,
 from edge_agent.config import AgentConfig, StreamCamera, SyntheticCamera
 from edge_agent.errors import EdgeAgentError, ModelLoadError
 from edge_agent.events import EventsSink
-from edge_agent.inference import InferenceRunner, RunnerOptions
+from edge_agent.inference import (
+    InferenceRunner,
+    RunnerOptions,
+    intra_op_threads,
+    prepare_thread_pool,
+)
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mining import DisagreementSampler, HardExamplePolicy, NearDuplicateFilter
 from edge_agent.mining.factory import build_samplers
@@ -120,6 +125,9 @@ class Agent:
         self.stop_event = threading.Event()
         self.started_mono = time.monotonic()
         self._started = False
+        # Before any model loads, from this (normal-priority) thread: the shared pool's
+        # threads are created now and would inherit the priority of whoever made them.
+        prepare_thread_pool(intra_op_threads(config.model.intra_op_threads))
         self.metrics = AgentMetrics()
         self.hub = FrameHub()
         self.models = ModelSlot()
@@ -229,6 +237,7 @@ class Agent:
                 if config.storage.enabled
                 else None,
                 bucket=config.storage.bucket if config.storage.enabled else None,
+                run_model_work=self.pipeline.call_between_batches,
             )
         self.api: ApiServer | None = None
         self._scheduler = BackgroundScheduler(daemon=True)

@@ -9,7 +9,9 @@ whose latest-frame policy drops stale frames instead of building a backlog.
 
 The model is read from a :class:`ModelSlot` once per batch in ``infer``. A swap therefore
 takes effect between two batches: every frame is processed exactly once, by the old model or
-by the new one.
+by the new one. Other model work (an OTA candidate's warm-up and smoke check) also runs on the
+``infer`` thread, between two batches (:meth:`Pipeline.call_between_batches`): two models
+never run at once, so the live line never shares the cores with a candidate.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,6 +36,8 @@ from shared.detections import Detections
 log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "infer", "finish", "total")
+# How long queued model work yields to a line that never pauses before it takes a turn.
+JOB_PATIENCE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,27 @@ class DetectionResult:
 
 
 Sink = Callable[[DetectionResult], None]
+T = TypeVar("T")
+Q = TypeVar("Q")
+
+
+class _Job:
+    """Model work queued for the infer thread; the caller waits for its result."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self.work = work
+        self.queued_at = time.monotonic()
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.work()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the waiting caller
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 @dataclass
@@ -145,6 +171,7 @@ class Pipeline:
         # One batch waiting is enough to keep the model busy; more would only add latency
         # (and, with live cameras, staleness).
         self._prepared: queue.Queue[_Batch] = queue.Queue(maxsize=1)
+        self._jobs: queue.Queue[_Job] = queue.Queue()
         self._inferred: queue.Queue[_Batch] = queue.Queue(maxsize=2)
         self._threads = [
             threading.Thread(
@@ -183,16 +210,35 @@ class Pipeline:
             log.exception("pipeline stage crashed; stopping the agent")
             self.stop_event.set()
 
-    def _put(self, target: queue.Queue[_Batch], batch: _Batch) -> bool:
+    def call_between_batches(self, work: Callable[[], T], timeout_s: float = 60.0) -> T:
+        """Run ``work`` (model work: warm-up, smoke check) on the infer thread between two
+        batches and return its result, or raise its exception. Runs in the caller's thread
+        when the pipeline is not running (nothing to share the cores with)."""
+        infer = self._threads[1]
+        if not infer.is_alive() or threading.current_thread() is infer:
+            return work()
+        job = _Job(work)
+        self._jobs.put(job)
+        deadline = time.monotonic() + timeout_s
+        while not job.done.wait(0.1):
+            if not infer.is_alive():
+                raise InferenceError("the pipeline stopped before it ran the job")
+            if time.monotonic() >= deadline:
+                raise InferenceError(f"the pipeline did not run the job within {timeout_s:.0f} s")
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[no-any-return]
+
+    def _put(self, target: queue.Queue[Q], item: Q) -> bool:
         while not self.stop_event.is_set():
             try:
-                target.put(batch, timeout=0.1)
+                target.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def _get(self, source: queue.Queue[_Batch]) -> _Batch | None:
+    def _get(self, source: queue.Queue[Q]) -> Q | None:
         try:
             return source.get(timeout=0.1)
         except queue.Empty:
@@ -223,10 +269,29 @@ class Pipeline:
         )
         return _Batch(frames, blob, boxes, model, [{} for _ in frames])
 
+    def _after_batch(self) -> None:
+        """Run one queued job now, right after a live batch, if it can go unnoticed: nothing
+        prepared and no frame waiting, so the job uses the gap before the next frame. On a
+        saturated line (a frame always waiting) a job that has waited ``JOB_PATIENCE_S``
+        runs anyway: it then delays one frame by one job, the least a busy box can do."""
+        try:
+            job = self._jobs.queue[0]  # peek: only this thread takes jobs
+        except IndexError:
+            return
+        quiet = self._prepared.empty() and self.hub.pending() == 0
+        if quiet or time.monotonic() - job.queued_at >= JOB_PATIENCE_S:
+            self._jobs.get_nowait().run()
+
+    def _when_idle(self) -> None:
+        """No live batch for a while (no cameras, or all stalled): run the jobs now."""
+        while not self._jobs.empty() and self._prepared.empty():
+            self._jobs.get_nowait().run()
+
     def _infer_loop(self) -> None:
         while not self.stop_event.is_set():
             batch = self._get(self._prepared)
             if batch is None:
+                self._when_idle()
                 continue
             model = self.models.current
             if model is not None and model is not batch.model:
@@ -256,6 +321,7 @@ class Pipeline:
             for timing in batch.timings:
                 timing["infer"] = infer_s
             self._put(self._inferred, batch)
+            self._after_batch()
 
     def _finish_loop(self) -> None:
         while not self.stop_event.is_set():

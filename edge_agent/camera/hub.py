@@ -65,6 +65,11 @@ class FrameHub:
                 self._cond.notify_all()  # lossless producers wait for room
             return taken
 
+    def pending(self) -> int:
+        """Frames waiting to be taken."""
+        with self._cond:
+            return sum(frame is not None for frame in self._slots.values())
+
     def wake(self) -> None:
         """Wake a waiting consumer (on stop)."""
         with self._cond:

@@ -2,7 +2,14 @@
 
 from edge_agent.inference.decode import decode_nms_in_graph, decode_yolo_raw, nms
 from edge_agent.inference.preprocess import Letterbox, letterbox
-from edge_agent.inference.runner import InferenceRunner, ModelInfo, RunnerOptions
+from edge_agent.inference.runner import (
+    InferenceRunner,
+    ModelInfo,
+    RunnerOptions,
+    intra_op_threads,
+    prepare_thread_pool,
+    shared_thread_pool_size,
+)
 
 __all__ = [
     "InferenceRunner",
@@ -11,6 +18,9 @@ __all__ = [
     "RunnerOptions",
     "decode_nms_in_graph",
     "decode_yolo_raw",
+    "intra_op_threads",
     "letterbox",
     "nms",
+    "prepare_thread_pool",
+    "shared_thread_pool_size",
 ]

@@ -40,6 +40,9 @@ class RunnerOptions:
     iou_threshold: float = 0.7
     max_detections: int = 300
     warmup_runs: int = 2
+    # False: the caller warms up (``warm_up()``) where it suits it, e.g. OTA between two live
+    # batches. A model is never served before its first finite output either way.
+    warm_up_at_load: bool = True
     trt_cache_dir: Path | None = None
     trt_fp16: bool = True
 
@@ -57,6 +60,66 @@ class ModelInfo:
     class_names: tuple[str, ...]
     provider: str
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+def intra_op_threads(requested: int) -> int:
+    return requested or (os.cpu_count() or 1)
+
+
+class _ProcessThreadPool:
+    """onnxruntime's process-wide intra-op pool: at most one per process, and once it exists
+    onnxruntime refuses sessions with threads of their own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tried = False
+        self._threads: int | None = None  # None: no pool; 0: made elsewhere, size unknown
+
+    def prepare(self, threads: int) -> bool:
+        with self._lock:
+            if not self._tried:
+                self._tried = True
+                try:
+                    ort.set_global_thread_pool_sizes(threads, 1)
+                    self._threads = threads
+                except Exception as exc:  # noqa: BLE001 - onnxruntime raises plain errors
+                    if "already been created" in str(exc):
+                        self._threads = 0
+                    log.info("process thread pool not created", extra={"reason": str(exc)[:200]})
+            if self._threads is not None and self._threads not in (0, threads):
+                log.info(
+                    "sessions share the process thread pool",
+                    extra={"pool_threads": self._threads, "asked_for": threads},
+                )
+            return self._threads is not None
+
+    @property
+    def threads(self) -> int | None:
+        with self._lock:
+            return self._threads
+
+
+_PROCESS_POOL = _ProcessThreadPool()
+
+
+def prepare_thread_pool(threads: int) -> bool:
+    """Create onnxruntime's process-wide intra-op pool of ``threads`` (once per process);
+    returns whether there is one. From then on every session in the process runs on it,
+    whatever size it asks for: onnxruntime refuses sessions with threads of their own.
+
+    The edge agent opts in (the trainer does not: ultralytics' export makes sessions of its
+    own). Sharing is the point: the running model, a candidate being staged by OTA and the
+    API's ``/detect`` use the same threads. With a pool per session, a candidate's threads
+    spun on the same cores as the live model's and live frames took 4-9x their usual time
+    during a swap (``benchmarks/ota_swap.py``). Call it from a normal-priority thread before
+    any model loads: the pool's threads are created here and inherit this thread's priority.
+    """
+    return _PROCESS_POOL.prepare(threads)
+
+
+def shared_thread_pool_size() -> int | None:
+    """Threads of the process-wide pool (0: made elsewhere, size unknown); None: no pool."""
+    return _PROCESS_POOL.threads
 
 
 def select_providers(
@@ -116,10 +179,12 @@ class InferenceRunner:
         output_format: OutputFormat | None = None,
     ) -> None:
         self.options = options or RunnerOptions()
+        self.shares_thread_pool = False
         self._session = self._create_session(Path(path))
         self.info = self._inspect(Path(path), class_names, expected_input, output_format)
         self._closed = threading.Event()
-        self._warm_up()
+        if self.options.warm_up_at_load:
+            self.warm_up()
 
     # ----------------------------------------------------------------- loading
     def _create_session(self, path: Path) -> ort.InferenceSession:
@@ -128,8 +193,14 @@ class InferenceRunner:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = self.options.intra_op_threads or (os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
+        threads = intra_op_threads(self.options.intra_op_threads)
+        # onnxruntime refuses sessions with threads of their own once a process pool exists.
+        self.shares_thread_pool = shared_thread_pool_size() is not None
+        if self.shares_thread_pool:
+            opts.use_per_session_threads = False
+        else:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         chosen, skipped = select_providers(self.options.providers, ort.get_available_providers())
         for reason in skipped:
@@ -250,14 +321,15 @@ class InferenceRunner:
             metadata={k: v[:1000] for k, v in meta.items()},
         )
 
-    def _warm_up(self) -> None:
-        """First runs allocate and tune kernels; do them now, and refuse non-finite output."""
+    def warm_up(self, runs: int | None = None) -> None:
+        """First runs allocate and tune kernels; do them now, and refuse non-finite output.
+        ``runs`` defaults to the options' ``warmup_runs``."""
         info = self.info
         blob: NDArray[np.floating] = np.zeros(
             (1, 3, info.input_height, info.input_width), dtype=info.input_dtype
         )
         blob += np.asarray(PAD_GREY, dtype=info.input_dtype)
-        for _ in range(max(1, self.options.warmup_runs)):
+        for _ in range(max(1, self.options.warmup_runs if runs is None else runs)):
             self.run(blob)
 
     # ----------------------------------------------------------------- running

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -197,3 +201,51 @@ def test_hostile_names_metadata_is_ignored(raw: str) -> None:
 def test_names_metadata_forms() -> None:
     assert parse_class_names({"names": "{0: 'a', 1: 'b'}"}) == ("a", "b")
     assert parse_class_names({"names": "['a', 'b']"}) == ("a", "b")
+
+
+SHARED_POOL_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from edge_agent.inference import InferenceRunner, RunnerOptions, prepare_thread_pool
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+alone = InferenceRunner(Path(sys.argv[1]), RunnerOptions(intra_op_threads=2))
+assert not alone.shares_thread_pool  # no pool unless asked for (the trainer never does)
+del alone
+assert prepare_thread_pool(2)
+before = threads()
+first = InferenceRunner(Path(sys.argv[1]), RunnerOptions(intra_op_threads=2))
+second = InferenceRunner(Path(sys.argv[1]), RunnerOptions(intra_op_threads=2))
+shared = threads()
+other = InferenceRunner(Path(sys.argv[1]), RunnerOptions(intra_op_threads=3))
+print(json.dumps({
+    "before": before, "shared": shared, "after_other": threads(),
+    "first": first.shares_thread_pool, "second": second.shares_thread_pool,
+    "other": other.shares_thread_pool,
+}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_sessions_share_one_thread_pool(tmp_path: Path) -> None:
+    """A candidate loaded beside the running model adds no threads: with a pool per session
+    the two spun on the same cores and live frames slowed 4-9x during an OTA swap. Run in a
+    fresh interpreter: the pool is per process and the first size wins."""
+    model = brightness_detector(tmp_path / "m.onnx", size=64)
+    out = subprocess.run(
+        [sys.executable, "-c", SHARED_POOL_SCRIPT, str(model)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["first"] and report["second"]
+    assert report["shared"] == report["before"], "sessions on the shared pool add no threads"
+    # onnxruntime allows no session threads of its own beside a process pool: a runner
+    # asking for another size runs on the pool too (and says so in the log).
+    assert report["other"]
+    assert report["after_other"] == report["shared"]

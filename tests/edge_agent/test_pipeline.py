@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from edge_agent.camera import CameraWorker, Frame, FrameHub, SyntheticSource
+from edge_agent.errors import InferenceError
 from edge_agent.inference import InferenceRunner
-from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, Pipeline
+from edge_agent.pipeline import (
+    JOB_PATIENCE_S,
+    ActiveModel,
+    DetectionResult,
+    ModelSlot,
+    Pipeline,
+)
 from shared.synth import LineConfig
 from tests.edge_agent.onnx_models import brightness_detector
 from tests.waiting import wait_for as _wait_for
@@ -168,3 +175,87 @@ def test_latest_frame_policy_under_a_slow_model(model_path: Path) -> None:
     lags = Counter(r.frame.sequence for r in recorder.results)
     assert max(lags.values()) == 1
     assert max(r.latency_s["total"] for r in recorder.results[5:]) < 1.0, "no backlog builds up"
+
+
+class RunWatcher:
+    """Wraps a runner's ``run`` to see whether two runs ever overlap."""
+
+    def __init__(self, runner: InferenceRunner) -> None:
+        self.active = 0
+        self.overlaps = 0
+        self.lock = threading.Lock()
+        self._run = runner.run
+        runner.run = self.run  # type: ignore[method-assign]
+
+    def run(self, blob: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.active += 1
+            self.overlaps += self.active > 1
+        try:
+            time.sleep(0.002)  # long enough for an overlap to be seen if there were one
+            return self._run(blob)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_model_work_runs_on_the_infer_thread_between_live_batches(
+    model_path: Path, tmp_path: Path
+) -> None:
+    stop, hub = threading.Event(), FrameHub()
+    live = make_model(model_path, 1)
+    candidate = make_model(brightness_detector(tmp_path / "c.onnx", size=64), 2)
+    live_watch = RunWatcher(live.runner)
+    recorder = Recorder()
+    pipeline = Pipeline(hub, ModelSlot(live), stop, sinks=[recorder], max_batch=1)
+    pipeline.start()
+    start_line(1, stop, hub, fps=None)  # saturated: a frame is always waiting
+    assert wait_for(lambda: len(recorder.results) >= 5)
+    threads: list[str] = []
+    blob = np.full((1, 3, 64, 64), 0.5, dtype=np.float32)
+
+    def candidate_run() -> int:
+        threads.append(threading.current_thread().name)
+        with live_watch.lock:  # the live model is not running while the candidate does
+            assert live_watch.active == 0
+        return int(candidate.runner.run(blob).shape[0])
+
+    started = time.monotonic()
+    results = [pipeline.call_between_batches(candidate_run) for _ in range(3)]
+    elapsed = time.monotonic() - started
+    stop.set()
+    pipeline.join()
+    assert results == [1, 1, 1]
+    assert threads == ["infer"] * 3
+    assert live_watch.overlaps == 0
+    # A line that never pauses still gives queued work a turn after JOB_PATIENCE_S.
+    assert elapsed < 3 * (JOB_PATIENCE_S + 1.0)
+
+
+def test_model_work_errors_reach_the_caller_and_the_line_keeps_going(model_path: Path) -> None:
+    stop, hub = threading.Event(), FrameHub()
+    recorder = Recorder()
+    pipeline = Pipeline(hub, ModelSlot(make_model(model_path, 1)), stop, sinks=[recorder])
+    pipeline.start()
+    start_line(1, stop, hub, fps=30.0)
+
+    def broken() -> None:
+        raise InferenceError("model output contains NaN or infinity")
+
+    with pytest.raises(InferenceError, match="NaN"):
+        pipeline.call_between_batches(broken)
+    seen = len(recorder.results)
+    assert wait_for(lambda: len(recorder.results) > seen + 3)
+    stop.set()
+    pipeline.join()
+
+
+def test_model_work_runs_in_place_when_the_pipeline_is_not_running(model_path: Path) -> None:
+    stop, hub = threading.Event(), FrameHub()
+    pipeline = Pipeline(hub, ModelSlot(make_model(model_path, 1)), stop)
+    assert pipeline.call_between_batches(threading.current_thread) is threading.current_thread()
+    pipeline.start()
+    stop.set()
+    pipeline.join()
+    # Stopped: in place again, never a wait for a thread that is gone.
+    assert pipeline.call_between_batches(lambda: 7) == 7
