@@ -4,7 +4,8 @@ Each contender runs in its own process, so start-up time and peak memory are its
 (``pipeline_contenders.py``):
   raw          session.run on pre-letterboxed tensors: the ceiling for the pipeline
   pipeline     the agent's cameras -> hub -> prepare/infer/finish -> events sink
-               (JPEG decode + letterbox + inference + decode/NMS + event JSON)
+               (JPEG decode + letterbox + inference + decode/NMS + event JSON), with one
+               infer worker per core on CPU (throughput mode) and with one (latency mode)
   ultralytics  YOLO(model.onnx).predict(jpeg_path) frame after frame
 All contenders stay loaded and run in alternating slices of a few seconds, the order
 flipping every round; each ratio is the median of per-round ratios. On this shared machine
@@ -219,11 +220,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=0, help="slices per contender (10)")
     parser.add_argument("--slice-s", type=float, default=0.0, help="seconds per slice (2.0)")
     parser.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    parser.add_argument(
+        "--infer-workers",
+        type=int,
+        default=0,
+        help="the pipeline's workers in its throughput mode (default: one per core on CPU, "
+        "1 on a GPU); the one-worker (latency) mode is always measured beside it",
+    )
     args = parser.parse_args()
     if args.weights is None and args.models_dir is None:
         parser.error("--weights (an ultralytics .pt, e.g. the bootstrap) or --models-dir is needed")
     from shared.local_services import MosquittoProcess, ServiceError
 
+    workers = args.infer_workers or ((os.cpu_count() or 1) if args.provider == "cpu" else 1)
     sizes = [int(s) for s in args.sizes.split(",")]
     count = args.frames or (16 if args.quick else 60)
     rounds = args.rounds or (2 if args.quick else 10)
@@ -239,6 +248,7 @@ def main() -> None:
         broker, port = None, 0
     report: dict[str, Any] = {
         "provider": args.provider,
+        "infer_workers": workers,
         "frames": count,
         "rounds": rounds,
         "slice_s": slice_s,
@@ -256,20 +266,31 @@ def main() -> None:
             results = compare(
                 {
                     "raw": (model, options(size)),
-                    "pipeline": (model, options(size, mqtt_port=port)),
+                    "pipeline": (
+                        model,
+                        options(size, worker="pipeline", mqtt_port=port, infer_workers=workers),
+                    ),
+                    "one_worker": (model, options(size, worker="pipeline", mqtt_port=port)),
                     "ultralytics": (model, options(size)),
                 },
                 work / "single.json",
                 rounds=rounds,
                 slice_s=slice_s,
             )
-            raw, pipe, ultra = (results[k] for k in ("raw", "pipeline", "ultralytics"))
+            raw, pipe, one, ultra = (
+                results[k] for k in ("raw", "pipeline", "one_worker", "ultralytics")
+            )
             vs_raw = paired_ratio(pipe, raw)
             vs_ultra = paired_ratio(pipe, ultra)
             report["sizes"][str(size)] = {
                 "raw_ort_fps": round(raw["fps"], 2),
                 "pipeline_fps": round(pipe["fps"], 2),
                 "ultralytics_fps": round(ultra["fps"], 2),
+                # The same pipeline with one worker: all cores on each frame, lowest latency.
+                "one_worker_fps": round(one["fps"], 2),
+                "one_worker_vs_raw": round(statistics.median(paired_ratio(one, raw)), 3),
+                "one_worker_vs_ultralytics": round(statistics.median(paired_ratio(one, ultra)), 3),
+                "one_worker_stages": one["stages"],
                 # Median of per-round ratios: the slices of a round ran seconds apart.
                 "pipeline_vs_raw": round(statistics.median(vs_raw), 3),
                 "pipeline_vs_ultralytics": round(statistics.median(vs_ultra), 3),
@@ -297,13 +318,15 @@ def main() -> None:
             (work / "multi.json").write_text(json.dumps(multi))
             results = compare(
                 {
+                    # One worker, the cameras' frames in one batch (dynamic-batch export).
                     "batched": (
                         models[f"{size}_dyn"],
                         options(size, worker="pipeline", max_batch=args.cameras, mqtt_port=port),
                     ),
+                    # Frame by frame, ``workers`` at once.
                     "interleaved": (
                         models[str(size)],
-                        options(size, worker="pipeline", mqtt_port=port),
+                        options(size, worker="pipeline", mqtt_port=port, infer_workers=workers),
                     ),
                     "ultralytics": (models[str(size)], options(size)),
                 },

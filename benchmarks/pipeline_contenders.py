@@ -175,7 +175,8 @@ class AgentPipeline:
         self.detections: list[dict[str, Any]] = []
         self.agreement_frames = args.agreement_frames
         self.sampling = False
-        prepare_thread_pool(intra_op_threads(0))  # as the agent does at start
+        # As the agent does at start: threads per inference = cores / workers.
+        prepare_thread_pool(intra_op_threads(0, workers=args.infer_workers))
         runner = InferenceRunner(
             Path(args.model), RunnerOptions(providers=providers(args.provider))
         )
@@ -201,6 +202,7 @@ class AgentPipeline:
             ModelSlot(ActiveModel(runner, "bench", 1)),
             stop,
             max_batch=args.max_batch,
+            infer_workers=args.infer_workers,
             observe_latency=metrics.observe_stage,
         )
         self.link = None
@@ -376,6 +378,7 @@ def main() -> None:
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--spawned", type=float, required=True)
     parser.add_argument("--max-batch", type=int, default=1)
+    parser.add_argument("--infer-workers", type=int, default=1)
     parser.add_argument("--mqtt-port", type=int, default=0)
     parser.add_argument("--agreement-frames", type=int, default=20)
     parser.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")

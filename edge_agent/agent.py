@@ -85,7 +85,7 @@ def runner_options(config: AgentConfig) -> RunnerOptions:
     m = config.model
     return RunnerOptions(
         providers=tuple(m.providers),
-        intra_op_threads=m.intra_op_threads,
+        intra_op_threads=intra_op_threads(m.intra_op_threads, workers=m.infer_workers),
         conf_threshold=m.conf_threshold,
         iou_threshold=m.iou_threshold,
         max_detections=m.max_detections,
@@ -127,7 +127,9 @@ class Agent:
         self._started = False
         # Before any model loads, from this (normal-priority) thread: the shared pool's
         # threads are created now and would inherit the priority of whoever made them.
-        prepare_thread_pool(intra_op_threads(config.model.intra_op_threads))
+        prepare_thread_pool(
+            intra_op_threads(config.model.intra_op_threads, workers=config.model.infer_workers)
+        )
         self.metrics = AgentMetrics()
         self.hub = FrameHub()
         self.models = ModelSlot()
@@ -149,6 +151,7 @@ class Agent:
             self.models,
             self.stop_event,
             max_batch=config.model.max_batch,
+            infer_workers=config.model.infer_workers,
             observe_latency=self.metrics.observe_stage,
         )
         self.mqtt: MqttLink | None = None
@@ -405,6 +408,7 @@ class Agent:
             "pipeline": {
                 "fps": round(stats.fps(), 2),
                 "processed": stats.processed,
+                "infer_workers": self.config.model.infer_workers,
                 "inference_errors": stats.inference_errors,
                 "sink_errors": stats.sink_errors,
                 "infer_latency_ms_p50": round(stats.latency_ms(0.5), 2),

@@ -97,7 +97,12 @@ class ModelSection(_Section):
     providers: list[
         Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     ] = ["CPUExecutionProvider"]
+    # Threads each inference uses; 0: the cores shared out between the infer workers.
     intra_op_threads: int = Field(default=0, ge=0, le=256)
+    # Inferences in flight at once. 1: every frame gets all the cores (lowest latency). On a
+    # CPU box whose cameras outpace the model, one worker per core finishes more frames
+    # (measured 1.15-1.2x with 2 cores; see benchmarks/pipeline.py) at a higher latency.
+    infer_workers: int = Field(default=1, ge=1, le=64)
     conf_threshold: float = Field(default=0.25, gt=0.0, lt=1.0)
     iou_threshold: float = Field(default=0.7, gt=0.0, le=1.0)
     max_detections: int = Field(default=300, ge=1, le=10_000)

@@ -1,17 +1,24 @@
-"""Frames to detections in three overlapping stages, so the model never waits for Python.
+"""Frames to detections in overlapping stages, so the model never waits for Python.
 
-    FrameHub ──▶ [prepare] ──q(1)──▶ [infer] ──q(2)──▶ [finish: decode, NMS, sinks]
+    FrameHub ──▶ [prepare] ──q(W)──▶ [infer x W] ──q(2W)──▶ [finish: decode, NMS, sinks]
 
 ``prepare`` letterboxes the newest frames of up to ``max_batch`` cameras while ``infer`` runs
 the previous batch (onnxruntime releases the GIL), and ``finish`` decodes and fans out to the
 sinks while the next batch runs. Queues are bounded: a slow stage pushes back to the hub,
 whose latest-frame policy drops stale frames instead of building a backlog.
 
+``W`` infer workers (``infer_workers``) run that many batches at once. One worker gives each
+frame every core (lowest latency). On a CPU box whose cameras outpace the model, W
+single-threaded workers finish more frames: onnxruntime's parallel sections lose ~13% at 2
+threads, and the decode/letterbox work of the next frame fits beside a single-threaded run,
+not beside one that holds every core. ``finish`` emits results in the order ``prepare`` made
+the batches, so each camera's frames and events stay in order whatever W is.
+
 The model is read from a :class:`ModelSlot` once per batch in ``infer``. A swap therefore
 takes effect between two batches: every frame is processed exactly once, by the old model or
-by the new one. Other model work (an OTA candidate's warm-up and smoke check) also runs on the
-``infer`` thread, between two batches (:meth:`Pipeline.call_between_batches`): two models
-never run at once, so the live line never shares the cores with a candidate.
+by the new one. Other model work (an OTA candidate's warm-up and smoke check) runs on an
+infer worker between two batches (:meth:`Pipeline.call_between_batches`): the candidate never
+adds model runs beyond the W the line already has.
 """
 
 from __future__ import annotations
@@ -109,7 +116,8 @@ class _Batch:
     letterboxes: list[Letterbox]
     model: ActiveModel
     timings: list[dict[str, float]]
-    raw: NDArray[np.floating] | None = None
+    order: int = 0  # prepare's sequence: finish emits batches in this order
+    raw: NDArray[np.floating] | None = None  # None after a failed inference
 
 
 @dataclass
@@ -123,6 +131,14 @@ class PipelineStats:
     _recent_infer: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     _recent_done: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record_errors(self, frames: int) -> None:
+        with self._lock:
+            self.inference_errors += frames
+
+    def record_sink_error(self) -> None:
+        with self._lock:
+            self.sink_errors += 1
 
     def record(self, infer_s: float, frames: int) -> None:
         now = time.monotonic()
@@ -159,8 +175,11 @@ class Pipeline:
         *,
         sinks: list[Sink] | None = None,
         max_batch: int = 1,
+        infer_workers: int = 1,
         observe_latency: Callable[[str, float], None] | None = None,
     ) -> None:
+        if infer_workers < 1:
+            raise ValueError("infer_workers must be at least 1")
         self.hub = hub
         self.models = models
         self.stop_event = stop
@@ -168,18 +187,25 @@ class Pipeline:
         self.max_batch = max_batch
         self.stats = PipelineStats()
         self._observe = observe_latency or (lambda _stage, _s: None)
-        # One batch waiting is enough to keep the model busy; more would only add latency
-        # (and, with live cameras, staleness).
-        self._prepared: queue.Queue[_Batch] = queue.Queue(maxsize=1)
+        # One batch waiting per worker is enough to keep the model busy; more would only add
+        # latency (and, with live cameras, staleness).
+        self._prepared: queue.Queue[_Batch] = queue.Queue(maxsize=infer_workers)
         self._jobs: queue.Queue[_Job] = queue.Queue()
-        self._inferred: queue.Queue[_Batch] = queue.Queue(maxsize=2)
+        self._inferred: queue.Queue[_Batch] = queue.Queue(maxsize=2 * infer_workers)
+        self._infer_threads = [
+            threading.Thread(
+                target=self._guard,
+                args=(self._infer_loop,),
+                name="infer" if infer_workers == 1 else f"infer-{i}",
+                daemon=True,
+            )
+            for i in range(infer_workers)
+        ]
         self._threads = [
             threading.Thread(
                 target=self._guard, args=(self._prepare_loop,), name="prepare", daemon=True
             ),
-            threading.Thread(
-                target=self._guard, args=(self._infer_loop,), name="infer", daemon=True
-            ),
+            *self._infer_threads,
             threading.Thread(
                 target=self._guard, args=(self._finish_loop,), name="finish", daemon=True
             ),
@@ -211,17 +237,17 @@ class Pipeline:
             self.stop_event.set()
 
     def call_between_batches(self, work: Callable[[], T], timeout_s: float = 60.0) -> T:
-        """Run ``work`` (model work: warm-up, smoke check) on the infer thread between two
+        """Run ``work`` (model work: warm-up, smoke check) on an infer worker between two
         batches and return its result, or raise its exception. Runs in the caller's thread
         when the pipeline is not running (nothing to share the cores with)."""
-        infer = self._threads[1]
-        if not infer.is_alive() or threading.current_thread() is infer:
+        running = [t for t in self._infer_threads if t.is_alive()]
+        if not running or threading.current_thread() in self._infer_threads:
             return work()
         job = _Job(work)
         self._jobs.put(job)
         deadline = time.monotonic() + timeout_s
         while not job.done.wait(0.1):
-            if not infer.is_alive():
+            if not any(t.is_alive() for t in self._infer_threads):
                 raise InferenceError("the pipeline stopped before it ran the job")
             if time.monotonic() >= deadline:
                 raise InferenceError(f"the pipeline did not run the job within {timeout_s:.0f} s")
@@ -246,6 +272,7 @@ class Pipeline:
 
     # ----------------------------------------------------------------- stages
     def _prepare_loop(self) -> None:
+        order = 0
         while not self.stop_event.is_set():
             model = self.models.current
             if model is None:
@@ -260,6 +287,8 @@ class Pipeline:
             prepare_s = time.monotonic() - started
             for timing in batch.timings:
                 timing["prepare"] = prepare_s
+            batch.order = order
+            order += 1
             self._put(self._prepared, batch)
 
     def _letterbox(self, frames: list[Frame], model: ActiveModel) -> _Batch:
@@ -275,17 +304,25 @@ class Pipeline:
         saturated line (a frame always waiting) a job that has waited ``JOB_PATIENCE_S``
         runs anyway: it then delays one frame by one job, the least a busy box can do."""
         try:
-            job = self._jobs.queue[0]  # peek: only this thread takes jobs
+            oldest = self._jobs.queue[0]  # a peek; another worker may take it first
         except IndexError:
             return
         quiet = self._prepared.empty() and self.hub.pending() == 0
-        if quiet or time.monotonic() - job.queued_at >= JOB_PATIENCE_S:
-            self._jobs.get_nowait().run()
+        if quiet or time.monotonic() - oldest.queued_at >= JOB_PATIENCE_S:
+            self._run_one_job()
 
     def _when_idle(self) -> None:
         """No live batch for a while (no cameras, or all stalled): run the jobs now."""
-        while not self._jobs.empty() and self._prepared.empty():
-            self._jobs.get_nowait().run()
+        while self._prepared.empty() and self._run_one_job():
+            pass
+
+    def _run_one_job(self) -> bool:
+        try:
+            job = self._jobs.get_nowait()
+        except queue.Empty:
+            return False
+        job.run()
+        return True
 
     def _infer_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -302,18 +339,21 @@ class Pipeline:
                     batch.model.runner.info.input_height,
                     batch.model.runner.info.input_width,
                 ) or info.input_dtype != batch.model.runner.info.input_dtype:
-                    batch = self._letterbox(batch.frames, model)
+                    redone = self._letterbox(batch.frames, model)
+                    redone.order, redone.timings = batch.order, batch.timings
+                    batch = redone
                 else:
                     batch.model = model
             started = time.monotonic()
             try:
                 batch.raw = batch.model.runner.run(batch.blob)
             except InferenceError as exc:
-                self.stats.inference_errors += len(batch.frames)
+                self.stats.record_errors(len(batch.frames))
                 log.warning(
                     "inference failed",
                     extra={"error": str(exc), "model_version": batch.model.version},
                 )
+                self._put(self._inferred, batch)  # raw None: finish skips it, keeps the order
                 continue
             infer_s = time.monotonic() - started
             self.stats.record(infer_s, len(batch.frames))
@@ -324,25 +364,37 @@ class Pipeline:
             self._after_batch()
 
     def _finish_loop(self) -> None:
+        # Workers finish out of order; emit in prepare's order. At most 3W batches are in
+        # flight, so the buffer stays small, and every batch comes back (failed ones too).
+        waiting: dict[int, _Batch] = {}
+        next_order = 0
         while not self.stop_event.is_set():
             batch = self._get(self._inferred)
-            if batch is None or batch.raw is None:
+            if batch is None:
                 continue
-            started = time.monotonic()
-            decoded = batch.model.runner.decode(batch.raw)
-            for frame, mapping, det, timing in zip(
-                batch.frames, batch.letterboxes, decoded, batch.timings, strict=True
-            ):
-                detections = mapping.to_source(det)
-                timing["finish"] = time.monotonic() - started
-                timing["total"] = time.monotonic() - frame.captured_mono
-                result = DetectionResult(frame, detections, batch.model, timing)
-                for sink in self.sinks:
-                    try:
-                        sink(result)
-                    except Exception:
-                        self.stats.sink_errors += 1
-                        log.exception("sink failed", extra={"sink": getattr(sink, "__name__", "")})
-                self._observe("prepare", timing.get("prepare", 0.0))
-                self._observe("finish", timing["finish"])
-                self._observe("total", timing["total"])
+            waiting[batch.order] = batch
+            while next_order in waiting:
+                self._finish(waiting.pop(next_order))
+                next_order += 1
+
+    def _finish(self, batch: _Batch) -> None:
+        if batch.raw is None:
+            return  # inference failed: counted and logged by the worker
+        started = time.monotonic()
+        decoded = batch.model.runner.decode(batch.raw)
+        for frame, mapping, det, timing in zip(
+            batch.frames, batch.letterboxes, decoded, batch.timings, strict=True
+        ):
+            detections = mapping.to_source(det)
+            timing["finish"] = time.monotonic() - started
+            timing["total"] = time.monotonic() - frame.captured_mono
+            result = DetectionResult(frame, detections, batch.model, timing)
+            for sink in self.sinks:
+                try:
+                    sink(result)
+                except Exception:
+                    self.stats.record_sink_error()
+                    log.exception("sink failed", extra={"sink": getattr(sink, "__name__", "")})
+            self._observe("prepare", timing.get("prepare", 0.0))
+            self._observe("finish", timing["finish"])
+            self._observe("total", timing["total"])

@@ -62,8 +62,10 @@ class ModelInfo:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def intra_op_threads(requested: int) -> int:
-    return requested or (os.cpu_count() or 1)
+def intra_op_threads(requested: int, *, workers: int = 1) -> int:
+    """Threads per inference: as asked, or the cores shared out between ``workers``
+    inferences in flight at once."""
+    return requested or max(1, (os.cpu_count() or 1) // workers)
 
 
 class _ProcessThreadPool:
