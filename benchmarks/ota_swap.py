@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--onnx", type=Path)
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument(
+        "--infer-workers", type=int, default=1, help="the agent's model.infer_workers"
+    )
+    parser.add_argument(
         "--s3-same-priority",
         action="store_true",
         help="leave the local S3 server at normal priority (it then competes with the agent)",
@@ -93,7 +96,7 @@ def main() -> None:
         config.write_text(f"""
 device: {{id: bench-01, fleet: bench}}
 cameras: [{{kind: synthetic, id: cam0, fps: 30, buffer: lossless}}]
-model: {{path: {v1}}}
+model: {{path: {v1}, infer_workers: {args.infer_workers}}}
 mqtt: {{host: 127.0.0.1, port: {broker.port}}}
 api: {{enabled: false}}
 mining: {{enabled: false}}
@@ -186,6 +189,7 @@ ota: {{enabled: true, model_name: line-detector,
         "worst_latency_vs_median_without_swap": round(max(quiet) / median, 3) if quiet else None,
         "model": "given" if args.onnx else "built-in 64px detector",
         "s3_server_nice": 0 if args.s3_same_priority else 19,
+        "infer_workers": args.infer_workers,
         # When the OTA states arrived and when the slowest frames finished, in seconds from
         # the first frame of the new model: says which step a slow frame overlapped.
         "ota_timeline_s": [(state, round(t - switch, 3)) for t, state in report_times]
