@@ -91,7 +91,7 @@ Q = TypeVar("Q")
 
 
 class _Job:
-    """Model work queued for the infer thread; the caller waits for its result."""
+    """Model work queued for an infer worker; the caller waits for its result."""
 
     def __init__(self, work: Callable[[], Any]) -> None:
         self.work = work

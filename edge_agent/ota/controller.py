@@ -361,8 +361,8 @@ class OtaController:
 
     def _stage_and_swap(self, manifest: ModelManifest, path: Path, desired: DesiredState) -> None:
         # Load here (graph optimisation is CPU work on this low-priority thread); warm up
-        # (one run: the smoke check's runs follow) between two live batches: the live model
-        # and the candidate never run at once.
+        # (one run: the smoke check's runs follow) on an infer worker between two live
+        # batches: the candidate never adds model runs beyond the line's own.
         options = dataclasses.replace(self.runner_options, warm_up_at_load=False)
         try:
             candidate = self.load_model(path, options, manifest)
