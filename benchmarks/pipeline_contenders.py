@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +44,22 @@ def window_fps(stamps: list[float], opened: float, closed: float) -> tuple[int, 
     if len(inside) < 2:
         return len(inside), 0.0
     return len(inside), (len(inside) - 1) / (inside[-1] - inside[0])
+
+
+def run_loop(step: Callable[[], None], seconds: float, latencies: list[float]) -> dict[str, Any]:
+    """``step`` back to back for ``seconds``: the slice's throughput; latencies after the
+    settling time are appended to ``latencies``."""
+    stamps: list[float] = []
+    opened = time.perf_counter()
+    closed = opened + seconds
+    while (now := time.perf_counter()) < closed:
+        step()
+        done = time.perf_counter()
+        stamps.append(done)
+        if done - opened >= SETTLE_S:
+            latencies.append(done - now)
+    frames, fps = window_fps(stamps, opened, closed)
+    return {"frames": frames, "fps": fps}
 
 
 def read_jpeg(path: str) -> NDArray[np.uint8]:
@@ -96,18 +113,11 @@ class RawOrt:
         self.next = 0
 
     def run_for(self, seconds: float) -> dict[str, Any]:
-        stamps: list[float] = []
-        opened = time.perf_counter()
-        closed = opened + seconds
-        while (now := time.perf_counter()) < closed:
-            self.session.run(None, {self.input_name: self.blobs[self.next % len(self.blobs)]})
-            self.next += 1
-            done = time.perf_counter()
-            stamps.append(done)
-            if done - opened >= SETTLE_S:
-                self.latencies.append(done - now)
-        frames, fps = window_fps(stamps, opened, closed)
-        return {"frames": frames, "fps": fps}
+        return run_loop(self._run_one, seconds, self.latencies)
+
+    def _run_one(self) -> None:
+        self.session.run(None, {self.input_name: self.blobs[self.next % len(self.blobs)]})
+        self.next += 1
 
     def close(self) -> dict[str, Any]:
         return {
@@ -318,17 +328,7 @@ class UltralyticsPredict:
             )
 
     def run_for(self, seconds: float) -> dict[str, Any]:
-        stamps: list[float] = []
-        opened = time.perf_counter()
-        closed = opened + seconds
-        while (now := time.perf_counter()) < closed:
-            self._predict()
-            done = time.perf_counter()
-            stamps.append(done)
-            if done - opened >= SETTLE_S:
-                self.latencies.append(done - now)
-        frames, fps = window_fps(stamps, opened, closed)
-        return {"frames": frames, "fps": fps}
+        return run_loop(self._predict, seconds, self.latencies)
 
     def close(self) -> dict[str, Any]:
         return {
