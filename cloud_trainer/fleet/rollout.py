@@ -278,26 +278,18 @@ class RolloutController:
         sequences = self._next_sequences(len(device_ids))
         for device_id, sequence in zip(device_ids, sequences, strict=True):
             self._send(rollout_id, device_id, manifest, DesiredAction.UPDATE, sequence)
-        with self.engine.begin() as connection:
-            connection.execute(
-                rollout_devices.update()
-                .where(
-                    rollout_devices.c.rollout_id == rollout_id,
-                    rollout_devices.c.device_id == bindparam("target_device"),
-                )
-                .values(
-                    state=DeviceState.TARGETED.value,
-                    targeted_at=now,
-                    baseline_fps=bindparam("baseline"),
-                ),
-                [
-                    {
-                        "target_device": d,
-                        "baseline": known[d].fps if d in known else None,
-                    }
-                    for d in device_ids
-                ],
-            )
+        self._update_devices(
+            rollout_id,
+            {
+                "state": DeviceState.TARGETED.value,
+                "targeted_at": now,
+                "baseline_fps": bindparam("baseline"),
+            },
+            [
+                {"target_device": d, "baseline": known[d].fps if d in known else None}
+                for d in device_ids
+            ],
+        )
         # The wave counts as started only once every device of it has been sent its state;
         # a controller killed half-way re-sends the same (idempotent) retained messages.
         self._update(rollout_id, current_wave=wave, wave_started_at=now, wave_completed_at=None)
@@ -342,20 +334,15 @@ class RolloutController:
                 )
         if not changes:
             return
-        with self.engine.begin() as connection:
-            connection.execute(
-                rollout_devices.update()
-                .where(
-                    rollout_devices.c.rollout_id == rollout_id,
-                    rollout_devices.c.device_id == bindparam("target_device"),
-                )
-                .values(
-                    state=bindparam("new_state"),
-                    reason=bindparam("new_reason"),
-                    done_at=bindparam("new_done_at"),
-                ),
-                changes,
-            )
+        self._update_devices(
+            rollout_id,
+            {
+                "state": bindparam("new_state"),
+                "reason": bindparam("new_reason"),
+                "done_at": bindparam("new_done_at"),
+            },
+            changes,
+        )
 
     @staticmethod
     def _judge(
@@ -520,6 +507,22 @@ class RolloutController:
                 rollouts.update()
                 .where(rollouts.c.rollout_id == rollout_id)
                 .values(updated_at=self.now(), **values)
+            )
+
+    def _update_devices(
+        self, rollout_id: str, values: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> None:
+        """One batched write of ``values`` to the rollout's devices named by each row's
+        ``target_device`` (bind parameters in ``values`` take the rows' other keys)."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                rollout_devices.update()
+                .where(
+                    rollout_devices.c.rollout_id == rollout_id,
+                    rollout_devices.c.device_id == bindparam("target_device"),
+                )
+                .values(**values),
+                rows,
             )
 
     def _counts(self, rollout_id: str) -> dict[str, int]:
