@@ -152,7 +152,9 @@ def compare(
     started: dict[str, Contender] = {}
     try:
         for name, (model, options) in contenders.items():
-            started[name] = Contender(options.pop("worker", name), model, frames_file, **options)
+            settings = dict(options)  # the caller's dict stays as it was
+            kind = settings.pop("worker", name)
+            started[name] = Contender(kind, model, frames_file, **settings)
         slices: dict[str, list[dict[str, Any]]] = {name: [] for name in started}
         names = list(started)
         for round_index in range(rounds):

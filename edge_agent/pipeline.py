@@ -240,7 +240,7 @@ class Pipeline:
         """Run ``work`` (model work: warm-up, smoke check) on an infer worker between two
         batches and return its result, or raise its exception. Runs in the caller's thread
         when the pipeline is not running (nothing to share the cores with)."""
-        running = [t for t in self._infer_threads if t.is_alive()]
+        running = any(t.is_alive() for t in self._infer_threads)
         if not running or threading.current_thread() in self._infer_threads:
             return work()
         job = _Job(work)
