@@ -25,5 +25,10 @@ class InferenceError(EdgeAgentError):
     """A model run failed or produced unusable output (NaN, infinity, wrong shape)."""
 
 
+class RunCancelledError(EdgeAgentError):
+    """A model run was stopped through its :class:`~edge_agent.inference.CancelToken` (a live
+    frame needed the worker). Not a fault of the model: run the work again later."""
+
+
 class CameraError(EdgeAgentError):
     """A frame source could not be opened or read."""

@@ -18,7 +18,9 @@ The model is read from a :class:`ModelSlot` once per batch in ``infer``. A swap 
 takes effect between two batches: every frame is processed exactly once, by the old model or
 by the new one. Other model work (an OTA candidate's warm-up and smoke check) runs on an
 infer worker between two batches (:meth:`Pipeline.call_between_batches`): the candidate never
-adds model runs beyond the W the line already has.
+adds model runs beyond the W the line already has. It runs in the line's gaps and gives way:
+a frame that arrives while no worker is free cancels it (:class:`CancelToken`, ~1 ms) and it
+is tried again in a later gap, so a live frame never waits a whole job behind it.
 """
 
 from __future__ import annotations
@@ -36,15 +38,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.camera import Frame, FrameHub
-from edge_agent.errors import InferenceError
-from edge_agent.inference import InferenceRunner, Letterbox, letterbox
+from edge_agent.errors import InferenceError, RunCancelledError
+from edge_agent.inference import CancelToken, InferenceRunner, Letterbox, letterbox
 from shared.detections import Detections
 
 log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "infer", "finish", "total")
-# How long queued model work yields to a line that never pauses before it takes a turn.
-JOB_PATIENCE_S = 0.5
+# Queued model work runs in the line's gaps. For its first JOB_PATIENCE_S a frame that needs
+# the worker cancels it; after that it runs to the end once it starts (in a gap: a frame then
+# waits for the rest of one job, not all of it), and after twice that, if the line never
+# pauses, it runs at once (one frame waits one job). The work always gets done.
+JOB_PATIENCE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -90,23 +95,37 @@ T = TypeVar("T")
 Q = TypeVar("Q")
 
 
+# Model work: gets a token the pipeline cancels when a live frame needs the worker; it must
+# pass it to every model run (``runner.run(blob, cancel=token)``) and may be run again.
+ModelWork = Callable[[CancelToken], T]
+
+
 class _Job:
     """Model work queued for an infer worker; the caller waits for its result."""
 
-    def __init__(self, work: Callable[[], Any]) -> None:
+    def __init__(self, work: ModelWork[Any]) -> None:
         self.work = work
         self.queued_at = time.monotonic()
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.cancellations = 0
 
-    def run(self) -> None:
+    def run(self, token: CancelToken) -> bool:
+        """Run once; False if a live frame cancelled it (queue it again), True when done."""
         try:
-            self.result = self.work()
+            self.result = self.work(token)
+        except RunCancelledError:
+            self.cancellations += 1
+            return False
         except BaseException as exc:  # noqa: BLE001 - handed back to the waiting caller
             self.error = exc
-        finally:
-            self.done.set()
+        self.done.set()
+        return True
+
+    @property
+    def waited_s(self) -> float:
+        return time.monotonic() - self.queued_at
 
 
 @dataclass
@@ -129,6 +148,7 @@ class PipelineStats:
     inference_errors: int = 0
     sink_errors: int = 0
     _recent_infer: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    _recent_single: deque[float] = field(default_factory=lambda: deque(maxlen=32))
     _recent_done: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -146,6 +166,8 @@ class PipelineStats:
             self.batches += 1
             self.processed += frames
             self._recent_infer.append(infer_s)
+            if frames == 1:
+                self._recent_single.append(infer_s)
             for _ in range(frames):
                 self._recent_done.append(now)
 
@@ -157,6 +179,13 @@ class PipelineStats:
         if len(recent) < 2:
             return 0.0
         return len(recent) / max(now - recent[0], 1e-6)
+
+    def single_frame_infer_s(self, min_samples: int = 8) -> float | None:
+        """Median model time of the recent one-frame batches, or None with too few: the
+        running model's latency on the line, measured without running it again."""
+        with self._lock:
+            values = list(self._recent_single)
+        return float(np.median(values)) if len(values) >= min_samples else None
 
     def latency_ms(self, quantile: float) -> float:
         with self._lock:
@@ -191,6 +220,11 @@ class Pipeline:
         # latency (and, with live cameras, staleness).
         self._prepared: queue.Queue[_Batch] = queue.Queue(maxsize=infer_workers)
         self._jobs: queue.Queue[_Job] = queue.Queue()
+        # Which workers wait for a batch, and the tokens of running jobs: a batch that finds
+        # no worker waiting cancels the jobs (see ``_make_way``).
+        self._workers_lock = threading.Lock()
+        self._waiting_workers = 0
+        self._job_tokens: set[CancelToken] = set()
         self._inferred: queue.Queue[_Batch] = queue.Queue(maxsize=2 * infer_workers)
         self._infer_threads = [
             threading.Thread(
@@ -236,13 +270,15 @@ class Pipeline:
             log.exception("pipeline stage crashed; stopping the agent")
             self.stop_event.set()
 
-    def call_between_batches(self, work: Callable[[], T], timeout_s: float = 60.0) -> T:
+    def call_between_batches(self, work: ModelWork[T], timeout_s: float = 60.0) -> T:
         """Run ``work`` (model work: warm-up, smoke check) on an infer worker between two
-        batches and return its result, or raise its exception. Runs in the caller's thread
-        when the pipeline is not running (nothing to share the cores with)."""
+        batches and return its result, or raise its exception. ``work`` gets a token that is
+        cancelled when a live frame needs the worker, and then runs again in a later gap.
+        Runs in the caller's thread when the pipeline is not running (nothing to share the
+        cores with)."""
         running = any(t.is_alive() for t in self._infer_threads)
         if not running or threading.current_thread() in self._infer_threads:
-            return work()
+            return work(CancelToken())
         job = _Job(work)
         self._jobs.put(job)
         deadline = time.monotonic() + timeout_s
@@ -270,6 +306,22 @@ class Pipeline:
         except queue.Empty:
             return None
 
+    def _next_batch(self) -> _Batch | None:
+        with self._workers_lock:
+            self._waiting_workers += 1
+        try:
+            return self._get(self._prepared)
+        finally:
+            with self._workers_lock:
+                self._waiting_workers -= 1
+
+    def _make_way(self) -> None:
+        """A frame is coming and no worker waits for it: cancel the model work in its way."""
+        with self._workers_lock:
+            if self._waiting_workers == 0:
+                for token in self._job_tokens:
+                    token.cancel()
+
     # ----------------------------------------------------------------- stages
     def _prepare_loop(self) -> None:
         order = 0
@@ -282,6 +334,7 @@ class Pipeline:
             frames = self.hub.take(batch_size, timeout=0.1)
             if not frames:
                 continue
+            self._make_way()  # early: the letterbox then runs beside no model work
             started = time.monotonic()
             batch = self._letterbox(frames, model)
             prepare_s = time.monotonic() - started
@@ -290,6 +343,7 @@ class Pipeline:
             batch.order = order
             order += 1
             self._put(self._prepared, batch)
+            self._make_way()  # again: a job may have started while this batch was made
 
     def _letterbox(self, frames: list[Frame], model: ActiveModel) -> _Batch:
         info = model.runner.info
@@ -299,16 +353,14 @@ class Pipeline:
         return _Batch(frames, blob, boxes, model, [{} for _ in frames])
 
     def _after_batch(self) -> None:
-        """Run one queued job now, right after a live batch, if it can go unnoticed: nothing
-        prepared and no frame waiting, so the job uses the gap before the next frame. On a
-        saturated line (a frame always waiting) a job that has waited ``JOB_PATIENCE_S``
-        runs anyway: it then delays one frame by one job, the least a busy box can do."""
+        """Right after a live batch: run one queued job if nothing is prepared and no frame
+        waits (a gap), or if it has waited so long that the line evidently has no gaps."""
         try:
             oldest = self._jobs.queue[0]  # a peek; another worker may take it first
         except IndexError:
             return
-        quiet = self._prepared.empty() and self.hub.pending() == 0
-        if quiet or time.monotonic() - oldest.queued_at >= JOB_PATIENCE_S:
+        gap = self._prepared.empty() and self.hub.pending() == 0
+        if gap or oldest.waited_s >= 2 * JOB_PATIENCE_S:
             self._run_one_job()
 
     def _when_idle(self) -> None:
@@ -317,16 +369,28 @@ class Pipeline:
             pass
 
     def _run_one_job(self) -> bool:
+        """Run the oldest job; False if there was none or a live frame cancelled it."""
         try:
             job = self._jobs.get_nowait()
         except queue.Empty:
             return False
-        job.run()
-        return True
+        token = CancelToken()
+        cancellable = job.waited_s < JOB_PATIENCE_S
+        if cancellable:
+            with self._workers_lock:
+                self._job_tokens.add(token)
+        try:
+            finished = job.run(token)
+        finally:
+            with self._workers_lock:
+                self._job_tokens.discard(token)
+        if not finished:
+            self._jobs.put(job)  # one caller waits on one job at a time: order is kept
+        return finished
 
     def _infer_loop(self) -> None:
         while not self.stop_event.is_set():
-            batch = self._get(self._prepared)
+            batch = self._next_batch()
             if batch is None:
                 self._when_idle()
                 continue

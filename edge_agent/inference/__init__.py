@@ -3,6 +3,7 @@
 from edge_agent.inference.decode import decode_nms_in_graph, decode_yolo_raw, nms
 from edge_agent.inference.preprocess import Letterbox, letterbox
 from edge_agent.inference.runner import (
+    CancelToken,
     InferenceRunner,
     ModelInfo,
     RunnerOptions,
@@ -12,6 +13,7 @@ from edge_agent.inference.runner import (
 )
 
 __all__ = [
+    "CancelToken",
     "InferenceRunner",
     "Letterbox",
     "ModelInfo",

@@ -25,12 +25,12 @@ from typing import Any, TypeVar
 from edge_agent import __version__
 from edge_agent.camera import Frame
 from edge_agent.errors import EdgeAgentError
-from edge_agent.inference import RunnerOptions, letterbox, shared_thread_pool_size
+from edge_agent.inference import CancelToken, RunnerOptions, letterbox, shared_thread_pool_size
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.ota.download import DownloadError, IntegrityError, download_artifact
 from edge_agent.ota.store import ModelStore, atomic_write
 from edge_agent.ota.verify import Expectations, OtaRejectedError, verify_desired
-from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, PipelineStats
+from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, ModelWork, PipelineStats
 from edge_agent.priority import lower_current_thread_priority
 from shared.errors import PayloadError
 from shared.manifest import ModelManifest
@@ -50,12 +50,12 @@ log = logging.getLogger(__name__)
 ModelLoader = Callable[[Path, RunnerOptions, ModelManifest | None], ActiveModel]
 T = TypeVar("T")
 # Runs model work where it does not compete with the live model (the pipeline's
-# ``call_between_batches``); the default runs it in place.
-ModelWorkRunner = Callable[[Callable[[], T]], T]
+# ``call_between_batches``, which may cancel and rerun it); the default runs it in place.
+ModelWorkRunner = Callable[[ModelWork[T]], T]
 
 
-def run_in_place(work: Callable[[], T]) -> T:
-    return work()
+def run_in_place(work: ModelWork[T]) -> T:
+    return work(CancelToken())
 
 
 @dataclass(frozen=True)
@@ -75,17 +75,17 @@ def _median_latency(
 ) -> float:
     """Median inference latency on real frames. Only ``run`` is timed: decoding real
     detections is cold the first time (a good model once measured 5.7 ms vs 0.7 ms with
-    decoding on the clock and was refused). Letterboxing and decoding happen here; only
-    ``run`` is model work, one frame per job: a live frame waits for at most one of them."""
+    decoding on the clock and was refused). Letterboxing happens here; each run is one job,
+    cancelled and run again if a live frame needs the worker: a cancelled run is not timed."""
     info = model.runner.info
     blobs = [
         letterbox([image], info.input_height, info.input_width, dtype=info.input_dtype)[0]
         for image in images
     ]
 
-    def timed_run(blob: Any) -> float:
+    def timed_run(blob: Any, cancel: CancelToken) -> float:
         started = time.perf_counter()
-        output = model.runner.run(blob)  # raises on NaN/inf
+        output = model.runner.run(blob, cancel=cancel)  # raises on NaN/inf
         elapsed = time.perf_counter() - started
         model.runner.decode(output)  # must decode, off the clock
         return elapsed
@@ -360,13 +360,14 @@ class OtaController:
         return None
 
     def _stage_and_swap(self, manifest: ModelManifest, path: Path, desired: DesiredState) -> None:
-        # Load here (graph optimisation is CPU work on this low-priority thread); warm up
-        # (one run: the smoke check's runs follow) on an infer worker between two live
-        # batches: the candidate never adds model runs beyond the line's own.
+        # Load here (graph optimisation is CPU work on this low-priority thread). Runs (one
+        # warm-up, then the smoke check's) go to an infer worker, in the line's gaps, giving
+        # way to live frames. Run here instead, beside the line, even at nice 19 a candidate
+        # made the worst frame 1.6-5.2x the median (2 cores, ota_swap benchmark).
         options = dataclasses.replace(self.runner_options, warm_up_at_load=False)
         try:
             candidate = self.load_model(path, options, manifest)
-            self.run_model_work(functools.partial(candidate.runner.warm_up, 1))
+            self.run_model_work(lambda cancel: candidate.runner.warm_up(1, cancel=cancel))
         except EdgeAgentError as exc:
             self.report(OtaState.FAILED, reason=f"model refused: {exc}", desired=desired)
             self._save_sequence(desired.sequence)
@@ -402,7 +403,11 @@ class OtaController:
         new_s = _median_latency(candidate, images, self.run_model_work)  # raises on NaN/inf
         if previous is None:
             return
-        old_s = _median_latency(previous, images, self.run_model_work)
+        # The line measures the running model on every frame; running it again here would
+        # only add model work beside the line (one-frame batches: the candidate's measure).
+        old_s = self.stats.single_frame_infer_s()
+        if old_s is None:
+            old_s = _median_latency(previous, images, self.run_model_work)
         # Both a ratio and an absolute margin: tiny models jitter by whole multiples.
         if new_s > self.policy.latency_factor * old_s and new_s - old_s > MIN_LATENCY_MARGIN_S:
             raise OtaRejectedError(

@@ -40,7 +40,10 @@ def brightness_detector(
     nan_when_bright: bool = False,
     nan_when_dark: bool = False,
     with_metadata: bool = True,
+    busy_nodes: int = 0,
 ) -> Path:
+    """``busy_nodes``: a side chain of that many MatMuls (outputs unchanged; ~0.3 ms each on
+    one core), for a model whose run is long enough to be cancelled mid-way."""
     grid = size // CELL
     n = grid * grid
     batch: int | str = "batch" if dynamic_batch else 1
@@ -87,6 +90,27 @@ def brightness_detector(
         helper.make_node("Concat", ["boxes_b", "scores"], ["raw"], axis=1),
         helper.make_node("Add", ["raw", "poison"], ["poisoned"]),
     ]
+    head = "poisoned"
+    if busy_nodes:
+        inits += [
+            numpy_helper.from_array(np.array([-1, 64], np.int64), "rows_shape"),
+            numpy_helper.from_array(np.array([16, 1], np.int64), "busy_repeats"),
+            numpy_helper.from_array(np.eye(64, dtype=np.float32), "identity"),
+        ]
+        nodes += [
+            helper.make_node("Reshape", ["images", "rows_shape"], ["busy_rows"]),
+            helper.make_node("Tile", ["busy_rows", "busy_repeats"], ["busy0"]),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [f"busy{i}", "identity"], [f"busy{i + 1}"])
+            for i in range(busy_nodes)
+        ]
+        nodes += [
+            helper.make_node("ReduceMean", [f"busy{busy_nodes}"], ["busy_mean"], keepdims=0),
+            helper.make_node("Mul", ["busy_mean", "zero"], ["busy_zero"]),
+            helper.make_node("Add", [head, "busy_zero"], ["busy_out"]),
+        ]
+        head = "busy_out"
     if nan_when_bright or nan_when_dark:
         # sqrt(0.6 - mean) is NaN where a cell is bright, sqrt(mean - 0.2) where it is dark:
         # both pass warm-up (grey 0.45) and fail only on some real input.
@@ -97,10 +121,10 @@ def brightness_detector(
             helper.make_node("Sub", order, ["headroom"]),
             helper.make_node("Sqrt", ["headroom"], ["root"]),
             helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
-            helper.make_node("Add", ["poisoned", "nan_or_zero"], ["output0"]),
+            helper.make_node("Add", [head, "nan_or_zero"], ["output0"]),
         ]
     else:
-        nodes.append(helper.make_node("Identity", ["poisoned"], ["output0"]))
+        nodes.append(helper.make_node("Identity", [head], ["output0"]))
     graph = helper.make_graph(nodes, "brightness_detector", [images], [output], inits)
     names = names or [f"c{i}" for i in range(num_classes)]
     metadata = (

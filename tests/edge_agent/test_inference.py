@@ -4,14 +4,28 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from edge_agent.errors import InferenceError, ModelIncompatibleError, ModelLoadError
-from edge_agent.inference import InferenceRunner, RunnerOptions, decode_yolo_raw, letterbox, nms
+from edge_agent.errors import (
+    InferenceError,
+    ModelIncompatibleError,
+    ModelLoadError,
+    RunCancelledError,
+)
+from edge_agent.inference import (
+    CancelToken,
+    InferenceRunner,
+    RunnerOptions,
+    decode_yolo_raw,
+    letterbox,
+    nms,
+)
 from edge_agent.inference.runner import parse_class_names, select_providers
 from shared.detections import Detections
 from tests.edge_agent.onnx_models import (
@@ -174,6 +188,28 @@ def test_input_size_mismatch_with_manifest_is_refused(detector: Path) -> None:
 def test_nan_output_is_refused_at_warm_up(tmp_path: Path) -> None:
     with pytest.raises(InferenceError, match="NaN"):
         InferenceRunner(brightness_detector(tmp_path / "nan.onnx", poison_nan=True))
+
+
+def test_a_cancelled_run_stops_mid_way_and_the_runner_goes_on(tmp_path: Path) -> None:
+    slow = InferenceRunner(brightness_detector(tmp_path / "slow.onnx", busy_nodes=300))
+    blob = np.full((1, 3, 64, 64), 0.5, dtype=np.float32)
+    whole = time.perf_counter()
+    expected = slow.run(blob)
+    whole = time.perf_counter() - whole
+    token = CancelToken()
+    timer = threading.Timer(0.002, token.cancel)
+    timer.start()
+    with pytest.raises(RunCancelledError, match="live frame"):
+        slow.run(blob, cancel=token)
+    timer.join()
+    assert token.cancelled
+    already = CancelToken()
+    already.cancel()
+    with pytest.raises(RunCancelledError):
+        slow.warm_up(1, cancel=already)
+    # Not a fault of the model: the same session runs to the end afterwards.
+    np.testing.assert_array_equal(slow.run(blob, cancel=CancelToken()), expected)
+    assert whole > 0.004, "the model must run long enough to be cancelled mid-way"
 
 
 def test_provider_selection_falls_back_to_cpu() -> None:

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 
 from edge_agent.camera import CameraWorker, Frame, FrameHub, SyntheticSource
-from edge_agent.errors import InferenceError
-from edge_agent.inference import InferenceRunner
+from edge_agent.errors import InferenceError, RunCancelledError
+from edge_agent.inference import CancelToken, InferenceRunner
 from edge_agent.pipeline import (
     JOB_PATIENCE_S,
     ActiveModel,
     DetectionResult,
     ModelSlot,
     Pipeline,
+    PipelineStats,
 )
 from shared.synth import LineConfig
 from tests.edge_agent.onnx_models import brightness_detector
@@ -232,11 +233,11 @@ def test_model_work_runs_on_the_infer_thread_between_live_batches(
     threads: list[str] = []
     blob = np.full((1, 3, 64, 64), 0.5, dtype=np.float32)
 
-    def candidate_run() -> int:
+    def candidate_run(cancel: CancelToken) -> int:
         threads.append(threading.current_thread().name)
         with live_watch.lock:  # the live model is not running while the candidate does
             assert live_watch.active == 0
-        return int(candidate.runner.run(blob).shape[0])
+        return int(candidate.runner.run(blob, cancel=cancel).shape[0])
 
     started = time.monotonic()
     results = [pipeline.call_between_batches(candidate_run) for _ in range(3)]
@@ -246,8 +247,51 @@ def test_model_work_runs_on_the_infer_thread_between_live_batches(
     assert results == [1, 1, 1]
     assert threads == ["infer"] * 3
     assert live_watch.overlaps == 0, "one worker: the candidate never runs beside the live model"
-    # A line that never pauses still gives queued work a turn after JOB_PATIENCE_S.
-    assert elapsed < 3 * (JOB_PATIENCE_S + 1.0)
+    # A line that never pauses still gives queued work a turn after 2 x JOB_PATIENCE_S.
+    assert elapsed < 3 * (2 * JOB_PATIENCE_S + 1.0)
+
+
+def test_live_frames_cancel_model_work_that_does_not_fit_a_gap(
+    model_path: Path, tmp_path: Path
+) -> None:
+    # A candidate run (~40 ms) never fits between two frames at 60 fps: each live frame
+    # cancels it at once instead of waiting for it; past JOB_PATIENCE_S it runs to the end.
+    stop, hub = threading.Event(), FrameHub()
+    recorder = Recorder()
+    pipeline = Pipeline(hub, ModelSlot(make_model(model_path, 1)), stop, sinks=[recorder])
+    pipeline.start()
+    start_line(1, stop, hub, fps=60.0)
+    assert wait_for(lambda: len(recorder.results) >= 5)
+    slow = InferenceRunner(brightness_detector(tmp_path / "slow.onnx", busy_nodes=300))
+    blob = np.full((1, 3, 64, 64), 0.5, dtype=np.float32)
+    attempts: list[str] = []
+
+    def candidate_run(cancel: CancelToken) -> tuple[int, ...]:
+        try:
+            shape = tuple(slow.run(blob, cancel=cancel).shape)
+        except RunCancelledError:
+            attempts.append("cancelled")
+            raise
+        attempts.append("done")
+        return shape
+
+    assert pipeline.call_between_batches(candidate_run) == (1, 9, 16)
+    stop.set()
+    pipeline.join()
+    assert attempts[-1] == "done" and attempts.count("done") == 1
+    assert attempts.count("cancelled") >= 1, "live frames made the job give way"
+    seqs = [r.frame.sequence for r in recorder.results]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+
+
+def test_pipeline_measures_the_live_models_single_frame_latency() -> None:
+    stats = PipelineStats()
+    for _ in range(7):
+        stats.record(0.010, 1)
+    stats.record(0.040, 4)  # a multi-camera batch says nothing about one frame
+    assert stats.single_frame_infer_s() is None, "too few one-frame batches yet"
+    stats.record(0.030, 1)
+    assert stats.single_frame_infer_s() == pytest.approx(0.010)
 
 
 def test_model_work_errors_reach_the_caller_and_the_line_keeps_going(model_path: Path) -> None:
@@ -257,7 +301,7 @@ def test_model_work_errors_reach_the_caller_and_the_line_keeps_going(model_path:
     pipeline.start()
     start_line(1, stop, hub, fps=30.0)
 
-    def broken() -> None:
+    def broken(_cancel: CancelToken) -> None:
         raise InferenceError("model output contains NaN or infinity")
 
     with pytest.raises(InferenceError, match="NaN"):
@@ -271,12 +315,14 @@ def test_model_work_errors_reach_the_caller_and_the_line_keeps_going(model_path:
 def test_model_work_runs_in_place_when_the_pipeline_is_not_running(model_path: Path) -> None:
     stop, hub = threading.Event(), FrameHub()
     pipeline = Pipeline(hub, ModelSlot(make_model(model_path, 1)), stop)
-    assert pipeline.call_between_batches(threading.current_thread) is threading.current_thread()
+    assert pipeline.call_between_batches(lambda _: threading.current_thread()) is (
+        threading.current_thread()
+    )
     pipeline.start()
     stop.set()
     pipeline.join()
     # Stopped: in place again, never a wait for a thread that is gone.
-    assert pipeline.call_between_batches(lambda: 7) == 7
+    assert pipeline.call_between_batches(lambda _: 7) == 7
 
 
 def test_two_workers_run_two_frames_at_once_and_report_them_in_order(model_path: Path) -> None:
@@ -289,7 +335,7 @@ def test_two_workers_run_two_frames_at_once_and_report_them_in_order(model_path:
     start_line(1, stop, hub, fps=None)  # saturated: both workers always have a frame
     assert wait_for(lambda: len(recorder.results) >= 60)
     names: list[str] = []
-    pipeline.call_between_batches(lambda: names.append(threading.current_thread().name))
+    pipeline.call_between_batches(lambda _: names.append(threading.current_thread().name))
     stop.set()
     pipeline.join()
     assert watch.overlaps > 0, "two inferences in flight at once"

@@ -140,6 +140,7 @@ def test_update_goes_active_and_frames_keep_flowing(
         "downgrade",
         "wrong_input",
         "nan",
+        "slow",
         "wrong_model",
     ],
 )
@@ -157,6 +158,7 @@ def test_refusals_keep_the_old_model(
             "downgrade": "downgrade",
             "wrong_input": "manifest says 96x96",
             "nan": "NaN",
+            "slow": "latency",
             "wrong_model": "this device runs",
         }[case]
         if case == "tampered":
@@ -193,6 +195,14 @@ def test_refusals_keep_the_old_model(
                 tmp_path / "nan.onnx", poison_nan=True, names=list(CLASS_NAMES)
             )
             desired = plane.desired(plane.upload(nan, 2))
+        elif case == "slow":
+            # ~40 ms a frame against the running model's ~0.1 ms: over the smoke check's
+            # latency bound. Its runs never fit between two frames either: live frames
+            # cancel them until they have waited long enough to run whole.
+            slow = brightness_detector(
+                tmp_path / "slow.onnx", busy_nodes=300, names=list(CLASS_NAMES)
+            )
+            desired = plane.desired(plane.upload(slow, 2))
         else:
             desired = plane.desired(plane.upload(good, 2, model_name="other-line"))
         before = running(agent)
