@@ -109,14 +109,12 @@ class _Job:
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
-        self.cancellations = 0
 
     def run(self, token: CancelToken) -> bool:
         """Run once; False if a live frame cancelled it (queue it again), True when done."""
         try:
             self.result = self.work(token)
         except RunCancelledError:
-            self.cancellations += 1
             return False
         except BaseException as exc:  # noqa: BLE001 - handed back to the waiting caller
             self.error = exc
