@@ -245,7 +245,8 @@ def test_model_work_runs_on_the_infer_thread_between_live_batches(
     stop.set()
     pipeline.join()
     assert results == [1, 1, 1]
-    assert threads == ["infer"] * 3
+    # A live frame may cancel an attempt, which then runs again: 3 or more, all on "infer".
+    assert len(threads) >= 3 and set(threads) == {"infer"}
     assert live_watch.overlaps == 0, "one worker: the candidate never runs beside the live model"
     # A line that never pauses still gives queued work a turn after 2 x JOB_PATIENCE_S.
     assert elapsed < 3 * (2 * JOB_PATIENCE_S + 1.0)
