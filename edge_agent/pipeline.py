@@ -20,7 +20,8 @@ by the new one. Other model work (an OTA candidate's warm-up and smoke check) ru
 infer worker between two batches (:meth:`Pipeline.call_between_batches`): the candidate never
 adds model runs beyond the W the line already has. It runs in the line's gaps and gives way:
 a frame that arrives while no worker is free cancels it (:class:`CancelToken`, ~1 ms) and it
-is tried again in a later gap, so a live frame never waits a whole job behind it.
+is tried again in a later gap. Only a job that has waited past ``JOB_PATIENCE_S`` (a line
+whose gaps are shorter than the job) runs whole and makes a frame wait for it.
 """
 
 from __future__ import annotations
