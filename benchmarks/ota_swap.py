@@ -9,8 +9,10 @@ once the previous one passed probation, and reports:
 - frames_dropped / frames_duplicated: frames the camera produced but no sink saw, or saw
   twice, over the whole run (target 0 / 0);
 - worst_latency_vs_median: for each swap, the worst capture-to-sink latency from the publish
-  to 0.5 s after the first frame of the new model, over the median latency before the first
-  publish; the median over the swaps (target <= 2), with the highest beside it.
+  to 0.5 s after the swap (reported active), over the median latency in the quiet stretch
+  before that publish; the median over the swaps (target <= 2), with the highest beside it.
+  The window includes the candidate's trial frames (live frames it processes before the
+  swap, in place of the running model).
 - worst_latency_vs_median_without_swap: the same measure on a window as long, just before
   each publish: the machine's own jitter, the peer the swap's figure is read against (this
   machine is shared: the worst frame of any second can be 2x the median with no swap at all).
@@ -49,7 +51,7 @@ from shared.topics import Channel, Topics  # noqa: E402
 from tests.edge_agent.ota.helpers import make_manifest  # noqa: E402
 
 PAUSE_S = 3.0  # quiet line before each publish: the swap's baseline and control window
-SWAP_TAIL_S = 0.5  # the swap window ends this long after the first frame of the new model
+SWAP_TAIL_S = 0.5  # the swap window ends this long after the swap (reported active)
 PROBATION_S = 2.0
 
 
@@ -237,8 +239,10 @@ def _swap_figures(
     }
     if switch is None:
         return figures
-    window = [r for r in records if published <= r.done_at <= switch + SWAP_TAIL_S]
-    length = switch + SWAP_TAIL_S - published
+    # The first frame of the new model is a trial frame; the swap comes after the trial.
+    end = max(switch, active_at or switch) + SWAP_TAIL_S
+    window = [r for r in records if published <= r.done_at <= end]
+    length = end - published
     # The same measure on an equally long stretch just before the publish (as long as the
     # quiet pause allows): what this machine does with no swap at all.
     control = [r for r in quiet if r.done_at >= published - length]

@@ -32,7 +32,8 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.mining import DisagreementSampler, HardExamplePolicy, NearDuplicateFilter
 from edge_agent.mining.factory import build_samplers
 from edge_agent.mqtt_link import MqttLink
-from edge_agent.ota.controller import OtaController, OtaPolicy, RecentFrames
+from edge_agent.ota.controller import OtaController, OtaPolicy
+from edge_agent.ota.smoke import RecentFrames
 from edge_agent.ota.store import ModelStore
 from edge_agent.pipeline import ActiveModel, ModelSlot, Pipeline, Sink
 from edge_agent.spool import Spool
@@ -241,6 +242,7 @@ class Agent:
                 else None,
                 bucket=config.storage.bucket if config.storage.enabled else None,
                 run_model_work=self.pipeline.call_between_batches,
+                try_on_line=self.pipeline.trial_on_live_frames,
             )
         self.api: ApiServer | None = None
         self._scheduler = BackgroundScheduler(daemon=True)

@@ -16,16 +16,21 @@ the batches, so each camera's frames and events stay in order whatever W is.
 
 The model is read from a :class:`ModelSlot` once per batch in ``infer``. A swap therefore
 takes effect between two batches: every frame is processed exactly once, by the old model or
-by the new one. Other model work (an OTA candidate's warm-up and smoke check) runs on an
-infer worker between two batches (:meth:`Pipeline.call_between_batches`): the candidate never
-adds model runs beyond the W the line already has. It runs in the line's gaps and gives way:
-a frame that arrives while no worker is free cancels it (:class:`CancelToken`, ~1 ms) and it
-is tried again in a later gap. Only a job that has waited past ``JOB_PATIENCE_S`` (a line
-whose gaps are shorter than the job) runs whole and makes a frame wait for it.
+by the new one. Before a swap, an OTA candidate is tried on a few live one-frame batches in
+place of the running model (:meth:`Pipeline.trial_on_live_frames`, see
+:mod:`edge_agent.live_trial`): the smoke check costs the line no extra model run, and a frame
+the candidate fails is run again on the running model. Other model work (a GPU candidate's
+warm-up, smoke runs on recent frames when the line brings none) runs on an infer worker
+between two batches (:meth:`Pipeline.call_between_batches`). It runs in the line's gaps and
+gives way: a frame that arrives while no worker is free cancels it (:class:`CancelToken`,
+~1 ms) and it is tried again in a later gap. Only a job that has waited past
+``JOB_PATIENCE_S`` (a line whose gaps are shorter than the job) runs whole and makes a frame
+wait for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -41,11 +46,14 @@ from numpy.typing import NDArray
 from edge_agent.camera import Frame, FrameHub
 from edge_agent.errors import InferenceError, RunCancelledError
 from edge_agent.inference import CancelToken, InferenceRunner, Letterbox, letterbox
+from edge_agent.live_trial import LiveTrial
 from shared.detections import Detections
 
 log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "infer", "finish", "total")
+# How long a trial waits for live frames before the caller falls back to model work.
+TRIAL_TIMEOUT_S = 3.0
 # Queued model work runs in the line's gaps. For its first JOB_PATIENCE_S a frame that needs
 # the worker cancels it; after that it runs to the end once it starts (in a gap: a frame then
 # waits for the rest of one job, not all of it), and after twice that, if the line never
@@ -136,6 +144,7 @@ class _Batch:
     timings: list[dict[str, float]]
     order: int = 0  # prepare's sequence: finish emits batches in this order
     raw: NDArray[np.floating] | None = None  # None after a failed inference
+    decoded: list[Detections] | None = None  # already decoded (a candidate's, on trial)
 
 
 @dataclass
@@ -144,6 +153,7 @@ class PipelineStats:
 
     processed: int = 0
     batches: int = 0
+    trial_frames: int = 0  # processed by an OTA candidate on trial (in ``processed`` too)
     inference_errors: int = 0
     sink_errors: int = 0
     _recent_infer: deque[float] = field(default_factory=lambda: deque(maxlen=512))
@@ -159,14 +169,19 @@ class PipelineStats:
         with self._lock:
             self.sink_errors += 1
 
-    def record(self, infer_s: float, frames: int) -> None:
+    def record(self, infer_s: float, frames: int, *, on_trial: bool = False) -> None:
+        """``on_trial``: a candidate's batch. It counts as processed, but its time stays out
+        of the running model's latency figures (the next smoke check and probation use them)."""
         now = time.monotonic()
         with self._lock:
             self.batches += 1
             self.processed += frames
-            self._recent_infer.append(infer_s)
-            if frames == 1:
-                self._recent_single.append(infer_s)
+            if on_trial:
+                self.trial_frames += frames
+            else:
+                self._recent_infer.append(infer_s)
+                if frames == 1:
+                    self._recent_single.append(infer_s)
             for _ in range(frames):
                 self._recent_done.append(now)
 
@@ -224,6 +239,8 @@ class Pipeline:
         self._workers_lock = threading.Lock()
         self._waiting_workers = 0
         self._job_tokens: set[CancelToken] = set()
+        self._trial: LiveTrial | None = None  # a candidate on trial, read once per batch
+        self._trial_lock = threading.Lock()
         self._inferred: queue.Queue[_Batch] = queue.Queue(maxsize=2 * infer_workers)
         self._infer_threads = [
             threading.Thread(
@@ -289,6 +306,32 @@ class Pipeline:
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[no-any-return]
+
+    def trial_on_live_frames(
+        self,
+        candidate: ActiveModel,
+        frames: int,
+        *,
+        run_limit_s: float | None = None,
+        timeout_s: float = TRIAL_TIMEOUT_S,
+    ) -> list[float]:
+        """Run ``candidate`` instead of the running model on the next ``frames`` one-frame
+        batches and return its run times: fewer (none if the pipeline is not running) if the
+        line brings fewer frames within ``timeout_s``. Raises
+        :class:`~edge_agent.live_trial.TrialFailedError` if it failed a frame or ran past
+        ``run_limit_s``; that frame was then processed by the running model."""
+        if frames < 1 or not any(t.is_alive() for t in self._infer_threads):
+            return []
+        trial = LiveTrial(candidate, frames, run_limit_s)
+        with self._trial_lock:
+            if self._trial is not None:
+                raise InferenceError("another model is already on trial")
+            self._trial = trial
+        try:
+            return trial.wait(timeout_s)
+        finally:
+            with self._trial_lock:
+                self._trial = None
 
     def _put(self, target: queue.Queue[Q], item: Q) -> bool:
         while not self.stop_event.is_set():
@@ -397,34 +440,77 @@ class Pipeline:
             if model is not None and model is not batch.model:
                 # The model changed after this batch was prepared: prepare it for the new one,
                 # so the frame is processed once, by the model that is now active.
-                info = model.runner.info
-                if (info.input_height, info.input_width) != (
-                    batch.model.runner.info.input_height,
-                    batch.model.runner.info.input_width,
-                ) or info.input_dtype != batch.model.runner.info.input_dtype:
-                    redone = self._letterbox(batch.frames, model)
-                    redone.order, redone.timings = batch.order, batch.timings
-                    batch = redone
-                else:
-                    batch.model = model
-            started = time.monotonic()
-            try:
-                batch.raw = batch.model.runner.run(batch.blob)
-            except InferenceError as exc:
-                self.stats.record_errors(len(batch.frames))
-                log.warning(
-                    "inference failed",
-                    extra={"error": str(exc), "model_version": batch.model.version},
-                )
-                self._put(self._inferred, batch)  # raw None: finish skips it, keeps the order
-                continue
-            infer_s = time.monotonic() - started
-            self.stats.record(infer_s, len(batch.frames))
-            self._observe("infer", infer_s)
-            for timing in batch.timings:
-                timing["infer"] = infer_s
-            self._put(self._inferred, batch)
+                batch = self._for_model(batch, model)
+            if not self._run_on_trial(batch):
+                self._run_live(batch)
             self._after_batch()
+
+    def _for_model(self, batch: _Batch, model: ActiveModel) -> _Batch:
+        """``batch`` for ``model``: letterboxed again if its input differs (a new copy, the
+        original stays usable for the model it was made for)."""
+        info, made_for = model.runner.info, batch.model.runner.info
+        if (info.input_height, info.input_width, info.input_dtype) == (
+            made_for.input_height,
+            made_for.input_width,
+            made_for.input_dtype,
+        ):
+            return dataclasses.replace(batch, model=model)
+        redone = self._letterbox(batch.frames, model)
+        redone.order, redone.timings = batch.order, batch.timings
+        return redone
+
+    def _run_live(self, batch: _Batch) -> None:
+        started = time.monotonic()
+        try:
+            batch.raw = batch.model.runner.run(batch.blob)
+        except InferenceError as exc:
+            self.stats.record_errors(len(batch.frames))
+            log.warning(
+                "inference failed",
+                extra={"error": str(exc), "model_version": batch.model.version},
+            )
+            self._put(self._inferred, batch)  # raw None: finish skips it, keeps the order
+            return
+        self._emit(batch, time.monotonic() - started, on_trial=False)
+
+    def _run_on_trial(self, batch: _Batch) -> bool:
+        """Run a one-frame batch on the candidate on trial, if there is one and it wants the
+        frame. False if not, or if the candidate failed it: the running model runs it then."""
+        trial = self._trial
+        if trial is None or len(batch.frames) != 1 or not trial.claim():
+            return False
+        attempt = self._for_model(batch, trial.candidate)
+        runner = trial.candidate.runner
+        token = CancelToken()
+        limit = trial.run_limit_s
+        timer = threading.Timer(limit, token.cancel) if limit is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        started = time.monotonic()
+        try:
+            attempt.raw = runner.run(attempt.blob, cancel=token)
+            infer_s = time.monotonic() - started
+            attempt.decoded = runner.decode(attempt.raw)  # here, so a failure can fall back
+        except RunCancelledError:  # only the run limit cancels a trial run
+            trial.failed(f"latency over {(limit or 0) * 1000:.1f} ms on a live frame: stopped")
+            return False
+        except Exception as exc:  # noqa: BLE001 - untrusted model: any failure refuses it
+            trial.failed(str(exc) if isinstance(exc, InferenceError) else repr(exc))
+            return False
+        finally:
+            if timer is not None:
+                timer.cancel()
+        trial.succeeded(infer_s)
+        self._emit(attempt, infer_s, on_trial=True)
+        return True
+
+    def _emit(self, batch: _Batch, infer_s: float, *, on_trial: bool) -> None:
+        self.stats.record(infer_s, len(batch.frames), on_trial=on_trial)
+        self._observe("infer", infer_s)
+        for timing in batch.timings:
+            timing["infer"] = infer_s
+        self._put(self._inferred, batch)
 
     def _finish_loop(self) -> None:
         # Workers finish out of order; emit in prepare's order. At most 3W batches are in
@@ -444,7 +530,9 @@ class Pipeline:
         if batch.raw is None:
             return  # inference failed: counted and logged by the worker
         started = time.monotonic()
-        decoded = batch.model.runner.decode(batch.raw)
+        decoded = batch.decoded
+        if decoded is None:
+            decoded = batch.model.runner.decode(batch.raw)
         for frame, mapping, det, timing in zip(
             batch.frames, batch.letterboxes, decoded, batch.timings, strict=True
         ):

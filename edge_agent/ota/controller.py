@@ -1,6 +1,6 @@
 """The OTA state machine, one worker thread, driven by retained ``desired`` messages.
 
-    desired ─▶ verifying ─▶ downloading ─▶ staged (loaded, warmed, smoke-checked)
+    desired ─▶ verifying ─▶ downloading ─▶ staged (loaded, smoke-checked on live frames)
             ─▶ active (swapped, on probation) ─▶ active (good) | rolled_back
 
 MQTT callbacks only parse and hand over the newest desired state; all slow work happens in
@@ -11,26 +11,32 @@ running and the retained ``reported`` message says why.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from edge_agent import __version__
-from edge_agent.camera import Frame
 from edge_agent.errors import EdgeAgentError
-from edge_agent.inference import CancelToken, RunnerOptions, letterbox, shared_thread_pool_size
+from edge_agent.inference import RunnerOptions, shared_thread_pool_size
+from edge_agent.inference.runner import CPU
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.ota.download import DownloadError, IntegrityError, download_artifact
+from edge_agent.ota.smoke import (
+    LineTrial,
+    ModelWorkRunner,
+    RecentFrames,
+    SmokeCheck,
+    no_line,
+    run_in_place,
+)
 from edge_agent.ota.store import ModelStore, atomic_write
 from edge_agent.ota.verify import Expectations, OtaRejectedError, verify_desired
-from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, ModelWork, PipelineStats
+from edge_agent.pipeline import ActiveModel, ModelSlot, PipelineStats
 from edge_agent.priority import lower_current_thread_priority
 from shared.errors import PayloadError
 from shared.manifest import ModelManifest
@@ -48,14 +54,6 @@ from shared.topics import Channel, Topics
 log = logging.getLogger(__name__)
 
 ModelLoader = Callable[[Path, RunnerOptions, ModelManifest | None], ActiveModel]
-T = TypeVar("T")
-# Runs model work where it does not compete with the live model (the pipeline's
-# ``call_between_batches``, which may cancel and rerun it); the default runs it in place.
-ModelWorkRunner = Callable[[ModelWork[T]], T]
-
-
-def run_in_place(work: ModelWork[T]) -> T:
-    return work(CancelToken())
 
 
 @dataclass(frozen=True)
@@ -65,49 +63,6 @@ class OtaPolicy:
     latency_factor: float = 2.0
     smoke_frames: int = 3
     download_retry_s: float = 5.0
-
-
-MIN_LATENCY_MARGIN_S = 0.005
-
-
-def _median_latency(
-    model: ActiveModel, images: list[Any], run_model_work: ModelWorkRunner[Any]
-) -> float:
-    """Median inference latency on real frames. Only ``run`` is timed: decoding real
-    detections is cold the first time (a good model once measured 5.7 ms vs 0.7 ms with
-    decoding on the clock and was refused). Letterboxing happens here; each run is one job,
-    cancelled and run again if a live frame needs the worker: a cancelled run is not timed."""
-    info = model.runner.info
-    blobs = [
-        letterbox([image], info.input_height, info.input_width, dtype=info.input_dtype)[0]
-        for image in images
-    ]
-
-    def timed_run(blob: Any, cancel: CancelToken) -> float:
-        started = time.perf_counter()
-        output = model.runner.run(blob, cancel=cancel)  # raises on NaN/inf
-        elapsed = time.perf_counter() - started
-        model.runner.decode(output)  # must decode, off the clock
-        return elapsed
-
-    timings = [run_model_work(functools.partial(timed_run, blob)) for blob in blobs]
-    return float(sorted(timings)[len(timings) // 2])
-
-
-class RecentFrames:
-    """A pipeline sink keeping the last few frames: the smoke test runs on real input."""
-
-    def __init__(self, size: int = 8) -> None:
-        self._frames: deque[Frame] = deque(maxlen=size)
-        self._lock = threading.Lock()
-
-    def __call__(self, result: DetectionResult) -> None:
-        with self._lock:
-            self._frames.append(result.frame)
-
-    def images(self) -> list[Any]:
-        with self._lock:
-            return [f.image for f in self._frames]
 
 
 class OtaController:
@@ -132,6 +87,7 @@ class OtaController:
         s3_client: Any | None = None,
         bucket: str | None = None,
         run_model_work: ModelWorkRunner[Any] = run_in_place,
+        try_on_line: LineTrial = no_line,
     ) -> None:
         self.link = link
         self.topics = topics
@@ -151,6 +107,14 @@ class OtaController:
         self.s3_client = s3_client
         self.bucket = bucket
         self.run_model_work = run_model_work
+        self.smoke_check = SmokeCheck(
+            stats,
+            recent,
+            frames=self.policy.smoke_frames,
+            latency_factor=self.policy.latency_factor,
+            try_on_line=try_on_line,
+            run_model_work=run_model_work,
+        )
         self.state = OtaState.IDLE
         self.last_reason = ""
         self._desired: dict[str, DesiredState] = {}
@@ -360,21 +324,23 @@ class OtaController:
         return None
 
     def _stage_and_swap(self, manifest: ModelManifest, path: Path, desired: DesiredState) -> None:
-        # Load here (graph optimisation is CPU work on this low-priority thread). Runs (one
-        # warm-up, then the smoke check's) go to an infer worker, in the line's gaps, giving
-        # way to live frames. Run here instead, beside the line, even at nice 19 a candidate
-        # made the worst frame 1.6-5.2x the median (2 cores, ota_swap benchmark).
+        # Load here (graph optimisation is CPU work on this low-priority thread). The smoke
+        # check then tries the candidate on live frames in place of the running model, so
+        # the line does no extra model run (see edge_agent.live_trial for the measurements).
+        # A CPU session needs no warm-up (its first run measured within 10% of later ones);
+        # on a GPU first runs allocate, tune or build engines, so one runs as model work.
         options = dataclasses.replace(self.runner_options, warm_up_at_load=False)
         try:
             candidate = self.load_model(path, options, manifest)
-            self.run_model_work(lambda cancel: candidate.runner.warm_up(1, cancel=cancel))
+            if candidate.runner.provider != CPU:
+                self.run_model_work(lambda cancel: candidate.runner.warm_up(1, cancel=cancel))
         except EdgeAgentError as exc:
             self.report(OtaState.FAILED, reason=f"model refused: {exc}", desired=desired)
             self._save_sequence(desired.sequence)
             return
         previous = self.models.current
         try:
-            self._smoke_check(candidate, previous)
+            self.smoke_check(candidate, previous)
         except EdgeAgentError as exc:
             candidate.runner.close()
             self.report(OtaState.FAILED, reason=f"smoke check failed: {exc}", desired=desired)
@@ -395,25 +361,6 @@ class OtaController:
             self.report(OtaState.ACTIVE, desired=desired)
             return
         self.rollback(candidate, previous, problem, desired)
-
-    def _smoke_check(self, candidate: ActiveModel, previous: ActiveModel | None) -> None:
-        images = self.recent.images()[-self.policy.smoke_frames :]
-        if not images:
-            return  # no frames yet (agent just started): probation still guards the swap
-        new_s = _median_latency(candidate, images, self.run_model_work)  # raises on NaN/inf
-        if previous is None:
-            return
-        # The line measures the running model on every frame; running it again here would
-        # only add model work beside the line (one-frame batches: the candidate's measure).
-        old_s = self.stats.single_frame_infer_s()
-        if old_s is None:
-            old_s = _median_latency(previous, images, self.run_model_work)
-        # Both a ratio and an absolute margin: tiny models jitter by whole multiples.
-        if new_s > self.policy.latency_factor * old_s and new_s - old_s > MIN_LATENCY_MARGIN_S:
-            raise OtaRejectedError(
-                f"latency {new_s * 1000:.1f} ms vs {old_s * 1000:.1f} ms of the running model "
-                f"(limit {self.policy.latency_factor}x)"
-            )
 
     def _watch_probation(self, previous: ActiveModel | None) -> str | None:
         """Watch the line after a swap; the reason to roll back, or None if healthy."""

@@ -12,7 +12,8 @@ import pytest
 
 from edge_agent.camera import CameraWorker, Frame, FrameHub, SyntheticSource
 from edge_agent.errors import InferenceError, RunCancelledError
-from edge_agent.inference import CancelToken, InferenceRunner
+from edge_agent.inference import CancelToken, InferenceRunner, RunnerOptions
+from edge_agent.live_trial import TrialFailedError
 from edge_agent.pipeline import (
     JOB_PATIENCE_S,
     ActiveModel,
@@ -348,3 +349,137 @@ def test_two_workers_run_two_frames_at_once_and_report_them_in_order(model_path:
 def test_infer_workers_must_be_positive(model_path: Path) -> None:
     with pytest.raises(ValueError, match="infer_workers"):
         Pipeline(FrameHub(), ModelSlot(), threading.Event(), infer_workers=0)
+
+
+class RunCounter:
+    """Counts a runner's completed runs (and cancelled ones) on any thread."""
+
+    def __init__(self, runner: InferenceRunner) -> None:
+        self.done = 0
+        self.cancelled = 0
+        self.lock = threading.Lock()
+        self._run = runner.run
+        runner.run = self.run  # type: ignore[method-assign]
+
+    def run(self, blob: np.ndarray, **kwargs: object) -> np.ndarray:
+        try:
+            output = self._run(blob, **kwargs)  # type: ignore[arg-type]
+        except RunCancelledError:
+            with self.lock:
+                self.cancelled += 1
+            raise
+        with self.lock:
+            self.done += 1
+        return output
+
+
+@pytest.mark.parametrize("infer_workers", [1, 2])
+def test_a_candidate_on_trial_runs_live_frames_instead_of_the_running_model(
+    model_path: Path, tmp_path: Path, infer_workers: int
+) -> None:
+    stop, hub = threading.Event(), FrameHub()
+    live = make_model(model_path, 1)
+    # A different input size: the trial frames are letterboxed again for the candidate.
+    candidate = make_model(brightness_detector(tmp_path / "c.onnx", size=96), 2)
+    live_runs, candidate_runs = RunCounter(live.runner), RunCounter(candidate.runner)
+    recorder = Recorder()
+    pipeline = Pipeline(hub, ModelSlot(live), stop, sinks=[recorder], infer_workers=infer_workers)
+    pipeline.start()
+    workers = start_line(1, stop, hub, fps=60.0)
+    assert wait_for(lambda: len(recorder.results) >= 5)
+    timings = pipeline.trial_on_live_frames(candidate, 3)
+    assert wait_for(lambda: len(recorder.results) >= 20)
+    stop.set()
+    for worker in workers:
+        worker.join(2)
+    pipeline.join()
+    assert len(timings) == 3 and all(t > 0 for t in timings)
+    assert pipeline.models.current is live, "a trial is not a swap"
+    versions = [r.model.version for r in recorder.results]
+    assert versions.count(2) == 3 and pipeline.stats.trial_frames == 3
+    seqs = [r.frame.sequence for r in recorder.results]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    # No extra model work: every model run that finished is a frame the line reported.
+    assert live_runs.done + candidate_runs.done == len(recorder.results)
+    trial_result = next(r for r in recorder.results if r.model.version == 2)
+    assert trial_result.latency_s["infer"] > 0 and len(trial_result.detections.xyxy) >= 0
+
+
+def test_a_candidate_that_fails_a_live_frame_never_reaches_the_line(
+    model_path: Path, tmp_path: Path
+) -> None:
+    stop, hub = threading.Event(), FrameHub()
+    live = make_model(model_path, 1)
+    live_runs = RunCounter(live.runner)
+    recorder = Recorder()
+    pipeline = Pipeline(hub, ModelSlot(live), stop, sinks=[recorder])
+    hub.register("cam")
+    pipeline.start()
+    nan_path = brightness_detector(tmp_path / "nan.onnx", size=64, poison_nan=True)
+    nan = ActiveModel(InferenceRunner(nan_path, RunnerOptions(warm_up_at_load=False)), "det", 2)
+    nan_runs = RunCounter(nan.runner)
+    outcome: list[BaseException] = []
+
+    def trial() -> None:
+        try:
+            pipeline.trial_on_live_frames(nan, 3)
+        except TrialFailedError as exc:
+            outcome.append(exc)
+
+    trying = threading.Thread(target=trial)
+    trying.start()
+    assert wait_for(lambda: pipeline._trial is not None)
+    image = np.full((64, 64, 3), 128, np.uint8)
+    for seq in range(3):  # one at a time: the first goes to the candidate, which fails it
+        hub.put(Frame("cam", seq, image, datetime.now(UTC), time.monotonic()))
+        assert wait_for(lambda s=seq: len(recorder.results) > s)
+    trying.join(5)
+    stop.set()
+    pipeline.join()
+    assert outcome and "NaN" in str(outcome[0])
+    assert nan_runs.done == 0, "its one run raised: the output never left the worker"
+    # The frame it failed was run again by the running model: every frame once, from v1.
+    assert [r.frame.sequence for r in recorder.results] == [0, 1, 2]
+    assert {r.model.version for r in recorder.results} == {1} and live_runs.done == 3
+    assert pipeline.stats.inference_errors == 0, "the running model did not fail"
+
+
+def test_a_candidate_far_over_the_run_limit_is_stopped_mid_run(
+    model_path: Path, tmp_path: Path
+) -> None:
+    stop, hub = threading.Event(), FrameHub()
+    recorder = Recorder()
+    pipeline = Pipeline(hub, ModelSlot(make_model(model_path, 1)), stop, sinks=[recorder])
+    pipeline.start()
+    start_line(1, stop, hub, fps=30.0)
+    assert wait_for(lambda: len(recorder.results) >= 5)
+    slow = make_model(brightness_detector(tmp_path / "slow.onnx", busy_nodes=300), 2)
+    slow_runs = RunCounter(slow.runner)
+    with pytest.raises(TrialFailedError, match=r"latency over 5\.0 ms"):
+        pipeline.trial_on_live_frames(slow, 3, run_limit_s=0.005)
+    stop.set()
+    pipeline.join()
+    assert slow_runs.cancelled == 1 and slow_runs.done == 0
+    assert {r.model.version for r in recorder.results} == {1}
+
+
+def test_a_trial_without_live_frames_returns_none(model_path: Path, tmp_path: Path) -> None:
+    stop, hub = threading.Event(), FrameHub()
+    pipeline = Pipeline(hub, ModelSlot(make_model(model_path, 1)), stop)
+    candidate = make_model(brightness_detector(tmp_path / "c.onnx", size=64), 2)
+    assert pipeline.trial_on_live_frames(candidate, 3) == [], "not running: at once"
+    pipeline.start()
+    # Running, but no camera brings a frame: the caller gets nothing after the timeout.
+    assert pipeline.trial_on_live_frames(candidate, 3, timeout_s=0.2) == []
+    stop.set()
+    pipeline.join()
+
+
+def test_trial_frames_stay_out_of_the_running_models_latency() -> None:
+    stats = PipelineStats()
+    for _ in range(8):
+        stats.record(0.010, 1)
+    stats.record(0.500, 1, on_trial=True)
+    assert stats.single_frame_infer_s() == pytest.approx(0.010)
+    assert stats.latency_ms(1.0) == pytest.approx(10.0)
+    assert stats.processed == 9 and stats.trial_frames == 1
