@@ -3,8 +3,10 @@
     python benchmarks/ota_swap.py [--quick] [--onnx model.onnx] [--swaps N]
 
 Starts mosquitto and an S3 server (moto), an agent with OTA on a lossless synthetic camera
-(every frame must come out once), then publishes N signed versions one after another, each
-once the previous one passed probation, and reports:
+(every frame must come out once), its model downloads capped at ``--link-mbps`` (default
+100 Mbit/s, a plant network; the S3 server is on loopback and would otherwise deliver a
+12 MB model in ~40 ms, a burst no remote store gives), then publishes N signed versions one
+after another, each once the previous one passed probation, and reports:
 - publish_to_active_s: desired published -> reported active (probation started), median;
 - frames_dropped / frames_duplicated: frames the camera produced but no sink saw, or saw
   twice, over the whole run (target 0 / 0);
@@ -65,6 +67,13 @@ def main() -> None:
         "--infer-workers", type=int, default=1, help="the agent's model.infer_workers"
     )
     parser.add_argument(
+        "--link-mbps",
+        type=float,
+        default=100.0,
+        help="the agent's ota.download_bandwidth_bytes_per_s, in Mbit/s: the S3 server here "
+        "is on loopback and stands in for a store across the plant network (0: no cap)",
+    )
+    parser.add_argument(
         "--s3-same-priority",
         action="store_true",
         help="leave the local S3 server at normal priority (it then competes with the agent)",
@@ -122,7 +131,8 @@ state_dir: {work / "state"}
 storage: {{enabled: true, bucket: models, endpoint_url: '{s3server.endpoint_url}',
           access_key_id: testing, secret_access_key: testing}}
 ota: {{enabled: true, model_name: line-detector,
-      trusted_keys: {{release-1: {work / "release-1.pub"}}}, probation_s: {PROBATION_S}}}
+      trusted_keys: {{release-1: {work / "release-1.pub"}}}, probation_s: {PROBATION_S},
+      download_bandwidth_bytes_per_s: {args.link_mbps * 1e6 / 8}}}
 """)
         agent = Agent(load_config(config))
         lock = threading.Lock()
@@ -304,6 +314,7 @@ def _report(
         "model": "given" if args.onnx else "built-in 64px detector",
         "infer_workers": args.infer_workers,
         "s3_server_nice": 0 if args.s3_same_priority else 19,
+        "download_link_mbps": args.link_mbps or None,
         "swaps": per_swap,
     }
 

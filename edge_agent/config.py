@@ -244,6 +244,9 @@ class OtaSection(_Section):
     max_boot_attempts: int = Field(default=2, ge=1, le=100)
     keep_versions: int = Field(default=3, ge=2, le=100)
     download_retry_s: float = Field(default=5.0, gt=0.0, le=3600)
+    # Paces model downloads (0 = as fast as the store sends): leaves room on the plant
+    # network for the cameras, and spreads the download's CPU work on the box.
+    download_bandwidth_bytes_per_s: float = Field(default=0.0, ge=0.0, description="0 = unlimited")
 
     @model_validator(mode="after")
     def _needs_keys(self) -> OtaSection:

@@ -479,7 +479,6 @@ class Pipeline:
         trial = self._trial
         if trial is None or len(batch.frames) != 1 or not trial.claim():
             return False
-        attempt = self._for_model(batch, trial.candidate)
         runner = trial.candidate.runner
         token = CancelToken()
         limit = trial.run_limit_s
@@ -489,6 +488,7 @@ class Pipeline:
             timer.start()
         started = time.monotonic()
         try:
+            attempt = self._for_model(batch, trial.candidate)
             attempt.raw = runner.run(attempt.blob, cancel=token)
             infer_s = time.monotonic() - started
             attempt.decoded = runner.decode(attempt.raw)  # here, so a failure can fall back

@@ -23,6 +23,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
+from edge_agent.bandwidth import TokenBucket
 from edge_agent.spool import Spool, SpoolItem
 from shared.errors import ContractError
 from shared.object_keys import validate_object_key
@@ -60,29 +61,6 @@ def make_s3_client(target: StorageTarget, *, max_pool: int = 10) -> Any:
         aws_secret_access_key=target.secret_access_key,
         config=config,
     )
-
-
-class TokenBucket:
-    """Bytes-per-second cap shared by all upload threads (0 = unlimited)."""
-
-    def __init__(self, rate_bytes_s: float, burst_bytes: float | None = None) -> None:
-        self.rate = rate_bytes_s
-        self.capacity = burst_bytes or max(rate_bytes_s, 1.0)
-        self._tokens = self.capacity
-        self._last = time.monotonic()
-        self._lock = threading.Lock()
-
-    def consume(self, amount: int, stop: threading.Event) -> bool:
-        """Wait until ``amount`` bytes may be sent; False if stopped meanwhile."""
-        if self.rate <= 0:
-            return True
-        with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            self._tokens -= amount  # may go negative: the debt is paid by waiting
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        return not (wait > 0 and stop.wait(wait))
 
 
 def classify(exc: Exception) -> str:

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
+from edge_agent.bandwidth import TokenBucket
 from edge_agent.errors import EdgeAgentError
 from edge_agent.inference import RunnerOptions, shared_thread_pool_size
 from edge_agent.inference.runner import CPU
 from edge_agent.mqtt_link import MqttLink
-from edge_agent.ota.download import DownloadError, IntegrityError, download_artifact
+from edge_agent.ota.download import CHUNK, DownloadError, IntegrityError, download_artifact
 from edge_agent.ota.smoke import (
     LineTrial,
     ModelWorkRunner,
@@ -63,6 +64,7 @@ class OtaPolicy:
     latency_factor: float = 2.0
     smoke_frames: int = 3
     download_retry_s: float = 5.0
+    download_bytes_per_s: float = 0.0  # 0 = unlimited
 
 
 class OtaController:
@@ -107,6 +109,9 @@ class OtaController:
         self.s3_client = s3_client
         self.bucket = bucket
         self.run_model_work = run_model_work
+        rate = self.policy.download_bytes_per_s
+        # A burst of one chunk: the pace holds from the first byte.
+        self._download_bandwidth = TokenBucket(rate, burst_bytes=CHUNK) if rate > 0 else None
         self.smoke_check = SmokeCheck(
             stats,
             recent,
@@ -310,6 +315,7 @@ class OtaController:
                     client=self.s3_client,
                     bucket=self.bucket,
                     url=desired.artifact_url,
+                    bandwidth=self._download_bandwidth,
                 )
                 return self.store.install(manifest, destination)
             except IntegrityError as exc:

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from edge_agent.bandwidth import TokenBucket
 from edge_agent.spool import Spool
-from edge_agent.uploader import StorageTarget, TokenBucket, Uploader
+from edge_agent.uploader import StorageTarget, Uploader
 from shared.local_services import NanioS3Process, free_port
 from tests.waiting import wait_for as _wait_for
 
