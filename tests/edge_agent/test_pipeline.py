@@ -198,25 +198,36 @@ def test_latest_frame_policy_under_a_slow_model(model_path: Path) -> None:
 
 
 class RunWatcher:
-    """Wraps a runner's ``run`` to see whether two runs ever overlap."""
+    """Wraps a runner's ``run``: counts finished and cancelled runs, and with ``hold_s`` > 0
+    holds each run that long so that two overlapping runs would be seen."""
 
-    def __init__(self, runner: InferenceRunner) -> None:
+    def __init__(self, runner: InferenceRunner, *, hold_s: float = 0.0) -> None:
+        self.hold_s = hold_s
         self.active = 0
         self.overlaps = 0
+        self.done = 0
+        self.cancelled = 0
         self.lock = threading.Lock()
         self._run = runner.run
         runner.run = self.run  # type: ignore[method-assign]
 
-    def run(self, blob: np.ndarray) -> np.ndarray:
+    def run(self, blob: np.ndarray, **kwargs: object) -> np.ndarray:
         with self.lock:
             self.active += 1
             self.overlaps += self.active > 1
         try:
-            time.sleep(0.002)  # long enough for an overlap to be seen if there were one
-            return self._run(blob)
+            time.sleep(self.hold_s)
+            output = self._run(blob, **kwargs)  # type: ignore[arg-type]
+        except RunCancelledError:
+            with self.lock:
+                self.cancelled += 1
+            raise
         finally:
             with self.lock:
                 self.active -= 1
+        with self.lock:
+            self.done += 1
+        return output
 
 
 def test_model_work_runs_on_the_infer_thread_between_live_batches(
@@ -225,7 +236,7 @@ def test_model_work_runs_on_the_infer_thread_between_live_batches(
     stop, hub = threading.Event(), FrameHub()
     live = make_model(model_path, 1)
     candidate = make_model(brightness_detector(tmp_path / "c.onnx", size=64), 2)
-    live_watch = RunWatcher(live.runner)
+    live_watch = RunWatcher(live.runner, hold_s=0.002)
     recorder = Recorder()
     pipeline = Pipeline(hub, ModelSlot(live), stop, sinks=[recorder], max_batch=1)
     pipeline.start()
@@ -330,7 +341,7 @@ def test_model_work_runs_in_place_when_the_pipeline_is_not_running(model_path: P
 def test_two_workers_run_two_frames_at_once_and_report_them_in_order(model_path: Path) -> None:
     stop, hub = threading.Event(), FrameHub()
     live = make_model(model_path, 1)
-    watch = RunWatcher(live.runner)
+    watch = RunWatcher(live.runner, hold_s=0.002)
     recorder = Recorder()
     pipeline = Pipeline(hub, ModelSlot(live), stop, sinks=[recorder], infer_workers=2)
     pipeline.start()
@@ -351,28 +362,6 @@ def test_infer_workers_must_be_positive(model_path: Path) -> None:
         Pipeline(FrameHub(), ModelSlot(), threading.Event(), infer_workers=0)
 
 
-class RunCounter:
-    """Counts a runner's completed runs (and cancelled ones) on any thread."""
-
-    def __init__(self, runner: InferenceRunner) -> None:
-        self.done = 0
-        self.cancelled = 0
-        self.lock = threading.Lock()
-        self._run = runner.run
-        runner.run = self.run  # type: ignore[method-assign]
-
-    def run(self, blob: np.ndarray, **kwargs: object) -> np.ndarray:
-        try:
-            output = self._run(blob, **kwargs)  # type: ignore[arg-type]
-        except RunCancelledError:
-            with self.lock:
-                self.cancelled += 1
-            raise
-        with self.lock:
-            self.done += 1
-        return output
-
-
 @pytest.mark.parametrize("infer_workers", [1, 2])
 def test_a_candidate_on_trial_runs_live_frames_instead_of_the_running_model(
     model_path: Path, tmp_path: Path, infer_workers: int
@@ -381,7 +370,7 @@ def test_a_candidate_on_trial_runs_live_frames_instead_of_the_running_model(
     live = make_model(model_path, 1)
     # A different input size: the trial frames are letterboxed again for the candidate.
     candidate = make_model(brightness_detector(tmp_path / "c.onnx", size=96), 2)
-    live_runs, candidate_runs = RunCounter(live.runner), RunCounter(candidate.runner)
+    live_runs, candidate_runs = RunWatcher(live.runner), RunWatcher(candidate.runner)
     recorder = Recorder()
     pipeline = Pipeline(hub, ModelSlot(live), stop, sinks=[recorder], infer_workers=infer_workers)
     pipeline.start()
@@ -410,14 +399,14 @@ def test_a_candidate_that_fails_a_live_frame_never_reaches_the_line(
 ) -> None:
     stop, hub = threading.Event(), FrameHub()
     live = make_model(model_path, 1)
-    live_runs = RunCounter(live.runner)
+    live_runs = RunWatcher(live.runner)
     recorder = Recorder()
     pipeline = Pipeline(hub, ModelSlot(live), stop, sinks=[recorder])
     hub.register("cam")
     pipeline.start()
     nan_path = brightness_detector(tmp_path / "nan.onnx", size=64, poison_nan=True)
     nan = ActiveModel(InferenceRunner(nan_path, RunnerOptions(warm_up_at_load=False)), "det", 2)
-    nan_runs = RunCounter(nan.runner)
+    nan_runs = RunWatcher(nan.runner)
     outcome: list[BaseException] = []
 
     def trial() -> None:
@@ -454,7 +443,7 @@ def test_a_candidate_far_over_the_run_limit_is_stopped_mid_run(
     start_line(1, stop, hub, fps=30.0)
     assert wait_for(lambda: len(recorder.results) >= 5)
     slow = make_model(brightness_detector(tmp_path / "slow.onnx", busy_nodes=300), 2)
-    slow_runs = RunCounter(slow.runner)
+    slow_runs = RunWatcher(slow.runner)
     with pytest.raises(TrialFailedError, match=r"latency over 5\.0 ms"):
         pipeline.trial_on_live_frames(slow, 3, run_limit_s=0.005)
     stop.set()
