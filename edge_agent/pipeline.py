@@ -292,14 +292,13 @@ class Pipeline:
         cancelled when a live frame needs the worker, and then runs again in a later gap.
         Runs in the caller's thread when the pipeline is not running (nothing to share the
         cores with)."""
-        running = any(t.is_alive() for t in self._infer_threads)
-        if not running or threading.current_thread() in self._infer_threads:
+        if not self._workers_running() or threading.current_thread() in self._infer_threads:
             return work(CancelToken())
         job = _Job(work)
         self._jobs.put(job)
         deadline = time.monotonic() + timeout_s
         while not job.done.wait(0.1):
-            if not any(t.is_alive() for t in self._infer_threads):
+            if not self._workers_running():
                 raise InferenceError("the pipeline stopped before it ran the job")
             if time.monotonic() >= deadline:
                 raise InferenceError(f"the pipeline did not run the job within {timeout_s:.0f} s")
@@ -320,7 +319,7 @@ class Pipeline:
         line brings fewer frames within ``timeout_s``. Raises
         :class:`~edge_agent.live_trial.TrialFailedError` if it failed a frame or ran past
         ``run_limit_s``; that frame was then processed by the running model."""
-        if frames < 1 or not any(t.is_alive() for t in self._infer_threads):
+        if frames < 1 or not self._workers_running():
             return []
         trial = LiveTrial(candidate, frames, run_limit_s)
         with self._trial_lock:
@@ -332,6 +331,9 @@ class Pipeline:
         finally:
             with self._trial_lock:
                 self._trial = None
+
+    def _workers_running(self) -> bool:
+        return any(t.is_alive() for t in self._infer_threads)
 
     def _put(self, target: queue.Queue[Q], item: Q) -> bool:
         while not self.stop_event.is_set():

@@ -103,7 +103,6 @@ class OtaController:
         self.runner_options = runner_options
         self.load_model = load_model
         self.stats = stats
-        self.recent = recent
         self.stop_event = stop
         self.policy = policy or OtaPolicy()
         self.s3_client = s3_client
