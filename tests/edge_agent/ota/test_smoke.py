@@ -20,6 +20,7 @@ from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, Pipelin
 from shared.detections import Detections
 from shared.synth import LineConfig
 from tests.edge_agent.onnx_models import brightness_detector
+from tests.edge_agent.run_watch import RunWatcher
 from tests.waiting import wait_for
 
 
@@ -30,15 +31,11 @@ class CountingModel:
         # As OTA loads candidates: no warm-up at load (the check is what runs them first).
         runner = InferenceRunner(path, RunnerOptions(warm_up_at_load=False))
         self.model = ActiveModel(runner, "det", version)
-        self.runs = 0
-        run = self.model.runner.run
+        self._watch = RunWatcher(runner)
 
-        def counted(blob: np.ndarray, **kwargs: object) -> np.ndarray:
-            output = run(blob, **kwargs)  # type: ignore[arg-type]
-            self.runs += 1
-            return output
-
-        self.model.runner.run = counted  # type: ignore[method-assign]
+    @property
+    def runs(self) -> int:
+        return self._watch.done
 
 
 def recent_frames(count: int) -> RecentFrames:
