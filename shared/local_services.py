@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -92,6 +93,17 @@ class _ChildService:
     def _env(self) -> dict[str, str] | None:
         return None
 
+    def _user(self) -> str | None:
+        """The user to run the process as (None: this process's user)."""
+        return None
+
+    def _prepare(self) -> None:
+        """One-time set-up before the first start (e.g. initialising a data folder)."""
+
+    def _ready(self) -> bool:
+        """Whether the service answers, once its port is open."""
+        return True
+
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
@@ -103,6 +115,7 @@ class _ChildService:
     def start(self) -> Self:
         if self.running:
             return self
+        self._prepare()
         _raise_open_files_limit()  # inherited by the child
         log = self.log_path.open("ab")
         try:
@@ -112,12 +125,18 @@ class _ChildService:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self._env(),
+                user=self._user(),
                 start_new_session=True,
             )
         finally:
             log.close()
         try:
             wait_for_port(self.host, self.port, timeout=self.start_timeout, process=self._process)
+            deadline = time.monotonic() + self.start_timeout
+            while not self._ready():
+                if time.monotonic() > deadline or not self.running:
+                    raise ServiceError(f"{self.name} listens but does not answer")
+                time.sleep(0.05)
         except ServiceError as exc:
             self.stop()
             tail = self.log_path.read_text(errors="replace")[-2000:]
@@ -272,3 +291,136 @@ class MotoS3Process(_ChildService):
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+def find_postgres_bindir() -> Path:
+    """The folder of PostgreSQL's server programs. Debian keeps them off PATH, in
+    ``/usr/lib/postgresql/<major>/bin``; the newest major version there wins."""
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).resolve().parent
+    installed = [
+        path.parent
+        for path in Path("/usr/lib/postgresql").glob("*/bin/initdb")
+        if path.parent.parent.name.isdigit()
+    ]
+    if not installed:
+        raise ServiceError(
+            "PostgreSQL is not installed: run `make test` (it installs it) or "
+            "`apt-get install postgresql`"
+        )
+    return max(installed, key=lambda folder: int(folder.parent.name))
+
+
+class PostgresProcess(_ChildService):
+    """A throwaway PostgreSQL server: its own cluster in a private folder, trust
+    authentication on loopback only, fsync off (test data). PostgreSQL refuses to run as
+    root, so under root the cluster belongs to the ``postgres`` user the package creates."""
+
+    name = "postgres"
+    start_timeout = 30.0
+    role = "linefleet"
+
+    def __init__(self, workdir: Path, *, port: int | None = None, host: str = LOOPBACK) -> None:
+        super().__init__(workdir, port, host)
+        self.bindir = find_postgres_bindir()
+        self._run_as = "postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+        # Under root the pytest temp folders (mode 0700) are closed to `postgres`.
+        self._private = Path(tempfile.mkdtemp(prefix="linefleet-pg-")) if self._run_as else None
+        self.data_dir = (self._private or workdir) / "data"
+
+    def _user(self) -> str | None:
+        return self._run_as
+
+    def _prepare(self) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        if self._private is not None and self._run_as is not None:
+            shutil.chown(self._private, user=self._run_as)
+        result = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [
+                str(self.bindir / "initdb"),
+                "--pgdata",
+                str(self.data_dir),
+                "--username",
+                self.role,
+                "--auth",
+                "trust",
+                "--encoding",
+                "UTF8",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            user=self._run_as,
+            check=False,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"initdb failed ({result.returncode}): {result.stderr[-2000:]}")
+
+    def _command(self) -> list[str]:
+        return [
+            str(self.bindir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.data_dir),  # the unix socket stays inside the cluster's folder
+            "-F",  # no fsync: test data
+        ]
+
+    def _ready(self) -> bool:
+        return self._psql("postgres", "SELECT 1").returncode == 0
+
+    def _psql(self, database: str, sql: str) -> subprocess.CompletedProcess[str]:
+        psql = self.bindir / "psql"
+        if not psql.exists():
+            psql = Path(shutil.which("psql") or psql)
+        return subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [
+                str(psql),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.role,
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        if not name.isidentifier():
+            raise ServiceError(f"database name {name!r} is not a plain identifier")
+        result = self._psql("postgres", f'CREATE DATABASE "{name}"')
+        if result.returncode != 0:
+            raise ServiceError(f"cannot create database {name}: {result.stderr.strip()[:500]}")
+        return self.url(name)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg2://{self.role}@{self.host}:{self.port}/{database}"
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        super().__exit__(exc_type, exc, tb)
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)

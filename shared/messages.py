@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal, TypeVar
@@ -102,6 +104,21 @@ class ReportedState(_Message):
     # The agent's own counter: lets a subscriber drop duplicates and out-of-order copies.
     sequence: int = Field(ge=0, le=2**53)
     updated_at: AwareDatetime
+
+
+class ReportSequence:
+    """``ReportedState.sequence`` numbers: epoch microseconds, so they keep growing across
+    agent restarts, and never below the last one given out, so a wall clock stepped back
+    (NTP correcting an edge box) does not make the fleet registry drop reports as stale."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            self._last = max(self._last + 1, time.time_ns() // 1000)
+            return self._last
 
 
 class CameraHealth(BaseModel):

@@ -15,7 +15,7 @@ import boto3
 import pytest
 from botocore.config import Config as BotoConfig
 
-from shared.local_services import MosquittoProcess, MotoS3Process, NanioS3Process
+from shared.local_services import MosquittoProcess, MotoS3Process, NanioS3Process, PostgresProcess
 
 
 def _announce(config: pytest.Config, message: str) -> None:
@@ -68,6 +68,16 @@ def s3_server(
     server = MotoS3Process(tmp_path_factory.mktemp("s3"), port=None, host="127.0.0.1")
     with server:
         _announce(request.config, f"S3 server (moto) at {server.endpoint_url} (pid {server.pid})")
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PostgresProcess]:
+    """One real PostgreSQL server for the session; each test makes its own database."""
+    with PostgresProcess(tmp_path_factory.mktemp("postgres")) as server:
+        _announce(request.config, f"PostgreSQL at {server.url()} (pid {server.pid})")
         yield server
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -23,8 +24,9 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
@@ -70,7 +72,8 @@ devices = Table(
     Column("ota_state", String(32)),
     Column("reason", String(500), nullable=False, default=""),
     Column("rollout_id", String(64)),
-    Column("reported_sequence", Integer, nullable=False, default=-1),
+    # The agent numbers its reports in microseconds since the epoch: past 32 bits.
+    Column("reported_sequence", BigInteger, nullable=False, default=-1),
     Column("reported_at", UtcDateTime()),
     Column("heartbeat_at", UtcDateTime()),
     Column("fps", Float),
@@ -117,7 +120,7 @@ counters = Table(
     "counters",
     metadata,
     Column("name", String(64), primary_key=True),
-    Column("value", Integer, nullable=False),
+    Column("value", BigInteger, nullable=False),  # desired-state sequences are epoch ms
 )
 
 
@@ -125,8 +128,19 @@ def _create_all(connection: Connection) -> None:
     metadata.create_all(connection, tables=[devices, rollouts, rollout_devices, counters])
 
 
+def _widen_sequences(connection: Connection) -> None:
+    """Migration 1 made the sequence columns INTEGER, which PostgreSQL keeps in 32 bits: the
+    first report (epoch microseconds) or rollout (epoch milliseconds) overflowed it. SQLite's
+    INTEGER is 64-bit already, and a database created since gets BIGINT from migration 1."""
+    if connection.dialect.name != "postgresql":
+        return
+    connection.execute(text("ALTER TABLE devices ALTER COLUMN reported_sequence TYPE BIGINT"))
+    connection.execute(text("ALTER TABLE counters ALTER COLUMN value TYPE BIGINT"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "devices, rollouts, rollout_devices, counters", _create_all),
+    (2, "64-bit sequence columns", _widen_sequences),
 ]
 
 
@@ -143,8 +157,13 @@ def open_database(url: str) -> Engine:
     """Open (and migrate) the database at ``url``, e.g. ``sqlite:///var/lib/lf/fleet.db``."""
     try:
         engine = create_engine(url, future=True)
-    except (ArgumentError, ImportError) as exc:
-        raise TrainerConfigError(f"fleet.database_url {url!r} is not usable: {exc}") from exc
+    except ArgumentError as exc:
+        raise TrainerConfigError(f"fleet.database_url is not a database URL: {exc}") from exc
+    except ImportError as exc:
+        raise TrainerConfigError(
+            f"fleet.database_url {_shown(url)} needs a driver that is not installed ({exc}); "
+            "for PostgreSQL: pip install 'linefleet[postgres]'"
+        ) from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         if engine.url.database and engine.url.database != ":memory:":
@@ -164,6 +183,14 @@ def open_database(url: str) -> Engine:
             f"cannot open the fleet database {engine.url.render_as_string()}: {exc.orig}"
         ) from exc
     return engine
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparseable)"
 
 
 def applied_migrations(engine: Engine) -> list[int]:

@@ -92,27 +92,30 @@ class FleetRegistry:
             return True
         return False
 
-    def _upsert(self, device_id: str, values: dict[str, Any]) -> None:
+    def _upsert(
+        self, device_id: str, values: dict[str, Any], *, sequence: int | None = None
+    ) -> bool:
+        """Insert or update one device's row, in one transaction. With ``sequence`` only a
+        report newer than the stored one is written (the check and the write are one
+        statement); False means the row was there and at least as new."""
+        this_device = devices.c.device_id == device_id
+        update = devices.update().where(this_device).values(**values)
+        if sequence is not None:
+            update = update.where(devices.c.reported_sequence < sequence)
         with self.engine.begin() as connection:
-            exists = connection.execute(
-                select(devices.c.device_id).where(devices.c.device_id == device_id)
-            ).first()
-            if exists:
-                connection.execute(
-                    devices.update().where(devices.c.device_id == device_id).values(**values)
-                )
-            else:
-                connection.execute(
-                    devices.insert().values(device_id=device_id, fleet=self.fleet, **values)
-                )
+            if connection.execute(update).rowcount:
+                return True
+            if connection.execute(select(devices.c.device_id).where(this_device)).first():
+                return False
+            connection.execute(
+                devices.insert().values(device_id=device_id, fleet=self.fleet, **values)
+            )
+        return True
 
     def _reported(self, device_id: str, message: ReportedState) -> str:
         if self._forged(device_id, message.device_id, "reported") or message.fleet != self.fleet:
             return "rejected_forged"
-        current = self.device(device_id)
-        if current is not None and message.sequence <= current.reported_sequence:
-            return "stale"
-        self._upsert(
+        applied = self._upsert(
             device_id,
             {
                 "group_name": message.group,
@@ -125,8 +128,9 @@ class FleetRegistry:
                 "reported_sequence": message.sequence,
                 "reported_at": message.updated_at,
             },
+            sequence=message.sequence,
         )
-        return "applied"
+        return "applied" if applied else "stale"
 
     def _online(self, device_id: str, message: OnlineStatus) -> str:
         if self._forged(device_id, message.device_id, "online"):

@@ -27,6 +27,7 @@ from shared.messages import (
     OnlineStatus,
     OtaState,
     ReportedState,
+    ReportSequence,
     parse_payload,
     utc_now,
 )
@@ -55,6 +56,7 @@ class SimulatedDevice:
     behaviour: DeviceBehaviour
     model_name: str = "line-detector"
     sequence: int = 0
+    report_sequence: ReportSequence = field(default_factory=ReportSequence)
     desired_sequence: int = -1
     rollout_id: str | None = None
     client: Any = None
@@ -161,7 +163,7 @@ class SimulatedFleet:
 
     # ------------------------------------------------------------------ device logic
     def _report(self, device: SimulatedDevice, state: OtaState, reason: str) -> None:
-        device.sequence += 1
+        device.sequence = device.report_sequence.next()  # as the agent numbers them
         report = ReportedState(
             device_id=device.device_id,
             fleet=self.topics.fleet,

@@ -46,6 +46,7 @@ from shared.messages import (
     DesiredState,
     OtaState,
     ReportedState,
+    ReportSequence,
     parse_payload,
     utc_now,
 )
@@ -126,6 +127,7 @@ class OtaController:
         self._wakeup = threading.Condition()
         self._sequence_path = store.root / "ota.json"
         self._last_sequence = self._load_sequence()
+        self._report_sequence = ReportSequence()
         self._thread = threading.Thread(target=self._loop, name="ota", daemon=True)
         self._device_topic = topics.device(device_id, Channel.DESIRED)
         self._group_topic = topics.group_desired(group) if group else None
@@ -200,7 +202,7 @@ class OtaController:
             previous_good_version=store_state.previous_good,
             rollout_id=desired.rollout_id if desired else None,
             reason=reason[:500],
-            sequence=time.time_ns() // 1000,
+            sequence=self._report_sequence.next(),
             updated_at=utc_now(),
         )
         self.link.publish(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from cloud_trainer.config import StorageSection
 from cloud_trainer.offline import prepare_offline_ultralytics
 from cloud_trainer.store import ObjectStore
-from shared.local_services import MotoS3Process
+from shared.local_services import MotoS3Process, PostgresProcess
 from shared.signing import SigningKey
 from tests.cloud_trainer.helpers import BOOTSTRAP_PT
 
@@ -18,6 +19,17 @@ from tests.cloud_trainer.helpers import BOOTSTRAP_PT
 def offline_ultralytics(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ultralytics pointed at a private config dir, no network paths (once per session)."""
     return prepare_offline_ultralytics(tmp_path_factory.mktemp("ultralytics"))
+
+
+@pytest.fixture(params=["sqlite"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The control plane's database: a SQLite file, or with
+    ``@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)``
+    a fresh database on the real PostgreSQL server too."""
+    if request.param == "postgres":
+        server: PostgresProcess = request.getfixturevalue("postgres")
+        return server.create_database(f"fleet_{uuid.uuid4().hex[:12]}")
+    return f"sqlite:///{tmp_path / 'fleet.db'}"
 
 
 @pytest.fixture(scope="session")

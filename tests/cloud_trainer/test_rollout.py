@@ -1,4 +1,5 @@
-"""Staged rollouts over a real mosquitto with simulated devices, state in a real SQLite file."""
+"""Staged rollouts over a real mosquitto with simulated devices, state in a real SQLite file
+(and, for the tests marked so, in a real PostgreSQL server too)."""
 
 from __future__ import annotations
 
@@ -55,12 +56,14 @@ def registry(store: ObjectStore, tmp_path: Path) -> ModelRegistry:
     return publish_versions(store, tmp_path, 2)
 
 
-def config_for(broker: MosquittoProcess, fleet: str, tmp_path: Path) -> TrainerConfig:
+def config_for(
+    broker: MosquittoProcess, fleet: str, tmp_path: Path, database_url: str
+) -> TrainerConfig:
     return TrainerConfig(
         mqtt={"host": broker.host, "port": broker.port},  # type: ignore[arg-type]
         model_line={"fleet": fleet, "name": MODEL},  # type: ignore[arg-type]
         fleet={  # type: ignore[arg-type]
-            "database_url": f"sqlite:///{tmp_path / 'fleet.db'}",
+            "database_url": database_url,
             "tick_interval_s": 0.05,
             "settle_s": 0.3,
             "controller_id": f"cp-{fleet}",
@@ -71,12 +74,16 @@ def config_for(broker: MosquittoProcess, fleet: str, tmp_path: Path) -> TrainerC
 
 @pytest.fixture
 def plane_factory(
-    mosquitto: MosquittoProcess, registry: ModelRegistry, fleet_name: str, tmp_path: Path
+    mosquitto: MosquittoProcess,
+    registry: ModelRegistry,
+    fleet_name: str,
+    tmp_path: Path,
+    database_url: str,
 ) -> Iterator[Callable[..., ControlPlane]]:
     planes: list[ControlPlane] = []
 
     def make(broker: MosquittoProcess | None = None) -> ControlPlane:
-        config = config_for(broker or mosquitto, fleet_name, tmp_path)
+        config = config_for(broker or mosquitto, fleet_name, tmp_path, database_url)
         plane = ControlPlane(config, registry.manifest, KEY)
         plane.start()
         planes.append(plane)
@@ -134,6 +141,7 @@ def test_wave_sizes_are_cumulative_with_a_canary() -> None:
     assert wave_sizes(3, [0.1, 0.5, 1.0], 2) == [2, 2, 3]
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_a_rollout_goes_wave_by_wave_and_every_device_ends_active(
     mosquitto: MosquittoProcess, plane_factory: Callable[..., ControlPlane], fleet_name: str
 ) -> None:
@@ -204,6 +212,7 @@ def test_offline_devices_time_out_without_failing_and_update_when_back(
         fleet.stop()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_a_restarted_controller_resumes_the_rollout(
     mosquitto: MosquittoProcess, plane_factory: Callable[..., ControlPlane], fleet_name: str
 ) -> None:
@@ -245,10 +254,11 @@ def test_a_broker_restart_mid_rollout_is_survived(
         fleet.stop()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_registry_rejects_forged_stale_and_malformed_reports(
     plane_factory: Callable[..., ControlPlane], fleet_name: str
 ) -> None:
-    from shared.messages import OtaState, ReportedState, utc_now
+    from shared.messages import Heartbeat, OtaState, ReportedState, ReportSequence, utc_now
     from shared.topics import Channel
 
     plane = plane_factory()
@@ -265,16 +275,31 @@ def test_registry_rejects_forged_stale_and_malformed_reports(
             updated_at=utc_now(),
         ).to_payload()
 
+    # Epoch microseconds, as the agent numbers its reports: past 32 bits.
+    now = ReportSequence().next()
     topic_a = topics.device("dev-a", Channel.REPORTED)
-    assert registry.ingest(topic_a, report("dev-a", 5, 2)) == "applied"
-    assert registry.ingest(topic_a, report("dev-a", 5, 2)) == "stale"  # duplicate
-    assert registry.ingest(topic_a, report("dev-a", 3, 1)) == "stale"  # out of order
-    assert registry.ingest(topic_a, report("dev-b", 9, 1)) == "rejected_forged"
+    assert registry.ingest(topic_a, report("dev-a", now, 2)) == "applied"
+    assert registry.ingest(topic_a, report("dev-a", now, 2)) == "stale"  # duplicate
+    assert registry.ingest(topic_a, report("dev-a", now - 1, 1)) == "stale"  # out of order
+    assert registry.ingest(topic_a, report("dev-b", now + 9, 1)) == "rejected_forged"
     assert registry.ingest(topic_a, b"\xff\x00 not json") == "rejected_payload"
     assert registry.ingest("lf/other/dev/x/reported", report("x", 1, 1)) == "rejected_topic"
     device = registry.device("dev-a")
-    assert device is not None and device.running_version == 2 and device.reported_sequence == 5
+    assert device is not None and device.running_version == 2 and device.reported_sequence == now
     assert registry.device("dev-b") is None
+    assert registry.ingest(topic_a, report("dev-a", now + 1, 3)) == "applied"
+    device = registry.device("dev-a")
+    assert device is not None and device.running_version == 3
+    # A device first seen by its heartbeat: its first report still applies.
+    heartbeat = Heartbeat(device_id="dev-c", sent_at=utc_now(), uptime_s=5.0, fps=30.0)
+    heartbeat_payload = heartbeat.to_payload()
+    assert (
+        registry.ingest(topics.device("dev-c", Channel.HEARTBEAT), heartbeat_payload) == "applied"
+    )
+    topic_c = topics.device("dev-c", Channel.REPORTED)
+    assert registry.ingest(topic_c, report("dev-c", now, 2)) == "applied"
+    device = registry.device("dev-c")
+    assert device is not None and device.fps == 30.0 and device.reported_sequence == now
 
 
 def test_start_refuses_bad_requests(

@@ -1,0 +1,104 @@
+"""The control plane's database schema and migrations, on SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import DataError
+
+from cloud_trainer.errors import TrainerConfigError, TrainerError
+from cloud_trainer.fleet.db import applied_migrations, devices, open_database, schema_migrations
+from cloud_trainer.fleet.registry import FleetRegistry
+from shared.local_services import PostgresProcess, free_port
+from shared.messages import OtaState, ReportedState, ReportSequence, utc_now
+from shared.topics import Channel, Topics
+
+pytestmark = pytest.mark.integration
+
+
+def reported(device_id: str, sequence: int) -> bytes:
+    return ReportedState(
+        device_id=device_id,
+        fleet="plant",
+        agent_version="0.1.0",
+        ota_state=OtaState.ACTIVE,
+        running_version=1,
+        sequence=sequence,
+        updated_at=utc_now(),
+    ).to_payload()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_agent_sized_sequences_are_stored(database_url: str) -> None:
+    engine = open_database(database_url)
+    assert applied_migrations(engine) == [1, 2]
+    registry = FleetRegistry(engine, "plant")
+    topic = Topics("plant").device("box-1", Channel.REPORTED)
+    sequence = ReportSequence().next()
+    assert sequence > 2**31  # what a 32-bit INTEGER column refused on PostgreSQL
+    assert registry.ingest(topic, reported("box-1", sequence)) == "applied"
+    device = registry.device("box-1")
+    assert device is not None and device.reported_sequence == sequence
+    open_database(database_url)  # opening again applies nothing twice
+    assert applied_migrations(engine) == [1, 2]
+
+
+def test_a_postgres_database_from_migration_1_is_widened(postgres: PostgresProcess) -> None:
+    url = postgres.create_database("fleet_migration_1")
+    engine = open_database(url)
+    # Put the database back as migration 1 left it: 32-bit sequence columns.
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE devices ALTER COLUMN reported_sequence TYPE INTEGER"))
+        connection.execute(text("ALTER TABLE counters ALTER COLUMN value TYPE INTEGER"))
+        connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 2))
+    old = FleetRegistry(engine, "plant")
+    topic = Topics("plant").device("box-1", Channel.REPORTED)
+    with pytest.raises(DataError, match="out of range"):
+        old.ingest(topic, reported("box-1", ReportSequence().next()))
+
+    engine = open_database(url)
+    assert applied_migrations(engine) == [1, 2]
+    with create_engine(url).connect() as connection:
+        types = dict(
+            connection.execute(
+                text(
+                    "SELECT table_name || '.' || column_name, data_type "
+                    "FROM information_schema.columns WHERE column_name IN "
+                    "('reported_sequence', 'value') AND table_name IN ('devices', 'counters')"
+                )
+            ).all()
+        )
+    assert types == {"devices.reported_sequence": "bigint", "counters.value": "bigint"}
+    sequence = ReportSequence().next()
+    assert FleetRegistry(engine, "plant").ingest(topic, reported("box-1", sequence)) == "applied"
+    with engine.connect() as connection:
+        stored = connection.execute(select(devices.c.reported_sequence)).scalar_one()
+    assert stored == sequence
+
+
+def test_report_sequences_never_go_back_when_the_clock_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1_800_000_000_000_000_000]  # ns
+    monkeypatch.setattr("shared.messages.time.time_ns", lambda: clock[0])
+    sequence = ReportSequence()
+    first = sequence.next()
+    assert first == clock[0] // 1000
+    assert sequence.next() == first + 1  # same microsecond
+    clock[0] -= 3600 * 10**9  # NTP steps the box's clock back an hour
+    assert sequence.next() == first + 2
+    clock[0] += 7200 * 10**9
+    assert sequence.next() == clock[0] // 1000
+
+
+def test_database_errors_name_the_url_without_its_password() -> None:
+    unreachable = f"postgresql+psycopg2://fleet:s3cret@127.0.0.1:{free_port()}/fleet"
+    with pytest.raises(TrainerError, match="cannot open the fleet database") as caught:
+        open_database(unreachable)
+    assert "s3cret" not in str(caught.value) and "fleet:***@" in str(caught.value)
+    no_driver = "postgresql+pg8000://fleet:s3cret@127.0.0.1:5432/fleet"
+    with pytest.raises(TrainerConfigError, match=r"linefleet\[postgres\]") as caught:
+        open_database(no_driver)
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(TrainerConfigError, match="not a database URL"):
+        open_database("not a url at all")
