@@ -156,7 +156,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def open_database(url: str) -> Engine:
     """Open (and migrate) the database at ``url``, e.g. ``sqlite:///var/lib/lf/fleet.db``."""
     try:
-        engine = create_engine(url, future=True)
+        # pre_ping: after a database restart the pool's connections are dead; test each one
+        # as it is taken instead of failing the first statement on it.
+        engine = create_engine(url, future=True, pool_pre_ping=True)
     except ArgumentError as exc:
         raise TrainerConfigError(f"fleet.database_url is not a database URL: {exc}") from exc
     except ImportError as exc:

@@ -5,17 +5,24 @@ is untrusted: it must parse, its device id must be the one in its topic (a devic
 publish only under its own topic cannot speak for another, and a payload that claims to is
 rejected), and a ``reported`` message older than the last one applied (by the agent's own
 sequence) is dropped, so duplicates and out-of-order copies never move a device backwards.
+
+When the database is down (a PostgreSQL restart, a full disk), the newest message of each
+topic is held in memory and written by :meth:`FleetRegistry.write_deferred` once it answers
+again: ``reported`` and ``online`` are retained and sent once per change, so a message lost
+here would leave a device's row wrong until its next state change.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from cloud_trainer.fleet.db import devices
 from shared.errors import ContractError
@@ -50,19 +57,85 @@ class DeviceRow:
         return cls(**{name: values[prefix + name] for name in cls.__dataclass_fields__})
 
 
+MAX_DEFERRED = 100_000  # topics held while the database is down; about one per device channel
+# The database is down, unreachable or locked: worth holding the message. Any other database
+# error (a value it refuses) would fail again, so that message is counted and dropped.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+
+
 class FleetRegistry:
     def __init__(self, engine: Engine, fleet: str, topics: Topics | None = None) -> None:
         self.engine = engine
         self.fleet = fleet
         self.topics = topics or Topics(fleet)
         self.outcomes: Counter[str] = Counter()
+        # topic -> newest payload not yet written, oldest first. One lock for all writes, so
+        # a held message can never land after a newer one of its topic.
+        self._deferred: dict[str, bytes] = {}
+        self._write_lock = threading.Lock()
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, topic: str, payload: bytes) -> str:
-        """Apply one message; returns what happened (also counted in :attr:`outcomes`)."""
-        outcome = self._ingest(topic, payload)
-        self.outcomes[outcome] += 1
+        """Apply one message; returns what happened (also counted in :attr:`outcomes`):
+        ``applied``, ``stale``, ``ignored``, ``rejected_*``, or ``deferred`` (database down:
+        held for :meth:`write_deferred`)."""
+        with self._write_lock:
+            try:
+                outcome = self._ingest(topic, payload)
+                self._deferred.pop(topic, None)  # superseded by this newer message
+            except DATABASE_DOWN as exc:
+                outcome = self._defer(topic, payload, exc)
+            except SQLAlchemyError as exc:
+                outcome = self._refused(topic, exc)
+            self.outcomes[outcome] += 1
         return outcome
+
+    @property
+    def deferred(self) -> int:
+        """Messages held while the database is down."""
+        with self._write_lock:
+            return len(self._deferred)
+
+    def write_deferred(self) -> int:
+        """Write the held messages, oldest first, until the database fails again; returns
+        how many are still held. The control plane calls it every tick."""
+        with self._write_lock:
+            if not self._deferred:
+                return 0
+            while self._deferred:
+                topic, payload = next(iter(self._deferred.items()))
+                try:
+                    outcome = self._ingest(topic, payload)
+                except DATABASE_DOWN:
+                    return len(self._deferred)
+                except SQLAlchemyError as exc:
+                    outcome = self._refused(topic, exc)
+                del self._deferred[topic]
+                self.outcomes[outcome] += 1
+            log.warning("fleet database answers again: held messages written")
+            return 0
+
+    def _refused(self, topic: str, exc: SQLAlchemyError) -> str:
+        log.error(
+            "fleet database refused the message on %s: %s",
+            topic[:200],
+            str(exc).splitlines()[0][:300],
+        )
+        return "refused_by_database"
+
+    def _defer(self, topic: str, payload: bytes, exc: SQLAlchemyError) -> str:
+        if not self._deferred:
+            log.error(
+                "fleet database unavailable, holding messages until it answers: %s",
+                str(exc).splitlines()[0][:300],
+            )
+        self._deferred.pop(topic, None)
+        self._deferred[topic] = payload
+        if len(self._deferred) > MAX_DEFERRED:
+            oldest = next(iter(self._deferred))
+            del self._deferred[oldest]
+            self.outcomes["dropped_database_down"] += 1
+        return "deferred"
 
     def _ingest(self, topic: str, payload: bytes) -> str:
         try:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_trainer import __version__
 from cloud_trainer.config import TrainerConfig
@@ -149,8 +150,11 @@ class ControlPlane:
         interval = self.config.fleet.tick_interval_s
         while not stop.wait(interval):
             try:
-                self.controller.tick()
+                if self.registry.write_deferred() == 0:
+                    self.controller.tick()
             except TrainerError as exc:
                 log.error("rollout tick failed: %s", exc)
+            except SQLAlchemyError as exc:  # the database is down: retry next tick
+                log.error("rollout tick failed, database: %s", str(exc).splitlines()[0][:300])
             if until is not None and until():
                 return

@@ -21,12 +21,12 @@ def offline_ultralytics(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare_offline_ultralytics(tmp_path_factory.mktemp("ultralytics"))
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The control plane's database: a SQLite file, or with
     ``@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)``
     a fresh database on the real PostgreSQL server too."""
-    if request.param == "postgres":
+    if getattr(request, "param", "sqlite") == "postgres":
         server: PostgresProcess = request.getfixturevalue("postgres")
         return server.create_database(f"fleet_{uuid.uuid4().hex[:12]}")
     return f"sqlite:///{tmp_path / 'fleet.db'}"

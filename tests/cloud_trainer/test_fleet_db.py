@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import create_engine, select, text
-from sqlalchemy.exc import DataError
 
 from cloud_trainer.errors import TrainerConfigError, TrainerError
 from cloud_trainer.fleet.db import applied_migrations, devices, open_database, schema_migrations
 from cloud_trainer.fleet.registry import FleetRegistry
 from shared.local_services import PostgresProcess, free_port
-from shared.messages import OtaState, ReportedState, ReportSequence, utc_now
+from shared.messages import Heartbeat, OtaState, ReportedState, ReportSequence, utc_now
 from shared.topics import Channel, Topics
 
 pytestmark = pytest.mark.integration
@@ -53,8 +54,9 @@ def test_a_postgres_database_from_migration_1_is_widened(postgres: PostgresProce
         connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 2))
     old = FleetRegistry(engine, "plant")
     topic = Topics("plant").device("box-1", Channel.REPORTED)
-    with pytest.raises(DataError, match="out of range"):
-        old.ingest(topic, reported("box-1", ReportSequence().next()))
+    # A value the database refuses would fail again: counted and dropped, not held.
+    assert old.ingest(topic, reported("box-1", ReportSequence().next())) == "refused_by_database"
+    assert old.deferred == 0
 
     engine = open_database(url)
     assert applied_migrations(engine) == [1, 2]
@@ -102,3 +104,28 @@ def test_database_errors_name_the_url_without_its_password() -> None:
     assert "s3cret" not in str(caught.value)
     with pytest.raises(TrainerConfigError, match="not a database URL"):
         open_database("not a url at all")
+
+
+def test_messages_are_held_while_the_database_is_down(tmp_path: Path) -> None:
+    with PostgresProcess(tmp_path / "postgres") as database:
+        engine = open_database(database.create_database("fleet"))
+        registry = FleetRegistry(engine, "plant")
+        topics = Topics("plant")
+        reports = topics.device("box-1", Channel.REPORTED)
+        sequence = ReportSequence()
+        assert registry.ingest(reports, reported("box-1", sequence.next())) == "applied"
+        database.stop()
+        newer, newest = sequence.next(), sequence.next()
+        heartbeat = Heartbeat(device_id="box-1", sent_at=utc_now(), uptime_s=9.0, fps=12.5)
+        assert registry.ingest(reports, reported("box-1", newer)) == "deferred"
+        beats = topics.device("box-1", Channel.HEARTBEAT)
+        assert registry.ingest(beats, heartbeat.to_payload()) == "deferred"
+        assert registry.ingest(reports, reported("box-1", newest)) == "deferred"
+        assert registry.deferred == 2  # the newest message of each topic
+        assert registry.write_deferred() == 2  # still down: nothing lost
+        database.start()
+        assert registry.write_deferred() == 0
+        device = registry.device("box-1")
+        assert device is not None
+        assert device.reported_sequence == newest and device.fps == 12.5
+        assert registry.outcomes["deferred"] == 3 and registry.outcomes["applied"] == 3
