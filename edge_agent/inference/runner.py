@@ -189,6 +189,32 @@ def _literal(text: str | None, *, max_chars: int) -> Any:
         return None
 
 
+def _open_session(
+    path: Path,
+    options: ort.SessionOptions,
+    providers: list[str],
+    provider_options: list[dict[str, Any]],
+) -> ort.InferenceSession:
+    """A session on exactly ``providers``, with onnxruntime's own fallbacks off: on a
+    provider error it prints a banner to stdout (the agent's log is JSON on stderr) and,
+    during ``run``, silently rebuilds the session on CPU on the hot path, while the
+    heartbeat still names the GPU. Here the error is raised and the caller decides."""
+    try:
+        session = ort.InferenceSession(
+            str(path),
+            sess_options=options,
+            providers=providers,
+            provider_options=provider_options,
+            enable_fallback=0,  # read by newer onnxruntime; older ones ignore the keyword
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"onnxruntime refused {path.name}: {str(exc).splitlines()[0][:300]}"
+        ) from exc
+    session.disable_fallback()  # the run-time fallback, on every version
+    return session
+
+
 def _dim(value: Any) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
@@ -245,13 +271,16 @@ class InferenceRunner:
             else:
                 provider_options.append({})
         try:
-            session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=chosen, provider_options=provider_options
+            session = _open_session(path, opts, chosen, provider_options)
+        except ModelLoadError as exc:
+            if chosen == [CPU]:
+                raise
+            # A GPU provider that cannot start (driver, CUDA or TensorRT libraries) leaves
+            # the box on CPU: slower, but running, and said so in the log and heartbeats.
+            log.warning(
+                "provider failed, using CPU", extra={"wanted": chosen[0], "reason": str(exc)}
             )
-        except Exception as exc:
-            raise ModelLoadError(
-                f"onnxruntime refused {path.name}: {str(exc).splitlines()[0][:300]}"
-            ) from exc
+            session = _open_session(path, opts, [CPU], [{}])
         used = session.get_providers()
         if used and used[0] != chosen[0]:
             log.warning(

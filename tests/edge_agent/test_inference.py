@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from edge_agent.errors import (
@@ -26,7 +29,7 @@ from edge_agent.inference import (
     letterbox,
     nms,
 )
-from edge_agent.inference.runner import parse_class_names, select_providers
+from edge_agent.inference.runner import CPU, parse_class_names, select_providers
 from shared.detections import Detections
 from tests.edge_agent.onnx_models import (
     brightness_detector,
@@ -224,6 +227,45 @@ def test_provider_selection_falls_back_to_cpu() -> None:
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
     ]
+
+
+def test_a_gpu_provider_that_cannot_start_leaves_the_runner_on_cpu_quietly(
+    detector: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """onnxruntime's own fallback prints a banner on stdout, where the agent's JSON log is
+    not, and at run time would rebuild the session on CPU on the hot path. Ours logs, and
+    the runner says it runs on CPU."""
+    real_session = ort.InferenceSession
+    calls: list[tuple[list[str], object]] = []
+
+    def session(path: str, **kwargs: Any) -> ort.InferenceSession:
+        calls.append((list(kwargs["providers"]), kwargs.get("enable_fallback")))
+        if "CUDAExecutionProvider" in kwargs["providers"]:  # as on a box with a broken driver
+            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected")
+        return real_session(path, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", CPU])
+    options = RunnerOptions(providers=("CUDAExecutionProvider", CPU))
+    with caplog.at_level(logging.WARNING, logger="edge_agent.inference.runner"):
+        runner = InferenceRunner(detector, options)
+    assert runner.info.provider == CPU
+    assert calls == [(["CUDAExecutionProvider", CPU], 0), ([CPU], 0)]
+    (warning,) = [r for r in caplog.records if r.getMessage() == "provider failed, using CPU"]
+    assert "no CUDA-capable device" in warning.reason  # type: ignore[attr-defined]
+    assert capsys.readouterr().out == ""
+    assert getattr(runner._session, "_enable_fallback", False) is False  # no silent switch
+    (det,) = runner.detect([square_image(32, 16)])
+    assert det.class_id.tolist() == [0]
+    # A model CPU refuses too is refused, not retried forever.
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match=r"onnxruntime refused junk\.onnx"):
+        InferenceRunner(junk, options)
 
 
 @pytest.mark.parametrize(
