@@ -1,9 +1,10 @@
-"""Real broker and object-store processes on loopback, for tests, benchmarks and the demo.
+"""Real broker, object-store and database processes on loopback, for tests, benchmarks and
+the demo.
 
-These start the same software a plant would run (mosquitto) or a real S3-compatible HTTP
-server (moto's server mode), as child processes on free loopback ports, and can stop and
-restart them to simulate outages. Nothing here is imported by the agent or trainer at run
-time.
+These start the same software a plant would run (mosquitto, PostgreSQL) or a real
+S3-compatible HTTP server (moto's server mode, nanio), as child processes on free loopback
+ports, and can stop and restart them to simulate outages. Nothing here is imported by the
+agent or trainer at run time.
 """
 
 from __future__ import annotations

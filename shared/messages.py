@@ -101,7 +101,8 @@ class ReportedState(_Message):
     previous_good_version: int | None = Field(default=None, ge=1)
     rollout_id: Identifier | None = None
     reason: ShortText = ""
-    # The agent's own counter: lets a subscriber drop duplicates and out-of-order copies.
+    # The agent's own counter (ReportSequence): lets a subscriber drop duplicates and
+    # out-of-order copies.
     sequence: int = Field(ge=0, le=2**53)
     updated_at: AwareDatetime
 
