@@ -143,7 +143,6 @@ class AgentPipeline:
             InferenceRunner,
             RunnerOptions,
             intra_op_threads,
-            prepare_thread_pool,
         )
         from edge_agent.metrics import AgentMetrics
         from edge_agent.mqtt_link import MqttLink
@@ -185,10 +184,13 @@ class AgentPipeline:
         self.detections: list[dict[str, Any]] = []
         self.agreement_frames = args.agreement_frames
         self.sampling = False
-        # As the agent does at start: threads per inference = cores / workers.
-        prepare_thread_pool(intra_op_threads(0, workers=args.infer_workers))
+        # As the agent does: threads per inference = cores / workers.
         runner = InferenceRunner(
-            Path(args.model), RunnerOptions(providers=providers(args.provider))
+            Path(args.model),
+            RunnerOptions(
+                providers=providers(args.provider),
+                intra_op_threads=intra_op_threads(0, workers=args.infer_workers),
+            ),
         )
         self.provider = runner.info.provider
         metrics = AgentMetrics()

@@ -26,7 +26,6 @@ from edge_agent.inference import (
     InferenceRunner,
     RunnerOptions,
     intra_op_threads,
-    prepare_thread_pool,
 )
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mining import DisagreementSampler, HardExamplePolicy, NearDuplicateFilter
@@ -91,6 +90,7 @@ def runner_options(config: AgentConfig) -> RunnerOptions:
         iou_threshold=m.iou_threshold,
         max_detections=m.max_detections,
         trt_cache_dir=m.trt_cache_dir,
+        thread_spinning=m.thread_spinning,
     )
 
 
@@ -126,11 +126,6 @@ class Agent:
         self.stop_event = threading.Event()
         self.started_mono = time.monotonic()
         self._started = False
-        # Before any model loads, from this (normal-priority) thread: the shared pool's
-        # threads are created now and would inherit the priority of whoever made them.
-        prepare_thread_pool(
-            intra_op_threads(config.model.intra_op_threads, workers=config.model.infer_workers)
-        )
         self.metrics = AgentMetrics()
         self.hub = FrameHub()
         self.models = ModelSlot()

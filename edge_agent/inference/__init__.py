@@ -8,8 +8,6 @@ from edge_agent.inference.runner import (
     ModelInfo,
     RunnerOptions,
     intra_op_threads,
-    prepare_thread_pool,
-    shared_thread_pool_size,
 )
 
 __all__ = [
@@ -23,6 +21,4 @@ __all__ = [
     "intra_op_threads",
     "letterbox",
     "nms",
-    "prepare_thread_pool",
-    "shared_thread_pool_size",
 ]

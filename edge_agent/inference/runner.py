@@ -50,6 +50,7 @@ class RunnerOptions:
     warm_up_at_load: bool = True
     trt_cache_dir: Path | None = None
     trt_fp16: bool = True
+    thread_spinning: bool = False  # see session_options
 
 
 class CancelToken:
@@ -93,60 +94,30 @@ def intra_op_threads(requested: int, *, workers: int = 1) -> int:
     return requested or max(1, (os.cpu_count() or 1) // workers)
 
 
-class _ProcessThreadPool:
-    """onnxruntime's process-wide intra-op pool: at most one per process, and once it exists
-    onnxruntime refuses sessions with threads of their own."""
+def session_options(threads: int, *, spinning: bool = False) -> ort.SessionOptions:
+    """Options for every session: full graph optimisation, ``threads`` intra-op threads of
+    its own, and by default no spinning.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tried = False
-        self._threads: int | None = None  # None: no pool; 0: made elsewhere, size unknown
-
-    def prepare(self, threads: int) -> bool:
-        with self._lock:
-            if not self._tried:
-                self._tried = True
-                try:
-                    ort.set_global_thread_pool_sizes(threads, 1)
-                    self._threads = threads
-                except Exception as exc:  # noqa: BLE001 - onnxruntime raises plain errors
-                    if "already been created" in str(exc):
-                        self._threads = 0
-                    log.info("process thread pool not created", extra={"reason": str(exc)[:200]})
-            if self._threads is not None and self._threads not in (0, threads):
-                log.info(
-                    "sessions share the process thread pool",
-                    extra={"pool_threads": self._threads, "asked_for": threads},
-                )
-            return self._threads is not None
-
-    @property
-    def threads(self) -> int | None:
-        with self._lock:
-            return self._threads
-
-
-_PROCESS_POOL = _ProcessThreadPool()
-
-
-def prepare_thread_pool(threads: int) -> bool:
-    """Create onnxruntime's process-wide intra-op pool of ``threads`` (once per process);
-    returns whether there is one. From then on every session in the process runs on it,
-    whatever size it asks for: onnxruntime refuses sessions with threads of their own.
-
-    The edge agent opts in (the trainer does not: ultralytics' export makes sessions of its
-    own). Sharing is the point: the running model, a candidate being staged by OTA and the
-    API's ``/detect`` use the same threads. With a pool per session, a candidate's threads
-    spun on the same cores as the live model's and live frames took 4-9x their usual time
-    during a swap (``benchmarks/ota_swap.py``). Call it from a normal-priority thread before
-    any model loads: the pool's threads are created here and inherit this thread's priority.
+    onnxruntime's pool threads spin after a run, waiting for the next one (20-50 ms of CPU
+    measured). At 30 fps the gap between frames is shorter, so a pool thread never slept and
+    kept a core from the camera, pre/post-processing, uploader and OTA threads. Measured on
+    2 cores with the real pipeline (``benchmarks/ort_spinning.py``, 8 alternating rounds):
+    without spinning 1.17 cores busy instead of 1.68; frame latency p50 +17% (a run's
+    threads sleep between the graph's parallel sections) but p99 -18% (31 vs 41 ms); with
+    two cameras saturating the box, 1.17x the frames/s. In OTA swaps the worst frame came
+    down from 37 to 32 ms (median over swaps, ``benchmarks/ota_swap.py``). onnxruntime's
+    process-wide pool cannot be told not to spin from Python, so each session has its own.
     """
-    return _PROCESS_POOL.prepare(threads)
-
-
-def shared_thread_pool_size() -> int | None:
-    """Threads of the process-wide pool (0: made elsewhere, size unknown); None: no pool."""
-    return _PROCESS_POOL.threads
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    spin = "1" if spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    opts.log_severity_level = 3
+    return opts
 
 
 def select_providers(
@@ -232,7 +203,6 @@ class InferenceRunner:
         output_format: OutputFormat | None = None,
     ) -> None:
         self.options = options or RunnerOptions()
-        self.shares_thread_pool = False
         self._session = self._create_session(Path(path))
         self.info = self._inspect(Path(path), class_names, expected_input, output_format)
         self._closed = threading.Event()
@@ -243,18 +213,10 @@ class InferenceRunner:
     def _create_session(self, path: Path) -> ort.InferenceSession:
         if not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        threads = intra_op_threads(self.options.intra_op_threads)
-        # onnxruntime refuses sessions with threads of their own once a process pool exists.
-        self.shares_thread_pool = shared_thread_pool_size() is not None
-        if self.shares_thread_pool:
-            opts.use_per_session_threads = False
-        else:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts = session_options(
+            intra_op_threads(self.options.intra_op_threads),
+            spinning=self.options.thread_spinning,
+        )
         chosen, skipped = select_providers(self.options.providers, ort.get_available_providers())
         for reason in skipped:
             log.info("provider skipped", extra={"reason": reason})

@@ -23,7 +23,7 @@ from typing import Any
 from edge_agent import __version__
 from edge_agent.bandwidth import TokenBucket
 from edge_agent.errors import EdgeAgentError
-from edge_agent.inference import RunnerOptions, shared_thread_pool_size
+from edge_agent.inference import RunnerOptions
 from edge_agent.inference.runner import CPU
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.ota.download import CHUNK, DownloadError, IntegrityError, download_artifact
@@ -38,7 +38,6 @@ from edge_agent.ota.smoke import (
 from edge_agent.ota.store import ModelStore, atomic_write
 from edge_agent.ota.verify import Expectations, OtaRejectedError, verify_desired
 from edge_agent.pipeline import ActiveModel, ModelSlot, PipelineStats
-from edge_agent.priority import lower_current_thread_priority
 from shared.errors import PayloadError
 from shared.manifest import ModelManifest
 from shared.messages import (
@@ -231,11 +230,10 @@ class OtaController:
             self.rollback(current, None, problem, None)
 
     def _loop(self) -> None:
-        # Staging a candidate is background work: the live line keeps its cores. Only with the
-        # shared onnxruntime pool: otherwise a candidate's own pool threads would inherit this
-        # priority and keep it once the candidate is the running model.
-        if shared_thread_pool_size() is not None:
-            lower_current_thread_priority()
+        # Normal priority on purpose: a candidate's onnxruntime threads are made on this thread
+        # and inherit its priority, which they would keep once the candidate is the running
+        # model. With sessions that do not spin, the line's cores are idle between frames and
+        # staging fits there (measured in benchmarks/ota_swap.py).
         self._resume_probation()
         while not self.stop_event.is_set():
             with self._wakeup:
@@ -331,7 +329,7 @@ class OtaController:
         return None
 
     def _stage_and_swap(self, manifest: ModelManifest, path: Path, desired: DesiredState) -> None:
-        # Load here (graph optimisation is CPU work on this low-priority thread). The smoke
+        # Load here (graph optimisation runs on this thread, in the line's idle time). The smoke
         # check then tries the candidate on live frames in place of the running model, so
         # the line does no extra model run (see edge_agent.live_trial for the measurements).
         # A CPU session needs no warm-up (its first run measured within 10% of later ones);

@@ -99,3 +99,15 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     missing = "model: {path: /nonexistent/model.onnx}\n"
     assert main(["check-config", "--config", str(write(tmp_path, missing))]) == 1
     assert "model.path: file /nonexistent/model.onnx does not exist" in capsys.readouterr().err
+
+
+def test_thread_spinning_is_off_unless_configured(tmp_path: Path) -> None:
+    from edge_agent.agent import runner_options
+    from edge_agent.inference.runner import session_options
+
+    assert runner_options(load_config(None)).thread_spinning is False
+    spinning = load_config(write(tmp_path, "model: {thread_spinning: true}\n"))
+    assert runner_options(spinning).thread_spinning is True
+    key = "session.intra_op.allow_spinning"
+    assert session_options(2).get_session_config_entry(key) == "0"
+    assert session_options(2, spinning=True).get_session_config_entry(key) == "1"

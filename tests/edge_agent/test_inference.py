@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -281,49 +280,35 @@ def test_names_metadata_forms() -> None:
     assert parse_class_names({"names": "['a', 'b']"}) == ("a", "b")
 
 
-SHARED_POOL_SCRIPT = """
-import json, os, sys
+IDLE_CPU_SCRIPT = """
+import sys, time
 from pathlib import Path
-from edge_agent.inference import InferenceRunner, RunnerOptions, prepare_thread_pool
-
-def threads():
-    return len(os.listdir("/proc/self/task"))
-
-alone = InferenceRunner(Path(sys.argv[1]), RunnerOptions(intra_op_threads=2))
-assert not alone.shares_thread_pool  # no pool unless asked for (the trainer never does)
-del alone
-assert prepare_thread_pool(2)
-before = threads()
-first = InferenceRunner(Path(sys.argv[1]), RunnerOptions(intra_op_threads=2))
-second = InferenceRunner(Path(sys.argv[1]), RunnerOptions(intra_op_threads=2))
-shared = threads()
-other = InferenceRunner(Path(sys.argv[1]), RunnerOptions(intra_op_threads=3))
-print(json.dumps({
-    "before": before, "shared": shared, "after_other": threads(),
-    "first": first.shares_thread_pool, "second": second.shares_thread_pool,
-    "other": other.shares_thread_pool,
-}))
+import numpy as np
+from edge_agent.inference import InferenceRunner, RunnerOptions
+runner = InferenceRunner(Path(sys.argv[1]), RunnerOptions(intra_op_threads=2))
+blob = np.full((1, 3, 64, 64), 0.5, dtype=np.float32)
+idle = []
+for _ in range(5):
+    runner.run(blob)
+    start = time.process_time()
+    time.sleep(0.05)
+    idle.append(time.process_time() - start)
+print(max(idle))
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
-def test_sessions_share_one_thread_pool(tmp_path: Path) -> None:
-    """A candidate loaded beside the running model adds no threads: with a pool per session
-    the two spun on the same cores and live frames slowed 4-9x during an OTA swap. Run in a
-    fresh interpreter: the pool is per process and the first size wins."""
-    model = brightness_detector(tmp_path / "m.onnx", size=64)
+def test_sessions_do_not_spin_between_runs(tmp_path: Path) -> None:
+    """onnxruntime's pool threads spin after a run by default (20-50 ms of CPU measured):
+    at 30 fps one of them never slept and took a core from the rest of the agent. In a fresh
+    interpreter, so no other thread of the test run is counted."""
+    model = brightness_detector(tmp_path / "busy.onnx", busy_nodes=50)
     out = subprocess.run(
-        [sys.executable, "-c", SHARED_POOL_SCRIPT, str(model)],
+        [sys.executable, "-c", IDLE_CPU_SCRIPT, str(model)],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["first"] and report["second"]
-    assert report["shared"] == report["before"], "sessions on the shared pool add no threads"
-    # onnxruntime allows no session threads of its own beside a process pool: a runner
-    # asking for another size runs on the pool too (and says so in the log).
-    assert report["other"]
-    assert report["after_other"] == report["shared"]
+    worst_idle_cpu_s = float(out.stdout.strip().splitlines()[-1])
+    assert worst_idle_cpu_s < 0.01, f"{worst_idle_cpu_s * 1000:.0f} ms of CPU in 50 ms idle"
