@@ -96,8 +96,9 @@ class RawOrt:
     def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
         from edge_agent.inference import InferenceRunner, RunnerOptions, letterbox
 
-        runner = InferenceRunner(
-            Path(args.model), RunnerOptions(providers=providers(args.provider))
+        runner = InferenceRunner(  # onnxruntime as it comes: threads spinning
+            Path(args.model),
+            RunnerOptions(providers=providers(args.provider), thread_spinning=True),
         )
         info = runner.info
         self.provider = info.provider

@@ -128,6 +128,7 @@ def evaluate_onnx(
             max_detections=300,
             warmup_runs=1,
             intra_op_threads=intra_op_threads,
+            thread_spinning=True,  # runs back to back: nothing else wants the cores
         ),
         class_names=tuple(class_names),
     )

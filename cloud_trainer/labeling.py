@@ -130,7 +130,8 @@ Predict = Callable[[NDArray[np.uint8]], Detections]
 def _onnx_teacher(model: Path, confidence: float) -> tuple[tuple[str, ...], Predict]:
     from edge_agent.inference.runner import InferenceRunner, RunnerOptions  # noqa: PLC0415
 
-    runner = InferenceRunner(model, RunnerOptions(conf_threshold=confidence, warmup_runs=1))
+    options = RunnerOptions(conf_threshold=confidence, warmup_runs=1, thread_spinning=True)
+    runner = InferenceRunner(model, options)  # spinning: images run back to back
     return runner.info.class_names, lambda image: runner.detect([image])[0]
 
 

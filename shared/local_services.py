@@ -105,6 +105,9 @@ class _ChildService:
         """Whether the service answers, once its port is open."""
         return True
 
+    def _cleanup(self) -> None:
+        """Remove what the service left behind, once it is stopped for good."""
+
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
@@ -172,6 +175,7 @@ class _ChildService:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        self._cleanup()
 
 
 class MosquittoProcess(_ChildService):
@@ -416,12 +420,6 @@ class PostgresProcess(_ChildService):
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg2://{self.role}@{self.host}:{self.port}/{database}"
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        super().__exit__(exc_type, exc, tb)
+    def _cleanup(self) -> None:
         if self._private is not None:
             shutil.rmtree(self._private, ignore_errors=True)
