@@ -32,7 +32,6 @@ DEVICE = "edge-ota"
 FUZZ_DEVICE = "edge-fuzz"
 
 
-@pytest.fixture
 def thread_priorities() -> set[int]:
     """The nice values of this process's threads (Linux: per thread)."""
     seen: set[int] = set()
@@ -42,6 +41,7 @@ def thread_priorities() -> set[int]:
     return seen
 
 
+@pytest.fixture
 def plane(
     tmp_path: Path, mosquitto: MosquittoProcess, s3_client: Any, bucket: str, fleet_name: str
 ) -> Iterator[ControlPlane]:
