@@ -138,7 +138,11 @@ class ControlPlane:
         if timer is not None:
             timer.start()
         try:
-            if not done():
+            try:
+                finished = done()
+            except SQLAlchemyError:  # the database is down: run() retries every tick
+                finished = False
+            if not finished:
                 self.run(stop, until=done)
         finally:
             if timer is not None:
@@ -152,9 +156,9 @@ class ControlPlane:
             try:
                 if self.registry.write_deferred() == 0:
                     self.controller.tick()
+                if until is not None and until():
+                    return
             except TrainerError as exc:
                 log.error("rollout tick failed: %s", exc)
             except SQLAlchemyError as exc:  # the database is down: retry next tick
                 log.error("rollout tick failed, database: %s", str(exc).splitlines()[0][:300])
-            if until is not None and until():
-                return

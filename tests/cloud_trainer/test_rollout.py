@@ -15,7 +15,7 @@ from sqlalchemy import select
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.fleet.db import rollout_devices
 from cloud_trainer.fleet.params import RolloutParams
-from cloud_trainer.fleet.rollout import RolloutError, RolloutState, wave_sizes
+from cloud_trainer.fleet.rollout import RolloutError, RolloutState, RolloutStatus, wave_sizes
 from cloud_trainer.fleet.service import ControlPlane
 from cloud_trainer.fleet.simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
 from cloud_trainer.registry import ModelRegistry, PublishFiles
@@ -270,19 +270,22 @@ def test_a_database_restart_mid_rollout_is_survived(
             plane.controller.start("r-db", MODEL, 2, RolloutTargets(whole_fleet=True), params)
             run_until(plane, lambda: plane.controller.status("r-db").counts.get("active", 0) >= 1)
             database.stop()
-            stop = threading.Event()
-            loop = threading.Thread(target=plane.run, args=(stop,), daemon=True)
+            # `rollout --wait` follows the rollout through the outage.
+            followed: list[RolloutStatus] = []
+            loop = threading.Thread(
+                target=lambda: followed.append(plane.follow("r-db", lambda _: None, timeout_s=60)),
+                daemon=True,
+            )
             loop.start()
-            # Heartbeats keep coming: held in memory, and the loop's ticks fail and go on.
+            # Heartbeats keep coming: held in memory; the loop's ticks fail and go on.
             wait_for(lambda: plane.registry.deferred > 0, timeout=10)
             time.sleep(0.5)
             assert loop.is_alive()
             database.start()
-            wait_for(lambda: plane.registry.deferred == 0, timeout=10)
-            stop.set()
-            loop.join(timeout=10)
+            loop.join(timeout=60)
+            assert plane.registry.deferred == 0
             assert plane.registry.outcomes["deferred"] > 0
-            assert run_until_done(plane, "r-db", timeout=40) == RolloutState.SUCCEEDED
+            assert [status.state for status in followed] == [RolloutState.SUCCEEDED]
             assert plane.controller.status("r-db").counts == {"active": 6}
         finally:
             fleet.stop()
