@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from edge_agent.bandwidth import TokenBucket
 from edge_agent.errors import EdgeAgentError
+from shared.digests import file_hasher
 from shared.manifest import ArtifactRef
 
 CHUNK = 256 * 1024
@@ -40,11 +41,7 @@ class _PartFile:
         self.path = path
         self.bandwidth = bandwidth
         self.stop = stop
-        self.hasher = hashlib.sha256()
-        if path.exists():
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(CHUNK), b""):
-                    self.hasher.update(block)
+        self.hasher = file_hasher(path) if path.exists() else hashlib.sha256()
 
     def restart(self) -> None:
         """The server sent the whole artifact instead of the rest: start the file over."""
