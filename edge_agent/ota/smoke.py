@@ -115,10 +115,13 @@ class SmokeCheck:
         :class:`OtaRejectedError` (too slow) if ``candidate`` must not replace ``previous``."""
         # The running model's one-frame latency, read before any candidate frame is counted.
         old_s = self.stats.single_frame_infer_s() if previous is not None else None
-        limit_s = None if old_s is None else latency_limit_s(old_s, self.latency_factor)
         timings: list[float] = []
         if previous is not None:  # no running model: no line to try it on
-            run_limit = None if limit_s is None else limit_s * TRIAL_RUN_LIMIT_FACTOR
+            run_limit = (
+                None
+                if old_s is None
+                else latency_limit_s(old_s, self.latency_factor) * TRIAL_RUN_LIMIT_FACTOR
+            )
             timings = self.try_on_line(candidate, self.frames, run_limit_s=run_limit)
         images = self.recent.images()[-self.frames :]
         if len(timings) < self.frames and images:
@@ -128,12 +131,11 @@ class SmokeCheck:
             # above still refused a failing model, and probation guards the swap.
             return
         new_s = _median(timings)
-        if old_s is None or limit_s is None:  # too few one-frame batches on the line yet
+        if old_s is None:  # too few one-frame batches on the line yet
             if not images:
                 return
             old_s = _median(run_times(previous, images, self.run_model_work))
-            limit_s = latency_limit_s(old_s, self.latency_factor)
-        if new_s > limit_s:
+        if new_s > latency_limit_s(old_s, self.latency_factor):
             raise OtaRejectedError(
                 f"latency {new_s * 1000:.1f} ms vs {old_s * 1000:.1f} ms of the running model "
                 f"(limit {self.latency_factor}x)"
