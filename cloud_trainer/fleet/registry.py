@@ -81,12 +81,10 @@ class FleetRegistry:
         held for :meth:`write_deferred`)."""
         with self._write_lock:
             try:
-                outcome = self._ingest(topic, payload)
+                outcome = self._write(topic, payload)
                 self._deferred.pop(topic, None)  # superseded by this newer message
             except DATABASE_DOWN as exc:
                 outcome = self._defer(topic, payload, exc)
-            except SQLAlchemyError as exc:
-                outcome = self._refused(topic, exc)
             self.outcomes[outcome] += 1
         return outcome
 
@@ -105,23 +103,28 @@ class FleetRegistry:
             while self._deferred:
                 topic, payload = next(iter(self._deferred.items()))
                 try:
-                    outcome = self._ingest(topic, payload)
+                    outcome = self._write(topic, payload)
                 except DATABASE_DOWN:
                     return len(self._deferred)
-                except SQLAlchemyError as exc:
-                    outcome = self._refused(topic, exc)
                 del self._deferred[topic]
                 self.outcomes[outcome] += 1
             log.warning("fleet database answers again: held messages written")
             return 0
 
-    def _refused(self, topic: str, exc: SQLAlchemyError) -> str:
-        log.error(
-            "fleet database refused the message on %s: %s",
-            topic[:200],
-            str(exc).splitlines()[0][:300],
-        )
-        return "refused_by_database"
+    def _write(self, topic: str, payload: bytes) -> str:
+        """:meth:`_ingest`, raising only :data:`DATABASE_DOWN` errors: a value the database
+        refuses would fail again, so that message is counted and dropped."""
+        try:
+            return self._ingest(topic, payload)
+        except DATABASE_DOWN:
+            raise
+        except SQLAlchemyError as exc:
+            log.error(
+                "fleet database refused the message on %s: %s",
+                topic[:200],
+                str(exc).splitlines()[0][:300],
+            )
+            return "refused_by_database"
 
     def _defer(self, topic: str, payload: bytes, exc: SQLAlchemyError) -> str:
         if not self._deferred:
