@@ -37,6 +37,20 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
+def listening(host: str, port: int, *, source_port: int = 0) -> bool:
+    """Whether something listens on ``host:port``. A port from :func:`free_port` lies in the
+    ephemeral range, so a connect from a source port that happens to be the same one
+    "succeeds" with nothing listening (TCP simultaneous open, the socket connected to
+    itself): that does not count."""
+    try:
+        with socket.create_connection(
+            (host, port), timeout=0.2, source_address=(host, source_port)
+        ) as sock:
+            return bool(sock.getsockname() != sock.getpeername())
+    except OSError:
+        return False
+
+
 def wait_for_port(
     host: str, port: int, *, timeout: float, process: subprocess.Popen[bytes] | None = None
 ) -> None:
@@ -44,11 +58,9 @@ def wait_for_port(
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise ServiceError(f"process exited with code {process.returncode} before listening")
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
+        if listening(host, port):
+            return
+        time.sleep(0.02)
     raise ServiceError(f"nothing listened on {host}:{port} within {timeout:.1f} s")
 
 

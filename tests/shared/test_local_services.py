@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +13,14 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
-from shared.local_services import MosquittoProcess, ServiceError, find_mosquitto
+from shared.local_services import (
+    LOOPBACK,
+    MosquittoProcess,
+    ServiceError,
+    find_mosquitto,
+    free_port,
+    listening,
+)
 from shared.messages import OnlineStatus, parse_payload
 from shared.object_keys import model_artifact_key
 from shared.topics import Channel, Topics
@@ -85,3 +94,15 @@ def test_s3_server_speaks_s3(s3_client: Any, bucket: str) -> None:
     assert s3_client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"onnx-bytes"
     listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="models/")
     assert [o["Key"] for o in listed["Contents"]] == [key]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="TCP simultaneous open as Linux does it")
+def test_a_socket_connected_to_itself_is_not_a_listener() -> None:
+    """Free ports are ephemeral ports: a connect from the same port number reaches itself
+    with nothing listening, which once made the demo poll an agent that had not started."""
+    port = free_port()
+    assert not listening(LOOPBACK, port, source_port=port)
+    with socket.socket() as server:
+        server.bind((LOOPBACK, 0))
+        server.listen()
+        assert listening(LOOPBACK, server.getsockname()[1])
