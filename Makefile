@@ -35,7 +35,7 @@ test: setup lint
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) -m cloud_trainer.demo --work-dir .demo
+	$(PY) -m testing.demo --work-dir .demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

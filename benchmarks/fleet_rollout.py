@@ -2,7 +2,7 @@
 
     python benchmarks/fleet_rollout.py [--devices 1000] [--processes 4] [--soak 2]
 
-Simulated agents (``cloud_trainer.fleet.simulator``: lightweight MQTT clients implementing
+Simulated agents (``testing.fleet_simulator``: lightweight MQTT clients implementing
 the device side of the contract, each process driving its share from one selector loop)
 report v1, then the rollout controller (this process: registry + controller, SQLite file)
 rolls v2 out in 3 waves (10% -> 50% -> 100%) with ``--soak`` seconds of soak per wave.
@@ -33,13 +33,13 @@ from cloud_trainer.config import StorageSection, TrainerConfig  # noqa: E402
 from cloud_trainer.fleet.db import rollout_devices  # noqa: E402
 from cloud_trainer.fleet.params import RolloutParams  # noqa: E402
 from cloud_trainer.fleet.service import ControlPlane  # noqa: E402
-from cloud_trainer.registry import ModelRegistry, PublishFiles  # noqa: E402
+from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles  # noqa: E402
 from cloud_trainer.store import ObjectStore  # noqa: E402
-from shared.local_services import MosquittoProcess, MotoS3Process  # noqa: E402
 from shared.manifest import ArtifactRef, ClassInfo, InputSpec, Lineage, ModelManifest  # noqa: E402
 from shared.messages import RolloutTargets, utc_now  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
 from shared.topics import Topics  # noqa: E402
+from testing.local_services import MosquittoProcess, MotoS3Process  # noqa: E402
 
 FLEET = "bench"
 MODEL = "line-detector"
@@ -48,7 +48,7 @@ WAVES = [0.1, 0.5, 1.0]
 
 def run_devices(where: tuple[str, int], ids: tuple[int, int], stop: Any, ready: Any) -> None:
     (host, port), (first, count) = where, ids
-    from cloud_trainer.fleet.simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
+    from testing.fleet_simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
 
     devices = [
         SimulatedDevice(f"dev-{i:05d}", "line", 1, DeviceBehaviour(update_delay_s=0.2))

@@ -45,11 +45,11 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.pipeline import DetectionResult  # noqa: E402
-from shared.local_services import MosquittoProcess, MotoS3Process  # noqa: E402
 from shared.messages import DesiredState, OtaState, ReportedState, parse_payload, utc_now  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
 from shared.synth import CLASS_NAMES  # noqa: E402
 from shared.topics import Channel, Topics  # noqa: E402
+from testing.local_services import MosquittoProcess, MotoS3Process  # noqa: E402
 from tests.edge_agent.ota.helpers import make_manifest  # noqa: E402
 
 PAUSE_S = 3.0  # quiet line before each publish: the swap's baseline and control window

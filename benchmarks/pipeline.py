@@ -192,7 +192,7 @@ def export_models(weights: Path | None, out: Path, sizes: list[int]) -> dict[str
             if not target.exists():
                 if weights is None:
                     raise SystemExit(f"{target} is missing and no --weights to export it from")
-                from cloud_trainer.offline import prepare_offline_ultralytics
+                from cloud_trainer.training.offline import prepare_offline_ultralytics
 
                 prepare_offline_ultralytics(out)
                 from ultralytics import YOLO
@@ -232,7 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.weights is None and args.models_dir is None:
         parser.error("--weights (an ultralytics .pt, e.g. the bootstrap) or --models-dir is needed")
-    from shared.local_services import MosquittoProcess, ServiceError
+    from testing.local_services import MosquittoProcess, ServiceError
 
     workers = args.infer_workers or ((os.cpu_count() or 1) if args.provider == "cpu" else 1)
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -146,9 +146,9 @@ class AgentPipeline:
             intra_op_threads,
         )
         from edge_agent.metrics import AgentMetrics
-        from edge_agent.mqtt_link import MqttLink
         from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, Pipeline
-        from shared.topics import Topics
+        from shared.infra.mqtt_link import MqttLink
+        from shared.topics import Channel, Topics
 
         gate = threading.Event()
         stop = threading.Event()
@@ -223,7 +223,7 @@ class AgentPipeline:
             self.link = MqttLink(
                 MqttSection(host="127.0.0.1", port=args.mqtt_port),
                 "bench",
-                Topics("bench"),
+                presence_topic=Topics("bench").device("bench", Channel.ONLINE),
                 agent_version="0.1.0",
             )
             self.link.start()
@@ -296,7 +296,7 @@ class UltralyticsPredict:
     """``YOLO(model.onnx).predict(jpeg_path)`` frame after frame, cameras round-robin."""
 
     def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
-        from cloud_trainer.offline import prepare_offline_ultralytics
+        from cloud_trainer.training.offline import prepare_offline_ultralytics
 
         prepare_offline_ultralytics(Path(args.work_dir))
         from ultralytics import YOLO

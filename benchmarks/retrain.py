@@ -25,14 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cloud_trainer.config import StorageSection, TrainerConfig  # noqa: E402
-from cloud_trainer.offline import prepare_offline_ultralytics  # noqa: E402
-from cloud_trainer.register import register_model  # noqa: E402
-from cloud_trainer.registry import ModelRegistry  # noqa: E402
+from cloud_trainer.release.model_registry import ModelRegistry  # noqa: E402
+from cloud_trainer.release.register import register_model  # noqa: E402
 from cloud_trainer.retrain import Retrainer  # noqa: E402
 from cloud_trainer.store import ObjectStore  # noqa: E402
-from cloud_trainer.synthetic_examples import upload_examples  # noqa: E402
-from shared.local_services import MotoS3Process, NanioS3Process  # noqa: E402
+from cloud_trainer.training.offline import prepare_offline_ultralytics  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
+from testing.local_services import MotoS3Process, NanioS3Process  # noqa: E402
+from testing.synthetic_examples import upload_examples  # noqa: E402
 
 BOOTSTRAP = ROOT / "artifacts" / "bootstrap-yolov8n-320.pt"
 

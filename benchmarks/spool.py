@@ -26,9 +26,10 @@ sys.path.insert(0, str(ROOT))
 import cv2  # noqa: E402
 
 from edge_agent.spool import Spool  # noqa: E402
-from edge_agent.uploader import StorageTarget, Uploader, make_s3_client  # noqa: E402
-from shared.local_services import MotoS3Process  # noqa: E402
+from edge_agent.uploader import Uploader  # noqa: E402
+from shared.infra.s3 import S3Target, make_s3_client  # noqa: E402
 from shared.synth import SyntheticLine  # noqa: E402
+from testing.local_services import MotoS3Process  # noqa: E402
 
 
 def make_examples(count: int) -> list[tuple[str, bytes, str, str]]:
@@ -54,9 +55,7 @@ def bench_accept(examples: list[tuple[str, bytes, str, str]], directory: Path) -
     return len(examples) / elapsed
 
 
-def bench_uploader(
-    directory: Path, target: StorageTarget, concurrency: int, total_bytes: int
-) -> float:
+def bench_uploader(directory: Path, target: S3Target, concurrency: int, total_bytes: int) -> float:
     spool = Spool(directory, min_free_bytes=0)
     stop = threading.Event()
     uploader = Uploader(spool, target, stop, concurrency=concurrency)
@@ -149,7 +148,7 @@ def main() -> None:
     }
     report["spool_accept_per_s"] = round(bench_accept(examples, work / "accept"), 1)
     with MotoS3Process(work / "moto") as server:
-        target = StorageTarget(
+        target = S3Target(
             bucket="bench",
             endpoint_url=server.endpoint_url,
             access_key_id=server.access_key,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cloud_trainer.config import TrainerConfig
     from cloud_trainer.fleet.service import ControlPlane
     from cloud_trainer.store import ObjectStore
-    from cloud_trainer.training import EpochReport
+    from cloud_trainer.training.finetune import EpochReport
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -53,7 +53,7 @@ def _synth_dataset(args: argparse.Namespace) -> int:
 
 
 def _fleet_acl(args: argparse.Namespace) -> int:
-    from cloud_trainer.fleet_acl import FleetInventory, render_acl  # noqa: PLC0415
+    from cloud_trainer.fleet.acl import FleetInventory, render_acl  # noqa: PLC0415
 
     text = render_acl(FleetInventory.from_file(args.inventory))
     if args.out is None:
@@ -118,7 +118,7 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 def _train_run(args: argparse.Namespace) -> int:
-    from cloud_trainer.training import LocalTrainer, load_spec  # noqa: PLC0415
+    from cloud_trainer.training.finetune import LocalTrainer, load_spec  # noqa: PLC0415
 
     config = _config(args)
     store = _store(config)
@@ -130,8 +130,8 @@ def _train_run(args: argparse.Namespace) -> int:
 
 
 def _skypilot_task(args: argparse.Namespace) -> int:
-    from cloud_trainer.skypilot import load_task, render_task, task_yaml  # noqa: PLC0415
-    from cloud_trainer.training import load_spec  # noqa: PLC0415
+    from cloud_trainer.training.finetune import load_spec  # noqa: PLC0415
+    from cloud_trainer.training.skypilot import load_task, render_task, task_yaml  # noqa: PLC0415
 
     config = _config(args)
     task = render_task(config, load_spec(_store(config), args.run_id))
@@ -141,7 +141,7 @@ def _skypilot_task(args: argparse.Namespace) -> int:
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from cloud_trainer.registry import ModelRegistry, describe  # noqa: PLC0415
+    from cloud_trainer.release.model_registry import ModelRegistry, describe  # noqa: PLC0415
 
     config = _config(args)
     index, _ = ModelRegistry(_store(config), config.model_line.name).read_index()
@@ -155,7 +155,7 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _models_show(args: argparse.Namespace) -> int:
-    from cloud_trainer.registry import ModelRegistry  # noqa: PLC0415
+    from cloud_trainer.release.model_registry import ModelRegistry  # noqa: PLC0415
 
     config = _config(args)
     registry = ModelRegistry(_store(config), config.model_line.name)
@@ -165,9 +165,9 @@ def _models_show(args: argparse.Namespace) -> int:
 
 
 def _models_register(args: argparse.Namespace) -> int:
-    from cloud_trainer.dataset import register_folder_dataset  # noqa: PLC0415
-    from cloud_trainer.register import register_model  # noqa: PLC0415
-    from cloud_trainer.registry import ModelRegistry  # noqa: PLC0415
+    from cloud_trainer.data.dataset import register_folder_dataset  # noqa: PLC0415
+    from cloud_trainer.release.model_registry import ModelRegistry  # noqa: PLC0415
+    from cloud_trainer.release.register import register_model  # noqa: PLC0415
     from cloud_trainer.retrain import load_signing_key  # noqa: PLC0415
 
     config = _config(args)
@@ -199,7 +199,7 @@ def _models_register(args: argparse.Namespace) -> int:
 
 
 def _labels_import(args: argparse.Namespace) -> int:
-    from cloud_trainer.label_import import import_yolo_labels  # noqa: PLC0415
+    from cloud_trainer.data.label_import import import_yolo_labels  # noqa: PLC0415
 
     config = _config(args)
     result = import_yolo_labels(
@@ -228,7 +228,7 @@ def _serve(args: argparse.Namespace) -> int:
     plane = _control_plane(config) if config.mqtt.enabled else None
     api = None
     if plane is not None and config.fleet.api.enabled:
-        from cloud_trainer.registry import ModelRegistry  # noqa: PLC0415
+        from cloud_trainer.release.model_registry import ModelRegistry  # noqa: PLC0415
 
         api = plane.serve_api(ModelRegistry(store, config.model_line.name), store)
         print(f"dashboard: http://{config.fleet.api.host}:{api.port}/", file=sys.stderr)
@@ -257,7 +257,7 @@ def _serve(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- rollouts
 def _control_plane(config: TrainerConfig, *, connect: bool = True) -> ControlPlane:
     from cloud_trainer.fleet.service import ControlPlane  # noqa: PLC0415
-    from cloud_trainer.registry import ModelRegistry  # noqa: PLC0415
+    from cloud_trainer.release.model_registry import ModelRegistry  # noqa: PLC0415
     from cloud_trainer.retrain import load_signing_key  # noqa: PLC0415
 
     registry = ModelRegistry(_store(config), config.model_line.name)

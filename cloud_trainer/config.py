@@ -9,41 +9,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import AwareDatetime, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cloud_trainer.errors import TrainerConfigError
 from cloud_trainer.fleet.params import RolloutParams
-from edge_agent.config import MqttSection, format_validation_error, read_secret_file, read_yaml
-from edge_agent.errors import ConfigError
+from shared.errors import ConfigError
 from shared.hard_examples import SamplerTag
 from shared.identifiers import Identifier
+from shared.infra.config import (
+    MqttConnectionSection,
+    S3Section,
+    config_error,
+    read_secret_file,
+    read_yaml,
+    with_secret_files,
+)
+from shared.infra.config import Section as _Section
 from shared.manifest import ClassName
 from shared.synth import CLASS_NAMES
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StorageSection(S3Section):
+    """The bucket holding hard examples, labels, datasets, runs and the model registry. Longer
+    timeouts than the agent's: datasets and checkpoints are large objects."""
 
-
-class StorageSection(_Section):
-    """The bucket holding hard examples, labels, datasets, runs and the model registry."""
-
-    bucket: str = Field(default="linefleet", min_length=3, max_length=63)
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    path_style: bool = True
-    access_key_id: str | None = None
-    secret_access_key: SecretStr | None = None
-    secret_access_key_file: Path | None = None
     connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
     read_timeout_s: float = Field(default=120.0, gt=0, le=3600)
 
@@ -231,7 +221,7 @@ class TrainerConfig(BaseSettings):
     export: ExportSection = ExportSection()
     signing: SigningSection = SigningSection()
     schedule: ScheduleSection = ScheduleSection()
-    mqtt: MqttSection = MqttSection()
+    mqtt: MqttConnectionSection = MqttConnectionSection()
     fleet: FleetSection = FleetSection()
     work_dir: Path = Path("linefleet-work")
 
@@ -248,32 +238,22 @@ class TrainerConfig(BaseSettings):
 
 
 def load_trainer_config(path: Path | None) -> TrainerConfig:
-    """Config from ``path`` (or defaults) plus env overrides; :class:`TrainerConfigError` if bad."""
+    """Config from ``path`` (or defaults) plus env overrides, with its secret files read;
+    :class:`TrainerConfigError` if anything is wrong."""
     try:
         data = read_yaml(path) if path is not None else {}
+        try:
+            config = TrainerConfig(**data)
+        except ValidationError as exc:
+            raise config_error(exc, str(path or "defaults")) from exc
+        config = config.model_copy(update=with_secret_files(config.mqtt, config.storage))
+        api = config.fleet.api
+        if api.token_file is not None:
+            token = read_secret_file(api.token_file, "fleet.api.token_file")
+            fleet = config.fleet.model_copy(update={"api": api.model_copy(update={"token": token})})
+            config = config.model_copy(update={"fleet": fleet})
+    except TrainerConfigError:
+        raise
     except ConfigError as exc:
         raise TrainerConfigError(str(exc)) from exc
-    try:
-        config = TrainerConfig(**data)
-    except ValidationError as exc:
-        raise TrainerConfigError(format_validation_error(exc, str(path or "defaults"))) from exc
-    storage = config.storage
-    if storage.secret_access_key_file is not None:
-        try:
-            secret = read_secret_file(
-                storage.secret_access_key_file, "storage.secret_access_key_file"
-            )
-        except ConfigError as exc:
-            raise TrainerConfigError(str(exc)) from exc
-        config = config.model_copy(
-            update={"storage": storage.model_copy(update={"secret_access_key": secret})}
-        )
-    api = config.fleet.api
-    if api.token_file is not None:
-        try:
-            token = read_secret_file(api.token_file, "fleet.api.token_file")
-        except ConfigError as exc:
-            raise TrainerConfigError(str(exc)) from exc
-        fleet = config.fleet.model_copy(update={"api": api.model_copy(update={"token": token})})
-        config = config.model_copy(update={"fleet": fleet})
     return config

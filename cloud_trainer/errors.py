@@ -3,14 +3,14 @@ at the boundary with ``raise ... from exc``; each message says what to do about 
 
 from __future__ import annotations
 
-from shared.errors import LinefleetError
+from shared.errors import ConfigError, LinefleetError
 
 
 class TrainerError(LinefleetError):
     """Base of the trainer's own errors."""
 
 
-class TrainerConfigError(TrainerError):
+class TrainerConfigError(TrainerError, ConfigError):
     """The trainer configuration is invalid or names files that cannot be read."""
 
 

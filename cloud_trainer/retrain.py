@@ -18,15 +18,15 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from cloud_trainer.config import TrainerConfig
-from cloud_trainer.dataset import BuildRequest, DatasetBuilder
+from cloud_trainer.data.dataset import BuildRequest, DatasetBuilder
+from cloud_trainer.data.labeling import make_label_source
 from cloud_trainer.errors import EmptySelectionError, RegistryError, TrainerConfigError
-from cloud_trainer.evaluate import evaluate_onnx
-from cloud_trainer.export import ExportResult, export_and_check
-from cloud_trainer.gate import GateVerdict, judge
-from cloud_trainer.labeling import make_label_source
-from cloud_trainer.registry import ModelRegistry, PublishFiles
+from cloud_trainer.release.evaluate import evaluate_onnx
+from cloud_trainer.release.export import ExportResult, export_and_check
+from cloud_trainer.release.gate import GateVerdict, judge
+from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles
 from cloud_trainer.store import ObjectStore
-from cloud_trainer.training import (
+from cloud_trainer.training.finetune import (
     EpochReport,
     LocalTrainer,
     TrainResult,
@@ -340,7 +340,7 @@ class Retrainer:
 
     def _train(self, spec: TrainSpec) -> TrainResult:
         if self.config.training.backend == "skypilot":
-            from cloud_trainer.skypilot import SkyPilotBackend  # noqa: PLC0415
+            from cloud_trainer.training.skypilot import SkyPilotBackend  # noqa: PLC0415
 
             return SkyPilotBackend(self.config, self.store).train(spec, announce=self.announce)
         return LocalTrainer(self.store, self.work_dir, on_epoch=self.on_epoch).run(spec)

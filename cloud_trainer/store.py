@@ -18,8 +18,8 @@ from cloud_trainer.errors import (
     StorageError,
     StoragePermissionError,
 )
-from edge_agent.uploader import StorageTarget, make_s3_client
 from shared.digests import file_sha256
+from shared.infra.s3 import make_s3_client
 from shared.object_keys import validate_object_key
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
@@ -44,18 +44,7 @@ class ObjectStore:
 
     @classmethod
     def from_config(cls, section: StorageSection) -> ObjectStore:
-        secret = section.secret_access_key
-        target = StorageTarget(
-            bucket=section.bucket,
-            endpoint_url=section.endpoint_url,
-            region=section.region,
-            path_style=section.path_style,
-            access_key_id=section.access_key_id,
-            secret_access_key=secret.get_secret_value() if secret else None,
-            connect_timeout_s=section.connect_timeout_s,
-            read_timeout_s=section.read_timeout_s,
-        )
-        return cls(make_s3_client(target, max_pool=16), section.bucket)
+        return cls(make_s3_client(section.target(), max_pool=16), section.bucket)
 
     # ----------------------------------------------------------------- errors
     def _error(self, exc: Exception, action: str, key: str) -> StorageError:

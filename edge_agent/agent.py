@@ -17,7 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import ValidationError
 
 from edge_agent import __version__
-from edge_agent.api import ApiServer, create_app
+from edge_agent.api import create_app
 from edge_agent.camera import CameraWorker, FrameHub, FrameSource, OpenCVSource, SyntheticSource
 from edge_agent.config import AgentConfig, StreamCamera, SyntheticCamera
 from edge_agent.errors import EdgeAgentError, ModelLoadError
@@ -30,14 +30,16 @@ from edge_agent.inference import (
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mining import DisagreementSampler, HardExamplePolicy, NearDuplicateFilter
 from edge_agent.mining.factory import build_samplers
-from edge_agent.mqtt_link import MqttLink
 from edge_agent.ota.controller import OtaController, OtaPolicy
 from edge_agent.ota.smoke import RecentFrames
 from edge_agent.ota.store import ModelStore
 from edge_agent.pipeline import ActiveModel, ModelSlot, Pipeline, Sink
 from edge_agent.spool import Spool
 from edge_agent.systemd_notify import notify, watchdog_interval_s
-from edge_agent.uploader import StorageTarget, Uploader, make_s3_client
+from edge_agent.uploader import Uploader
+from shared.infra.http import HttpServer
+from shared.infra.mqtt_link import MqttLink
+from shared.infra.s3 import make_s3_client
 from shared.manifest import ModelManifest
 from shared.messages import CameraHealth, Heartbeat, utc_now
 from shared.signing import Verifier
@@ -45,20 +47,6 @@ from shared.synth import LineConfig
 from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
-
-
-def storage_target(config: AgentConfig) -> StorageTarget:
-    s = config.storage
-    return StorageTarget(
-        bucket=s.bucket,
-        endpoint_url=s.endpoint_url,
-        region=s.region,
-        path_style=s.path_style,
-        access_key_id=s.access_key_id,
-        secret_access_key=s.secret_access_key.get_secret_value() if s.secret_access_key else None,
-        connect_timeout_s=s.connect_timeout_s,
-        read_timeout_s=s.read_timeout_s,
-    )
 
 
 def build_source(camera: SyntheticCamera | StreamCamera) -> FrameSource:
@@ -153,7 +141,10 @@ class Agent:
         self.mqtt: MqttLink | None = None
         if config.mqtt.enabled:
             self.mqtt = MqttLink(
-                config.mqtt, config.device.id, self.topics, agent_version=__version__
+                config.mqtt,
+                config.device.id,
+                presence_topic=self.topics.device(config.device.id, Channel.ONLINE),
+                agent_version=__version__,
             )
             self.pipeline.add_sink(
                 EventsSink(
@@ -192,7 +183,7 @@ class Agent:
         if config.storage.enabled and self.spool is not None:
             self.uploader = Uploader(
                 self.spool,
-                storage_target(config),
+                config.storage.target(),
                 self.stop_event,
                 concurrency=config.storage.concurrency,
                 bandwidth_bytes_s=config.storage.bandwidth_bytes_per_s,
@@ -233,14 +224,14 @@ class Agent:
                     download_retry_s=config.ota.download_retry_s,
                     download_bytes_per_s=config.ota.download_bandwidth_bytes_per_s,
                 ),
-                s3_client=make_s3_client(storage_target(config))
+                s3_client=make_s3_client(config.storage.target())
                 if config.storage.enabled
                 else None,
                 bucket=config.storage.bucket if config.storage.enabled else None,
                 run_model_work=self.pipeline.call_between_batches,
                 try_on_line=self.pipeline.trial_on_live_frames,
             )
-        self.api: ApiServer | None = None
+        self.api: HttpServer | None = None
         self._scheduler = BackgroundScheduler(daemon=True)
         self.metrics.watch(self.status)
 
@@ -328,7 +319,7 @@ class Agent:
         if self.config.api.enabled:
             token = self.config.api.token.get_secret_value() if self.config.api.token else None
             app = create_app(self, token=token, max_upload_bytes=self.config.api.max_upload_bytes)
-            self.api = ApiServer(app, self.config.api.host, self.config.api.port)
+            self.api = HttpServer(app, self.config.api.host, self.config.api.port)
             self.api.start()
         if self.mqtt is not None:
             self._scheduler.add_job(

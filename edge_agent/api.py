@@ -6,14 +6,11 @@ With a token configured every route but ``/healthz`` needs ``Authorization: Bear
 
 from __future__ import annotations
 
-import hmac
-import threading
 import time
 from typing import Any, Protocol, cast
 
 import cv2
 import numpy as np
-import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from numpy.typing import NDArray
@@ -21,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from edge_agent.errors import EdgeAgentError, InferenceError
 from edge_agent.pipeline import ActiveModel
+from shared.infra.http import bearer_auth
 
 
 class AgentView(Protocol):
@@ -40,15 +38,7 @@ class AgentView(Protocol):
 def create_app(agent: AgentView, *, token: str | None, max_upload_bytes: int) -> FastAPI:
     app = FastAPI(title="linefleet edge agent", version="1", docs_url=None, redoc_url=None)
 
-    def require_token(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token")
-
-    guarded = [Depends(require_token)]
+    guarded = [Depends(bearer_auth(token))]
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -104,32 +94,3 @@ def create_app(agent: AgentView, *, token: str | None, max_upload_bytes: int) ->
         }
 
     return app
-
-
-class ApiServer:
-    """uvicorn in a thread, stoppable; with port 0 the OS picks a free port."""
-
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
-        self.host = host
-
-    def start(self, timeout: float = 10.0) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise EdgeAgentError("local API did not start (is the port in use?)")
-            time.sleep(0.02)
-
-    @property
-    def port(self) -> int:
-        sockets = self._server.servers[0].sockets
-        return int(sockets[0].getsockname()[1])
-
-    def stop(self, timeout: float = 3.0) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout)

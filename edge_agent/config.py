@@ -8,23 +8,27 @@ Nested env overrides use ``__``: ``LINEFLEET_MQTT__HOST=broker.plant``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
-from edge_agent.errors import ConfigError
 from shared.identifiers import Identifier
+from shared.infra.config import (
+    MqttConnectionSection,
+    S3Section,
+    config_error,
+    read_yaml,
+    with_secret_files,
+)
+from shared.infra.config import Section as _Section
 from shared.synth import DRIFT_PRESETS
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Provider = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 class DriftStep(_Section):
@@ -94,9 +98,7 @@ class ModelSection(_Section):
     # A second model (e.g. the previous version) run beside the active one on sampled frames
     # only, so the disagreement sampler can flag frames where the two differ.
     shadow_path: Path | None = None
-    providers: list[
-        Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    ] = ["CPUExecutionProvider"]
+    providers: list[Provider] = ["CPUExecutionProvider"]  # noqa: RUF012 - pydantic copies it
     # Threads each inference uses; 0: the cores shared out between the infer workers.
     intra_op_threads: int = Field(default=0, ge=0, le=256)
     # Inferences in flight at once. 1: every frame gets all the cores (lowest latency). On a
@@ -116,30 +118,14 @@ class ModelSection(_Section):
     thread_spinning: bool = False
 
 
-class TlsSection(_Section):
-    ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure_skip_verify: bool = False
+class MqttSection(MqttConnectionSection):
+    """The broker connection plus what the agent publishes for the line."""
 
-
-class MqttSection(_Section):
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
-    topic_prefix: str = "lf"
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    tls: TlsSection | None = None
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    session_expiry_s: int = Field(default=3600, ge=0)
     events_qos: Literal[0, 1] = 0
     events_max_per_s: float = Field(
         default=10.0, ge=0.0, description="per camera; 0 disables events"
     )
     events_only_with_detections: bool = False
-    outbox_limit: int = Field(default=10_000, ge=10)
 
 
 class ApiSection(_Section):
@@ -150,22 +136,12 @@ class ApiSection(_Section):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
 
 
-class StorageSection(_Section):
-    """S3-compatible object store for hard examples. Without keys here, boto3's standard
-    chain (env, ~/.aws, instance role) provides credentials."""
+class StorageSection(S3Section):
+    """S3-compatible object store for hard examples and model downloads."""
 
     enabled: bool = False
-    bucket: str = Field(default="linefleet", min_length=3, max_length=63)
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    path_style: bool = True
-    access_key_id: str | None = None
-    secret_access_key: SecretStr | None = None
-    # For systemd LoadCredential: the secret is read from this file at start.
-    secret_access_key_file: Path | None = None
     concurrency: int = Field(default=2, ge=1, le=32)
     bandwidth_bytes_per_s: float = Field(default=0.0, ge=0.0, description="0 = unlimited")
-    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
     read_timeout_s: float = Field(default=30.0, gt=0, le=600)
     backoff_initial_s: float = Field(default=1.0, gt=0, le=600)
     backoff_max_s: float = Field(default=300.0, gt=0, le=86400)
@@ -310,60 +286,9 @@ class AgentConfig(BaseSettings):
         return (env_settings, init_settings)
 
 
-def read_secret_file(path: Path, what: str) -> SecretStr:
-    """A secret from a file (systemd credentials); trailing newlines are not part of it."""
-    try:
-        return SecretStr(path.read_text(encoding="utf-8").rstrip("\r\n"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {what} from {path}: {exc}") from exc
-
-
 def resolve_secret_files(config: AgentConfig) -> AgentConfig:
     """Read ``*_file`` secrets at start-up (kept out of validators: they must not do I/O)."""
-    storage, mqtt = config.storage, config.mqtt
-    if storage.secret_access_key_file is not None:
-        storage = storage.model_copy(
-            update={
-                "secret_access_key": read_secret_file(
-                    storage.secret_access_key_file, "storage.secret_access_key_file"
-                )
-            }
-        )
-    if mqtt.password_file is not None:
-        mqtt = mqtt.model_copy(
-            update={"password": read_secret_file(mqtt.password_file, "mqtt.password_file")}
-        )
-    return config.model_copy(update={"storage": storage, "mqtt": mqtt})
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
-        raise ConfigError(f"{path}: YAML syntax error at {where}: {exc.problem}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML error: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return data
-
-
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: {exc.error_count()} problem(s):"]
-    for error in exc.errors():
-        location = ".".join(str(p) for p in error["loc"]) or "<top level>"
-        lines.append(f"  - {location}: {error['msg']}")
-    return "\n".join(lines)
+    return config.model_copy(update=with_secret_files(config.mqtt, config.storage))
 
 
 def load_config(path: Path | None) -> AgentConfig:
@@ -372,4 +297,4 @@ def load_config(path: Path | None) -> AgentConfig:
     try:
         return AgentConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path or "defaults"))) from exc
+        raise config_error(exc, str(path or "defaults")) from exc

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from shared.errors import LinefleetError
+from shared.errors import ConfigError, LinefleetError
+
+__all__ = [
+    "CameraError",
+    "ConfigError",
+    "EdgeAgentError",
+    "InferenceError",
+    "ModelIncompatibleError",
+    "ModelLoadError",
+    "RunCancelledError",
+]
 
 
 class EdgeAgentError(LinefleetError):
-    """Base of the agent's own errors."""
-
-
-class ConfigError(EdgeAgentError):
-    """The agent configuration is invalid; the message lists each problem with its location."""
+    """Base of the agent's own errors. Configuration errors are the shared
+    :class:`~shared.errors.ConfigError` (the trainer's config raises it too)."""
 
 
 class ModelLoadError(EdgeAgentError):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from edge_agent.metrics import AgentMetrics
-from edge_agent.mqtt_link import MqttLink
 from edge_agent.pipeline import DetectionResult
+from shared.infra.mqtt_link import MqttLink
 from shared.messages import MAX_DETECTIONS_PER_EVENT, DetectionEvent, DetectionRecord
 from shared.topics import Channel, Topics
 

@@ -19,48 +19,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 from edge_agent.bandwidth import TokenBucket
 from edge_agent.spool import Spool, SpoolItem
 from shared.errors import ContractError
+from shared.infra.s3 import S3Target, make_s3_client
 from shared.object_keys import validate_object_key
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StorageTarget:
-    bucket: str
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    path_style: bool = True
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
-
-
-def make_s3_client(target: StorageTarget, *, max_pool: int = 10) -> Any:
-    """A boto3 S3 client. Without keys in the config, boto3's standard credential chain
-    (env, shared files, instance role) applies."""
-    config = BotoConfig(
-        s3={"addressing_style": "path" if target.path_style else "auto"},
-        retries={"max_attempts": 1, "mode": "standard"},
-        connect_timeout=target.connect_timeout_s,
-        read_timeout=target.read_timeout_s,
-        max_pool_connections=max_pool,
-    )
-    return boto3.client(
-        "s3",
-        endpoint_url=target.endpoint_url,
-        region_name=target.region,
-        aws_access_key_id=target.access_key_id,
-        aws_secret_access_key=target.secret_access_key,
-        config=config,
-    )
 
 
 def classify(exc: Exception) -> str:
@@ -112,7 +79,7 @@ class Uploader:
     def __init__(
         self,
         spool: Spool,
-        target: StorageTarget,
+        target: S3Target,
         stop: threading.Event,
         *,
         concurrency: int = 2,

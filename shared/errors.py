@@ -12,6 +12,11 @@ class LinefleetError(Exception):
     """Base of every error raised on purpose by linefleet code."""
 
 
+class ConfigError(LinefleetError):
+    """A configuration is invalid or names files that cannot be read; the message lists each
+    problem with its location."""
+
+
 class ContractError(LinefleetError, ValueError):
     """An input does not satisfy one of the shared contracts (message, manifest, key, topic)."""
 

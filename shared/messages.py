@@ -29,6 +29,7 @@ from pydantic import (
 from shared.errors import PayloadError
 from shared.identifiers import Identifier, SemVer, ShortText
 from shared.manifest import ClassName, ModelManifest
+from shared.validation import describe_validation_error
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_DETECTIONS_PER_EVENT = 1000
@@ -274,16 +275,6 @@ def parse_payload(model: type[Model], raw: bytes, *, max_bytes: int = MAX_PAYLOA
     try:
         return model.model_validate(document)
     except ValidationError as exc:
-        raise PayloadError(f"invalid {model.__name__}: {summarize_validation_error(exc)}") from exc
-
-
-def summarize_validation_error(exc: ValidationError, *, limit: int = 5) -> str:
-    """A short, bounded, log-safe description: field locations and messages, no input values."""
-    parts = []
-    for error in exc.errors()[:limit]:
-        location = ".".join(str(p) for p in error["loc"]) or "<root>"
-        parts.append(f"{location}: {error['msg']}")
-    more = exc.error_count() - limit
-    if more > 0:
-        parts.append(f"and {more} more")
-    return "; ".join(parts)
+        raise PayloadError(
+            f"invalid {model.__name__}: {describe_validation_error(exc, limit=5)}"
+        ) from exc

@@ -15,7 +15,7 @@ import boto3
 import pytest
 from botocore.config import Config as BotoConfig
 
-from shared.local_services import MosquittoProcess, MotoS3Process, NanioS3Process, PostgresProcess
+from testing.local_services import MosquittoProcess, MotoS3Process, NanioS3Process, PostgresProcess
 
 
 def _announce(config: pytest.Config, message: str) -> None:

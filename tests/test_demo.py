@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cloud_trainer.helpers import BOOTSTRAP_PT
+
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 # The seeded quick run measured 0.002 -> 0.51 (lighting drift); a 0.25 margin leaves room for
@@ -20,7 +22,16 @@ MIN_RECOVERY = 0.25
 @pytest.mark.timeout(1200)
 def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "cloud_trainer.demo", "--quick", "--work-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "testing.demo",
+            "--quick",
+            "--work-dir",
+            str(tmp_path),
+            "--bootstrap",
+            str(BOOTSTRAP_PT),
+        ],
         capture_output=True,
         text=True,
         timeout=1100,

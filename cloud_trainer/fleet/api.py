@@ -9,23 +9,23 @@ polls the API. No build step.
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import asdict
 from importlib.resources import files
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_trainer.errors import ObjectNotFoundError, TrainerError
+from cloud_trainer.fleet.device_registry import FleetRegistry
 from cloud_trainer.fleet.params import RolloutParams
-from cloud_trainer.fleet.registry import FleetRegistry
 from cloud_trainer.fleet.rollout import RolloutController, RolloutError
-from cloud_trainer.registry import ModelRegistry
+from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.store import ObjectStore
 from shared.errors import ContractError
 from shared.identifiers import Identifier
+from shared.infra.http import bearer_auth
 from shared.messages import RolloutTargets, utc_now
 from shared.object_keys import HARD_EXAMPLES, RUNS, parse_hard_example_key
 
@@ -52,14 +52,7 @@ def create_control_app(
 ) -> FastAPI:
     app = FastAPI(title="linefleet control plane", version="1")
 
-    def require_token(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        if not secrets.compare_digest(header, f"Bearer {token}"):
-            raise HTTPException(401, "missing or wrong bearer token")
-
-    guarded = [Depends(require_token)]
+    guarded = [Depends(bearer_auth(token))]
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

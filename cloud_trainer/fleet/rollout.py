@@ -27,8 +27,8 @@ from sqlalchemy import Engine, bindparam, func, select
 
 from cloud_trainer.errors import TrainerError
 from cloud_trainer.fleet.db import counters, rollout_devices, rollouts
+from cloud_trainer.fleet.device_registry import DeviceRow, FleetRegistry
 from cloud_trainer.fleet.params import RolloutParams
-from cloud_trainer.fleet.registry import DeviceRow, FleetRegistry
 from shared.manifest import ModelManifest
 from shared.messages import DesiredAction, DesiredState, RolloutTargets, utc_now
 from shared.signing import SigningKey

@@ -22,12 +22,12 @@ from cloud_trainer.config import TrainerConfig
 from cloud_trainer.errors import TrainerError
 from cloud_trainer.fleet.api import create_control_app
 from cloud_trainer.fleet.db import open_database
-from cloud_trainer.fleet.registry import FleetRegistry
+from cloud_trainer.fleet.device_registry import FleetRegistry
 from cloud_trainer.fleet.rollout import ManifestSource, RolloutController, RolloutStatus
-from cloud_trainer.registry import ModelRegistry
+from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.store import ObjectStore
-from edge_agent.api import ApiServer
-from edge_agent.mqtt_link import MqttLink
+from shared.infra.http import HttpServer
+from shared.infra.mqtt_link import MqttLink
 from shared.signing import SigningKey
 from shared.topics import Channel, Topics
 
@@ -52,7 +52,6 @@ class ControlPlane:
         self.link = MqttLink(
             config.mqtt,
             config.fleet.controller_id,
-            self.topics,
             agent_version=__version__,
             presence_topic=self.topics.control(f"presence-{config.fleet.controller_id}"),
         )
@@ -72,7 +71,7 @@ class ControlPlane:
             topics=self.topics,
         )
 
-    def serve_api(self, models: ModelRegistry, store: ObjectStore) -> ApiServer:
+    def serve_api(self, models: ModelRegistry, store: ObjectStore) -> HttpServer:
         """Start the HTTP API and dashboard in a thread; returns the running server."""
         api = self.config.fleet.api
         app = create_control_app(
@@ -83,7 +82,7 @@ class ControlPlane:
             token=api.token.get_secret_value() if api.token else None,
             default_params=self.config.fleet.rollout,
         )
-        server = ApiServer(app, api.host, api.port)
+        server = HttpServer(app, api.host, api.port)
         server.start()
         return server
 

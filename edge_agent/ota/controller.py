@@ -25,7 +25,6 @@ from edge_agent.bandwidth import TokenBucket
 from edge_agent.errors import EdgeAgentError
 from edge_agent.inference import RunnerOptions
 from edge_agent.inference.runner import CPU
-from edge_agent.mqtt_link import MqttLink
 from edge_agent.ota.download import CHUNK, DownloadError, IntegrityError, download_artifact
 from edge_agent.ota.smoke import (
     LineTrial,
@@ -39,6 +38,7 @@ from edge_agent.ota.store import ModelStore, atomic_write
 from edge_agent.ota.verify import Expectations, OtaRejectedError, verify_desired
 from edge_agent.pipeline import ActiveModel, ModelSlot, PipelineStats
 from shared.errors import PayloadError
+from shared.infra.mqtt_link import MqttLink
 from shared.manifest import ModelManifest
 from shared.messages import (
     DesiredAction,

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from cloud_trainer.config import StorageSection
-from cloud_trainer.offline import prepare_offline_ultralytics
 from cloud_trainer.store import ObjectStore
-from shared.local_services import MotoS3Process, PostgresProcess
+from cloud_trainer.training.offline import prepare_offline_ultralytics
 from shared.signing import SigningKey
+from testing.local_services import MotoS3Process, PostgresProcess
 from tests.cloud_trainer.helpers import BOOTSTRAP_PT
 
 

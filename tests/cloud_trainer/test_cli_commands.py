@@ -9,13 +9,13 @@ import pytest
 import yaml
 
 from cloud_trainer.cli import main
-from cloud_trainer.fleet.simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
 from cloud_trainer.store import ObjectStore
-from cloud_trainer.synthetic_examples import upload_examples
-from cloud_trainer.training import TrainSpec, save_spec
-from shared.local_services import MosquittoProcess, MotoS3Process
+from cloud_trainer.training.finetune import TrainSpec, save_spec
 from shared.signing import SigningKey, Verifier
 from shared.topics import Topics
+from testing.fleet_simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
+from testing.local_services import MosquittoProcess, MotoS3Process
+from testing.synthetic_examples import upload_examples
 from tests.cloud_trainer.conftest import config_data
 from tests.cloud_trainer.test_rollout import KEY, MODEL, publish_versions
 

@@ -15,15 +15,15 @@ import yaml
 
 from cloud_trainer.cli import main
 from cloud_trainer.config import load_trainer_config
-from cloud_trainer.registry import ModelRegistry
+from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.retrain import Retrainer, RunReport, report_key
 from cloud_trainer.store import ObjectStore
-from cloud_trainer.synthetic_examples import upload_examples
-from cloud_trainer.training import LocalTrainer, TrainResult, TrainSpec, load_spec
-from shared.local_services import MotoS3Process
+from cloud_trainer.training.finetune import LocalTrainer, TrainResult, TrainSpec, load_spec
 from shared.manifest import ModelManifest
 from shared.signing import SigningKey, Verifier
 from shared.synth import write_yolo_dataset
+from testing.local_services import MotoS3Process
+from testing.synthetic_examples import upload_examples
 from tests.cloud_trainer.conftest import config_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

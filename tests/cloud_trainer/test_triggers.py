@@ -11,9 +11,9 @@ from cloud_trainer.config import TrainerConfig
 from cloud_trainer.errors import TrainerConfigError
 from cloud_trainer.retrain import RunReport
 from cloud_trainer.store import ObjectStore
-from cloud_trainer.synthetic_examples import upload_examples
 from cloud_trainer.triggers import RetrainTriggers
 from shared.messages import utc_now
+from testing.synthetic_examples import upload_examples
 
 
 def make(store: ObjectStore, fleet: str, calls: list[str], **schedule: object) -> RetrainTriggers:

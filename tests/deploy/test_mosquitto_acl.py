@@ -22,8 +22,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud_trainer.cli import main as trainer_cli
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from shared.local_services import MosquittoProcess
 from shared.messages import OnlineStatus, parse_payload
+from testing.local_services import MosquittoProcess
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from shared.hard_examples import HardExampleSidecar
-from shared.local_services import NanioS3Process
 from shared.object_keys import parse_hard_example_key
 from shared.synth import CLASS_NAMES
+from testing.local_services import NanioS3Process
 from tests.edge_agent.onnx_models import brightness_detector
 
 pytestmark = pytest.mark.integration

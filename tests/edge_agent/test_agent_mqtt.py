@@ -21,9 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from shared.local_services import MosquittoProcess
 from shared.messages import DetectionEvent, Heartbeat, OnlineStatus, parse_payload
 from shared.topics import Channel, Topics
+from testing.local_services import MosquittoProcess
 from tests.edge_agent.onnx_models import brightness_detector
 
 pytestmark = pytest.mark.integration
@@ -173,6 +173,6 @@ def test_run_command_stops_cleanly_on_sigterm(
 
 
 def _free_port() -> int:
-    from shared.local_services import free_port
+    from testing.local_services import free_port
 
     return free_port()

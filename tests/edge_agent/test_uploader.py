@@ -18,8 +18,9 @@ import pytest
 
 from edge_agent.bandwidth import TokenBucket
 from edge_agent.spool import Spool
-from edge_agent.uploader import StorageTarget, Uploader
-from shared.local_services import NanioS3Process, free_port
+from edge_agent.uploader import Uploader
+from shared.infra.s3 import S3Target
+from testing.local_services import NanioS3Process, free_port
 from tests.waiting import wait_for as _wait_for
 
 pytestmark = pytest.mark.integration
@@ -50,8 +51,8 @@ def listed(client: Any) -> list[str]:
     return keys
 
 
-def target(server: NanioS3Process, secret: str | None = None) -> StorageTarget:
-    return StorageTarget(
+def target(server: NanioS3Process, secret: str | None = None) -> S3Target:
+    return S3Target(
         bucket=BUCKET,
         endpoint_url=server.endpoint_url,
         access_key_id=server.access_key,
@@ -67,9 +68,7 @@ def store(nanio: NanioS3Process, nanio_client: Any) -> Iterator[tuple[NanioS3Pro
     yield nanio, nanio_client
 
 
-def run_uploader(
-    spool: Spool, tgt: StorageTarget, **kwargs: Any
-) -> tuple[Uploader, threading.Event]:
+def run_uploader(spool: Spool, tgt: S3Target, **kwargs: Any) -> tuple[Uploader, threading.Event]:
     stop = threading.Event()
     uploader = Uploader(
         spool, tgt, stop, concurrency=2, backoff_initial_s=0.2, backoff_max_s=1.0, **kwargs
@@ -142,9 +141,10 @@ UPLOADER_CHILD = """
 import sys, threading, time
 from pathlib import Path
 from edge_agent.spool import Spool
-from edge_agent.uploader import StorageTarget, Uploader
+from edge_agent.uploader import Uploader
+from shared.infra.s3 import S3Target
 spool = Spool(Path(sys.argv[1]), min_free_bytes=0)
-target = StorageTarget(bucket=sys.argv[3], endpoint_url=sys.argv[2], access_key_id=sys.argv[4],
+target = S3Target(bucket=sys.argv[3], endpoint_url=sys.argv[2], access_key_id=sys.argv[4],
                        secret_access_key=sys.argv[5])
 stop = threading.Event()
 Uploader(spool, target, stop, concurrency=2, bandwidth_bytes_s=400_000, lease_s=3.0).start()
@@ -218,7 +218,7 @@ def test_server_errors_and_timeouts_are_classified(tmp_path: Path, mode: str, ki
     try:
         spool = Spool(tmp_path / "spool", min_free_bytes=0)
         fill(spool, 2)
-        tgt = StorageTarget(
+        tgt = S3Target(
             bucket=BUCKET,
             endpoint_url=f"http://127.0.0.1:{port}",
             access_key_id="a",

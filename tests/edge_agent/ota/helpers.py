@@ -14,7 +14,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.local_services import MosquittoProcess
 from shared.manifest import ArtifactRef, ClassInfo, InputSpec, ModelManifest
 from shared.messages import (
     DesiredAction,
@@ -28,6 +27,7 @@ from shared.object_keys import model_artifact_key
 from shared.signing import SigningKey
 from shared.synth import CLASS_NAMES
 from shared.topics import Channel, Topics
+from testing.local_services import MosquittoProcess
 
 MODEL = "line-detector"
 

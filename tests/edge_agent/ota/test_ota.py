@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from edge_agent.agent import Agent
 from edge_agent.camera import SyntheticSource
 from edge_agent.config import load_config
-from shared.local_services import MosquittoProcess, MotoS3Process
 from shared.messages import DesiredAction, OtaState, utc_now
 from shared.signing import SigningKey
 from shared.synth import CLASS_NAMES
 from shared.topics import Topics
+from testing.local_services import MosquittoProcess, MotoS3Process
 from tests.edge_agent.onnx_models import brightness_detector
 from tests.edge_agent.ota.helpers import ControlPlane, make_manifest
 

@@ -15,11 +15,11 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from shared.local_services import MosquittoProcess, MotoS3Process
 from shared.messages import OtaState
 from shared.signing import SigningKey
 from shared.synth import CLASS_NAMES
 from shared.topics import Topics
+from testing.local_services import MosquittoProcess, MotoS3Process
 from tests.edge_agent.onnx_models import brightness_detector
 from tests.edge_agent.ota.helpers import ControlPlane
 from tests.edge_agent.ota.test_ota import DEVICE, write_agent_config

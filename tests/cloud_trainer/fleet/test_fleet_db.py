@@ -9,10 +9,10 @@ from sqlalchemy import create_engine, select, text
 
 from cloud_trainer.errors import TrainerConfigError, TrainerError
 from cloud_trainer.fleet.db import applied_migrations, devices, open_database, schema_migrations
-from cloud_trainer.fleet.registry import FleetRegistry
-from shared.local_services import PostgresProcess, free_port
+from cloud_trainer.fleet.device_registry import FleetRegistry
 from shared.messages import Heartbeat, OtaState, ReportedState, ReportSequence, utc_now
 from shared.topics import Channel, Topics
+from testing.local_services import PostgresProcess, free_port
 
 pytestmark = pytest.mark.integration
 

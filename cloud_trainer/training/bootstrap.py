@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud_trainer.offline import prepare_offline_ultralytics
+from cloud_trainer.training.offline import prepare_offline_ultralytics
 from shared.synth import write_yolo_dataset
 
 

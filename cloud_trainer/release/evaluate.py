@@ -17,7 +17,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cloud_trainer.errors import DatasetError
-from edge_agent.inference.runner import InferenceRunner, RunnerOptions
+
+# The agent's own inference path: what the gate measures is exactly what runs on the box.
+from edge_agent.inference import InferenceRunner, RunnerOptions
 from shared.detections import Detections, box_iou
 from shared.manifest import EvalMetrics
 

@@ -12,11 +12,11 @@ import pytest
 from pydantic import SecretStr
 
 from cloud_trainer.fleet.service import ControlPlane
-from cloud_trainer.fleet.simulator import SimulatedFleet
-from cloud_trainer.registry import ModelRegistry
+from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.store import ObjectStore
-from cloud_trainer.synthetic_examples import upload_examples
-from shared.local_services import MosquittoProcess
+from testing.fleet_simulator import SimulatedFleet
+from testing.local_services import MosquittoProcess
+from testing.synthetic_examples import upload_examples
 from tests.cloud_trainer.test_rollout import (  # noqa: F401 - fixtures
     plane_factory,
     registry,

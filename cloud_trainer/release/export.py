@@ -13,8 +13,9 @@ import numpy as np
 
 from cloud_trainer.config import ExportSection
 from cloud_trainer.errors import ExportError
-from edge_agent.inference.preprocess import letterbox
-from edge_agent.inference.runner import InferenceRunner, RunnerOptions
+
+# The agent's own inference path: what the gate measures is exactly what runs on the box.
+from edge_agent.inference import InferenceRunner, RunnerOptions, letterbox
 
 log = logging.getLogger(__name__)
 

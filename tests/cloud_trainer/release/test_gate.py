@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from cloud_trainer.config import GateSection
-from cloud_trainer.gate import judge
+from cloud_trainer.release.gate import judge
 from shared.manifest import EvalMetrics
 
 

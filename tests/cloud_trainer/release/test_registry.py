@@ -10,12 +10,12 @@ import pytest
 
 from cloud_trainer.config import StorageSection
 from cloud_trainer.errors import ModelNotFoundError, RegistryError, StorageError
-from cloud_trainer.registry import ModelRegistry, PublishFiles
+from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles
 from cloud_trainer.store import ObjectStore
-from shared.local_services import NanioS3Process
 from shared.manifest import ArtifactRef, Lineage, ModelManifest
 from shared.object_keys import model_artifact_key
 from shared.signing import SigningKey, Verifier
+from testing.local_services import NanioS3Process
 from tests.factories import make_manifest
 
 KEY = SigningKey.generate("reg-test")

@@ -1,4 +1,4 @@
-"""The agent's one MQTT connection (paho-mqtt 2, MQTT v5).
+"""One MQTT connection (paho-mqtt 2, MQTT v5): an agent's, or the control plane's.
 
 Pitfalls from the field notes, and what this does about them:
 - publishing from several threads has deadlocked paho: all publishes go through one
@@ -8,7 +8,9 @@ Pitfalls from the field notes, and what this does about them:
 - ``wait_for_publish`` inside a callback hangs: callbacks only enqueue.
 The session is persistent (``clean_start=False`` with a session expiry on the first
 connect), subscriptions are renewed on every connect, and the broker publishes a retained
-``online=false`` as our last will.
+``online=false`` on the presence topic as our last will. The link knows a client id and a
+presence topic, nothing about devices: the agent passes its device id and its ``online`` topic,
+the control plane its controller id and a control topic.
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.config import MqttSection
+from shared.infra.config import MqttConnectionSection
 from shared.messages import OnlineStatus, utc_now
-from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,17 @@ class LinkStats:
 class MqttLink:
     def __init__(
         self,
-        config: MqttSection,
-        device_id: str,
-        topics: Topics,
+        config: MqttConnectionSection,
+        client_id: str,
         *,
+        presence_topic: str,
         agent_version: str,
-        client_id: str | None = None,
-        presence_topic: str | None = None,
     ) -> None:
         self.config = config
-        self.device_id = device_id
-        self.topics = topics
-        # Where `online` and the last will go: the device's own topic, or (for the control
-        # plane, which is not a device) a control topic.
-        self.presence_topic = presence_topic or topics.device(device_id, Channel.ONLINE)
+        self.client_id = client_id
+        # Where `online` and the last will go: a device's own `online` topic, or (for the
+        # control plane, which is not a device) a control topic.
+        self.presence_topic = presence_topic
         self.agent_version = agent_version
         self.stats = LinkStats()
         self.connected = threading.Event()
@@ -82,7 +80,7 @@ class MqttLink:
         self._publisher = threading.Thread(
             target=self._publish_loop, name="mqtt-publisher", daemon=True
         )
-        self._client = self._make_client(client_id or device_id)
+        self._client = self._make_client(client_id)
 
     # ----------------------------------------------------------------- set-up
     def _make_client(self, client_id: str) -> mqtt.Client:
@@ -101,7 +99,7 @@ class MqttLink:
             )
             client.tls_insecure_set(cfg.tls.insecure_skip_verify)
         will = OnlineStatus(
-            device_id=self.device_id, online=False, agent_version=self.agent_version
+            device_id=self.client_id, online=False, agent_version=self.agent_version
         )
         client.will_set(
             self.presence_topic,
@@ -145,7 +143,7 @@ class MqttLink:
         """Say we are going offline (retained), flush briefly, disconnect."""
         if self.connected.is_set():
             status = OnlineStatus(
-                device_id=self.device_id,
+                device_id=self.client_id,
                 online=False,
                 at=utc_now(),
                 agent_version=self.agent_version,
@@ -210,7 +208,7 @@ class MqttLink:
 
     def _publish_online(self) -> None:
         online = OnlineStatus(
-            device_id=self.device_id, online=True, at=utc_now(), agent_version=self.agent_version
+            device_id=self.client_id, online=True, at=utc_now(), agent_version=self.agent_version
         )
         self._client.publish(
             self.presence_topic,

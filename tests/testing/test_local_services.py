@@ -13,7 +13,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
-from shared.local_services import (
+from shared.messages import OnlineStatus, parse_payload
+from shared.object_keys import model_artifact_key
+from shared.topics import Channel, Topics
+from testing.local_services import (
     LOOPBACK,
     MosquittoProcess,
     ServiceError,
@@ -21,9 +24,6 @@ from shared.local_services import (
     free_port,
     listening,
 )
-from shared.messages import OnlineStatus, parse_payload
-from shared.object_keys import model_artifact_key
-from shared.topics import Channel, Topics
 
 pytestmark = pytest.mark.integration
 

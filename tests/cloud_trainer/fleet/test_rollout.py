@@ -17,14 +17,14 @@ from cloud_trainer.fleet.db import rollout_devices
 from cloud_trainer.fleet.params import RolloutParams
 from cloud_trainer.fleet.rollout import RolloutError, RolloutState, RolloutStatus, wave_sizes
 from cloud_trainer.fleet.service import ControlPlane
-from cloud_trainer.fleet.simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
-from cloud_trainer.registry import ModelRegistry, PublishFiles
+from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles
 from cloud_trainer.store import ObjectStore
-from shared.local_services import MosquittoProcess, PostgresProcess
 from shared.manifest import ArtifactRef, Lineage, ModelManifest
 from shared.messages import RolloutTargets
 from shared.signing import SigningKey, Verifier
 from shared.topics import Topics
+from testing.fleet_simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
+from testing.local_services import MosquittoProcess, PostgresProcess
 from tests.factories import make_manifest
 from tests.waiting import wait_for
 

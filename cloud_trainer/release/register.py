@@ -7,10 +7,12 @@ from pathlib import Path
 
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.errors import ExportError
-from cloud_trainer.export import ExportResult
-from cloud_trainer.registry import ModelRegistry, PublishFiles
+from cloud_trainer.release.export import ExportResult
+from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles
 from cloud_trainer.retrain import publish_export
-from edge_agent.inference.runner import InferenceRunner, RunnerOptions
+
+# The agent's own inference path: what the gate measures is exactly what runs on the box.
+from edge_agent.inference import InferenceRunner, RunnerOptions
 from shared.manifest import EvalMetrics, Lineage, ModelManifest
 from shared.signing import SigningKey
 

@@ -26,9 +26,9 @@ import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from cloud_trainer.config import DatasetSection, SelectionSection
+from cloud_trainer.data.labeling import ExampleForLabeling, LabelInvalid, LabelMissing, LabelSource
 from cloud_trainer.errors import DatasetError, EmptySelectionError, StorageError
-from cloud_trainer.evaluate import LabelledImage
-from cloud_trainer.labeling import ExampleForLabeling, LabelInvalid, LabelMissing, LabelSource
+from cloud_trainer.release.evaluate import LabelledImage
 from cloud_trainer.store import ObjectInfo, ObjectStore
 from shared.detections import Detections
 from shared.errors import ContractError

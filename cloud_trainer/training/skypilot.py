@@ -22,7 +22,7 @@ import yaml
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.errors import TrainerConfigError, TrainingError
 from cloud_trainer.store import ObjectStore
-from cloud_trainer.training import LocalTrainer, TrainResult, TrainSpec
+from cloud_trainer.training.finetune import LocalTrainer, TrainResult, TrainSpec
 
 SECRET_ENV = "LINEFLEET_TRAINER_STORAGE__SECRET_ACCESS_KEY"  # noqa: S105 - a variable name
 # Remote work dir: fixed, so a resumed run finds the same paths ultralytics saved in last.pt.

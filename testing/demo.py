@@ -15,6 +15,7 @@ one JSON object with the headline figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -29,28 +30,26 @@ import cv2
 import httpx
 import yaml
 
-from cloud_trainer.bootstrap import train_bootstrap
 from cloud_trainer.config import StorageSection, TrainerConfig
-from cloud_trainer.dataset import register_folder_dataset
-from cloud_trainer.evaluate import MetricsAccumulator
+from cloud_trainer.data.dataset import register_folder_dataset
 from cloud_trainer.fleet.params import RolloutParams
 from cloud_trainer.fleet.rollout import RolloutStatus
 from cloud_trainer.fleet.service import ControlPlane
-from cloud_trainer.offline import prepare_offline_ultralytics
-from cloud_trainer.register import register_model
-from cloud_trainer.registry import ModelRegistry
+from cloud_trainer.release.evaluate import MetricsAccumulator
+from cloud_trainer.release.model_registry import ModelRegistry
+from cloud_trainer.release.register import register_model
 from cloud_trainer.retrain import Retrainer, RunReport
 from cloud_trainer.store import ObjectStore
-from cloud_trainer.training import EpochReport
+from cloud_trainer.training.bootstrap import train_bootstrap
+from cloud_trainer.training.finetune import EpochReport
+from cloud_trainer.training.offline import prepare_offline_ultralytics
 from shared.detections import Detections
-from shared.local_services import MosquittoProcess, NanioS3Process, free_port, wait_for_port
 from shared.messages import RolloutTargets
 from shared.object_keys import HARD_EXAMPLES
 from shared.signing import SigningKey
 from shared.synth import CLASS_NAMES, SyntheticLine, write_yolo_dataset
+from testing.local_services import MosquittoProcess, NanioS3Process, free_port, wait_for_port
 
-ROOT = Path(__file__).resolve().parents[1]
-BOOTSTRAP_PT = ROOT / "artifacts" / "bootstrap-yolov8n-320.pt"
 FLEET = "demo"
 MODEL = "line-detector"
 BUCKET = "linefleet-demo"
@@ -67,6 +66,8 @@ class DemoSettings:
     eval_frames: int = 40
     probation_s: float = 8.0
     timeout_s: float = 900.0
+    # The committed bootstrap weights (artifacts/ in a checkout); trained first when absent.
+    bootstrap_pt: Path | None = None
 
 
 @dataclass
@@ -142,10 +143,11 @@ class Demo:
         folder = self.work / "bootstrap"
         folder.mkdir(parents=True, exist_ok=True)
         weights = folder / "model.pt"
-        if BOOTSTRAP_PT.is_file():
-            shutil.copyfile(BOOTSTRAP_PT, weights)
-        else:  # a checkout without the committed artifact: make it (about 12 min on 2 cores)
-            self.say(f"{BOOTSTRAP_PT} is missing: training the bootstrap model first")
+        given = self.settings.bootstrap_pt
+        if given is not None and given.is_file():
+            shutil.copyfile(given, weights)
+        else:  # no committed artifact given: make it (about 12 min on 2 cores)
+            self.say(f"no bootstrap weights at {given}: training the bootstrap model first")
             trained = train_bootstrap(folder / "train", epochs=20, imgsz=320, seed=0)
             shutil.copyfile(trained.weights, weights)
         onnx = Path(YOLO(str(weights)).export(format="onnx", imgsz=320, opset=18, simplify=True))
@@ -430,11 +432,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path(".demo"))
     parser.add_argument("--quick", action="store_true", help="fewer examples and epochs (tests)")
     parser.add_argument("--keep", action="store_true", help="keep the previous work dir")
+    parser.add_argument(
+        "--bootstrap",
+        type=Path,
+        default=Path("artifacts/bootstrap-yolov8n-320.pt"),
+        help="bootstrap weights to register as v1 (trained first when the file is missing)",
+    )
     args = parser.parse_args(argv)
-    settings = DemoSettings()
+    settings = DemoSettings(bootstrap_pt=args.bootstrap.resolve())
     if args.quick:
-        settings = DemoSettings(
-            examples=160, epochs=5, drift_after_frames=12, eval_frames=24, probation_s=4.0
+        settings = dataclasses.replace(
+            settings, examples=160, drift_after_frames=12, eval_frames=24, probation_s=4.0
         )
     work = args.work_dir.resolve()
     if work.exists() and not args.keep:

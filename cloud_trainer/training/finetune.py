@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_trainer.dataset import DatasetBuilder
+from cloud_trainer.data.dataset import DatasetBuilder
 from cloud_trainer.errors import GpuRequiredError, ObjectNotFoundError, TrainingError
-from cloud_trainer.offline import prepare_offline_ultralytics
 from cloud_trainer.store import ObjectStore
+from cloud_trainer.training.offline import prepare_offline_ultralytics
 from shared.digests import file_sha256
 from shared.identifiers import Identifier
 from shared.object_keys import run_prefix

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from cloud_trainer.config import DatasetSection, SelectionSection, StorageSection
-from cloud_trainer.dataset import BuildRequest, DatasetBuilder, DatasetManifest, split_for
+from cloud_trainer.data.dataset import BuildRequest, DatasetBuilder, DatasetManifest, split_for
+from cloud_trainer.data.label_import import import_yolo_labels
+from cloud_trainer.data.labeling import SyntheticOracle, YoloLabelFiles
 from cloud_trainer.errors import EmptySelectionError, StoragePermissionError
-from cloud_trainer.label_import import import_yolo_labels
-from cloud_trainer.labeling import SyntheticOracle, YoloLabelFiles
 from cloud_trainer.store import ObjectStore
-from cloud_trainer.synthetic_examples import upload_examples
-from shared.local_services import NanioS3Process
 from shared.object_keys import dataset_prefix, label_key
 from shared.synth import CLASS_NAMES
+from testing.local_services import NanioS3Process
+from testing.synthetic_examples import upload_examples
 
 LOOSE = DatasetSection(min_train_images=1, min_holdout_images=1, replay_previous=False)
 

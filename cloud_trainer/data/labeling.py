@@ -128,7 +128,8 @@ Predict = Callable[[NDArray[np.uint8]], Detections]
 
 
 def _onnx_teacher(model: Path, confidence: float) -> tuple[tuple[str, ...], Predict]:
-    from edge_agent.inference.runner import InferenceRunner, RunnerOptions  # noqa: PLC0415
+    # The agent's own inference path, so a teacher's labels match what the box would see.
+    from edge_agent.inference import InferenceRunner, RunnerOptions  # noqa: PLC0415
 
     options = RunnerOptions(conf_threshold=confidence, warmup_runs=1, thread_spinning=True)
     runner = InferenceRunner(model, options)  # spinning: images run back to back

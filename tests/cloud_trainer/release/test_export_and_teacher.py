@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from cloud_trainer.config import ExportSection
+from cloud_trainer.data.labeling import ExampleForLabeling, TeacherModel
 from cloud_trainer.errors import ExportError, LabelError
-from cloud_trainer.export import export_and_check
-from cloud_trainer.labeling import ExampleForLabeling, TeacherModel
+from cloud_trainer.release.export import export_and_check
 from edge_agent.inference.runner import InferenceRunner
 from shared.detections import count_matches
 from shared.hard_examples import HardExampleSidecar

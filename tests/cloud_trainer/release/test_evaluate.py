@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from cloud_trainer.errors import DatasetError
-from cloud_trainer.evaluate import MetricsAccumulator, match_detections
+from cloud_trainer.release.evaluate import MetricsAccumulator, match_detections
 from shared.detections import Detections
 
 NAMES = ["a", "b"]

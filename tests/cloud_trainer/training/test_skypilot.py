@@ -7,8 +7,8 @@ import pytest
 
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.errors import TrainerConfigError
-from cloud_trainer.skypilot import SECRET_ENV, load_task, render_task, task_yaml
-from cloud_trainer.training import TrainSpec
+from cloud_trainer.training.finetune import TrainSpec
+from cloud_trainer.training.skypilot import SECRET_ENV, load_task, render_task, task_yaml
 
 SPEC = TrainSpec(
     run_id="line-a-20261123T000000Z-abcd",

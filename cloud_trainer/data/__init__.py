@@ -1,0 +1,1 @@
+"""Data: hard examples and their labels become frozen, versioned YOLO datasets."""

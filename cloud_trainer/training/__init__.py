@@ -1,0 +1,1 @@
+"""Training: fine-tuning with ultralytics, locally or on SkyPilot spot GPUs, fully offline."""
