@@ -31,12 +31,12 @@ from sqlalchemy import func, select  # noqa: E402
 
 from cloud_trainer.config import StorageSection, TrainerConfig  # noqa: E402
 from cloud_trainer.fleet.db import rollout_devices  # noqa: E402
-from cloud_trainer.fleet.params import RolloutParams  # noqa: E402
+from cloud_trainer.fleet.params import RolloutParams, RolloutTargets  # noqa: E402
 from cloud_trainer.fleet.service import ControlPlane  # noqa: E402
 from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles  # noqa: E402
 from cloud_trainer.store import ObjectStore  # noqa: E402
 from shared.manifest import ArtifactRef, ClassInfo, InputSpec, Lineage, ModelManifest  # noqa: E402
-from shared.messages import RolloutTargets, utc_now  # noqa: E402
+from shared.messages import utc_now  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
 from shared.topics import Topics  # noqa: E402
 from testing.local_services import MosquittoProcess, MotoS3Process  # noqa: E402

@@ -155,7 +155,7 @@ ota: {{enabled: true, model_name: line-detector,
         def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
             state = parse_payload(ReportedState, bytes(message.payload))
             reports.append(
-                Report(time.monotonic(), state.ota_state, state.running_version, state.reason)
+                Report(time.monotonic(), state.ota_state, state.running_version, state.probation)
             )
 
         listener.on_message = on_message
@@ -203,7 +203,7 @@ class Report(NamedTuple):
     at: float
     state: OtaState
     running_version: int | None
-    reason: str
+    probation: bool
 
 
 def _wait_for_outcome(reports: list[Report], version: int, since: float, timeout_s: float) -> bool:
@@ -215,8 +215,8 @@ def _wait_for_outcome(reports: list[Report], version: int, since: float, timeout
                 continue
             if report.state in (OtaState.FAILED, OtaState.ROLLED_BACK):
                 return False
-            # Reported "active" twice: "on probation" first, then with no reason once good.
-            good = report.state is OtaState.ACTIVE and not report.reason
+            # Reported "active" twice: on probation first, then proven.
+            good = report.state is OtaState.ACTIVE and not report.probation
             if good and report.running_version == version:
                 return True
         time.sleep(0.05)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from cloud_trainer import __version__
+from cloud_trainer.fleet.params import RolloutAction
+from cloud_trainer.fleet.states import RolloutState
 from shared.errors import LinefleetError
 from shared.signing import SigningKey
 
@@ -284,12 +286,15 @@ def _print_status(plane: ControlPlane, rollout_id: str) -> str:
 
 def _follow(plane: ControlPlane, rollout_id: str) -> int:
     status = plane.follow(rollout_id, lambda _: _print_status(plane, rollout_id))
-    return 0 if status.state == "succeeded" else 1
+    return 0 if status.state is RolloutState.SUCCEEDED else 1
 
 
 def _rollout_start(args: argparse.Namespace) -> int:
-    from cloud_trainer.fleet.params import RolloutParams  # noqa: PLC0415
-    from shared.messages import RolloutTargets, utc_now  # noqa: PLC0415
+    from cloud_trainer.fleet.params import (  # noqa: PLC0415
+        RolloutParams,
+        RolloutRequest,
+        RolloutTargets,
+    )
 
     config = _config(args)
     defaults = config.fleet.rollout
@@ -310,8 +315,10 @@ def _rollout_start(args: argparse.Namespace) -> int:
     )
     plane = _control_plane(config)
     try:
-        rollout_id = args.rollout_id or f"rollout-{utc_now():%Y%m%dT%H%M%SZ}"
-        plane.controller.start(rollout_id, config.model_line.name, args.version, targets, params)
+        request = RolloutRequest(
+            version=args.version, rollout_id=args.rollout_id, targets=targets, params=params
+        )
+        rollout_id = plane.controller.start_request(request, config.model_line.name, params)
         print(f"started {rollout_id}", flush=True)
         if args.wait:
             return _follow(plane, rollout_id)
@@ -347,12 +354,7 @@ def _rollout_action(args: argparse.Namespace) -> int:
         controller = plane.controller
         if args.rollout_command == "wait":
             return _follow(plane, rollout_id)
-        {
-            "pause": controller.pause,
-            "resume": controller.resume,
-            "abort": controller.abort,
-            "rollback": controller.rollback,
-        }[args.rollout_command](rollout_id)
+        controller.act(rollout_id, RolloutAction(args.rollout_command))
         _print_status(plane, rollout_id)
         return 0
     finally:

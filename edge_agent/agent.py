@@ -18,7 +18,14 @@ from pydantic import ValidationError
 
 from edge_agent import __version__
 from edge_agent.api import create_app
-from edge_agent.camera import CameraWorker, FrameHub, FrameSource, OpenCVSource, SyntheticSource
+from edge_agent.camera import (
+    CameraState,
+    CameraWorker,
+    FrameHub,
+    FrameSource,
+    OpenCVSource,
+    SyntheticSource,
+)
 from edge_agent.config import AgentConfig, StreamCamera, SyntheticCamera
 from edge_agent.errors import EdgeAgentError, ModelLoadError
 from edge_agent.events import EventsSink
@@ -370,7 +377,7 @@ class Agent:
         problems = []
         if self.models.current is None:
             problems.append("no model loaded")
-        if not any(c.state == "streaming" for c in self.cameras):
+        if not any(c.state is CameraState.STREAMING for c in self.cameras):
             problems.append("no camera streaming")
         if not self.pipeline.alive:
             problems.append("pipeline not running")

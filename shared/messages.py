@@ -7,7 +7,6 @@ reason, never an exception deep inside an agent thread.
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
@@ -88,9 +87,20 @@ class DesiredState(_Message):
     signature: Annotated[str, StringConstraints(max_length=256)] | None = None
 
 
-class ReportedState(_Message):
-    """Retained on the device ``reported`` topic: where the device is in its OTA life."""
+# Agents before schema 2 had no ``probation`` field: they said so in the reason, in exactly these
+# words. Read only by ReportedState's compatibility shim below; never written.
+_LEGACY_PROBATION_REASON = "on probation"
 
+
+class ReportedState(_Message):
+    """Retained on the device ``reported`` topic: where the device is in its OTA life.
+
+    Schema 2 added ``probation`` (the running version is active but not yet proven). A schema-1
+    report from an older agent still parses: its probation is read from the reason it used to
+    carry, so a rollout never counts an unproven device as done.
+    """
+
+    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]
     device_id: Identifier
     fleet: Identifier
     group: Identifier | None = None
@@ -101,11 +111,31 @@ class ReportedState(_Message):
     desired_version: int | None = Field(default=None, ge=1)
     previous_good_version: int | None = Field(default=None, ge=1)
     rollout_id: Identifier | None = None
+    # True while the running version is on probation after a swap (health still watched).
+    probation: bool = False
     reason: ShortText = ""
     # The agent's own counter (ReportSequence): lets a subscriber drop duplicates and
     # out-of-order copies.
     sequence: int = Field(ge=0, le=2**53)
     updated_at: AwareDatetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_probation(cls, data: object) -> object:
+        if (
+            isinstance(data, dict)
+            and data.get("schema_version") == 1
+            and "probation" not in data
+            and data.get("reason") == _LEGACY_PROBATION_REASON
+        ):
+            return {**data, "probation": True}
+        return data
+
+    @model_validator(mode="after")
+    def _probation_needs_active(self) -> ReportedState:
+        if self.probation and self.ota_state is not OtaState.ACTIVE:
+            raise ValueError("probation applies only to an active version")
+        return self
 
 
 class ReportSequence:
@@ -123,10 +153,19 @@ class ReportSequence:
             return self._last
 
 
+class CameraState(StrEnum):
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    STALLED = "stalled"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+    FAILED = "failed"
+
+
 class CameraHealth(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    state: Literal["connecting", "streaming", "stalled", "reconnecting", "ended", "failed"]
+    state: CameraState
     fps: float = Field(ge=0.0, le=10_000.0)
     dropped_frames: int = Field(default=0, ge=0)
     errors: int = Field(default=0, ge=0)
@@ -187,71 +226,6 @@ class DetectionEvent(_Message):
     image_width: int = Field(gt=0, le=16384)
     image_height: int = Field(gt=0, le=16384)
     detections: list[DetectionRecord] = Field(max_length=MAX_DETECTIONS_PER_EVENT)
-
-
-def check_wave_fractions(waves: list[float]) -> list[float]:
-    """Cumulative wave fractions: each in (0, 1], strictly increasing, the last 1.0 (the whole
-    target). Shared by rollout commands and the controller's parameters."""
-    if any(not 0.0 < w <= 1.0 for w in waves):
-        raise ValueError("wave fractions must lie in (0, 1]")
-    if any(b <= a for a, b in itertools.pairwise(waves)):
-        raise ValueError("wave fractions must strictly increase")
-    if waves and waves[-1] != 1.0:
-        raise ValueError("the last wave must be 1.0 (the whole target)")
-    return waves
-
-
-class RolloutAction(StrEnum):
-    START = "start"
-    PAUSE = "pause"
-    RESUME = "resume"
-    ABORT = "abort"
-    ROLLBACK = "rollback"
-
-
-class RolloutTargets(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    groups: list[Identifier] = Field(default_factory=list, max_length=1000)
-    devices: list[Identifier] = Field(default_factory=list, max_length=100_000)
-    whole_fleet: bool = False
-
-    @model_validator(mode="after")
-    def _some_target(self) -> RolloutTargets:
-        if not (self.whole_fleet or self.groups or self.devices):
-            raise ValueError("a rollout needs whole_fleet, groups or devices")
-        return self
-
-
-class RolloutCommand(_Message):
-    """A request to the rollout controller (CLI or API -> ``ctl/rollout``)."""
-
-    command_id: Identifier
-    action: RolloutAction
-    rollout_id: Identifier
-    issued_at: AwareDatetime
-    model_name: Identifier | None = None
-    version: int | None = Field(default=None, ge=1)
-    targets: RolloutTargets | None = None
-    # Cumulative fractions of the targets per wave, e.g. [0.01, 0.1, 0.5, 1.0].
-    waves: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0], max_length=20)
-    min_canary_devices: int = Field(default=1, ge=0)
-    soak_s: float = Field(default=60.0, ge=0.0, le=7 * 86400)
-    max_failures: int = Field(default=1, ge=0)
-    max_failure_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
-
-    @field_validator("waves")
-    @classmethod
-    def _waves_increase_to_one(cls, waves: list[float]) -> list[float]:
-        return check_wave_fractions(waves) if waves else waves
-
-    @model_validator(mode="after")
-    def _start_needs_target(self) -> RolloutCommand:
-        if self.action is RolloutAction.START and (
-            self.model_name is None or self.version is None or self.targets is None
-        ):
-            raise ValueError("start needs model_name, version and targets")
-        return self
 
 
 def parse_payload(model: type[Model], raw: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Model:

@@ -32,9 +32,10 @@ import yaml
 
 from cloud_trainer.config import StorageSection, TrainerConfig
 from cloud_trainer.data.dataset import register_folder_dataset
-from cloud_trainer.fleet.params import RolloutParams
+from cloud_trainer.fleet.params import RolloutParams, RolloutTargets
 from cloud_trainer.fleet.rollout import RolloutStatus
 from cloud_trainer.fleet.service import ControlPlane
+from cloud_trainer.fleet.states import RolloutState
 from cloud_trainer.release.evaluate import MetricsAccumulator
 from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.release.register import register_model
@@ -44,7 +45,6 @@ from cloud_trainer.training.bootstrap import train_bootstrap
 from cloud_trainer.training.finetune import EpochReport
 from cloud_trainer.training.offline import prepare_offline_ultralytics
 from shared.detections import Detections
-from shared.messages import RolloutTargets
 from shared.object_keys import HARD_EXAMPLES
 from shared.signing import SigningKey
 from shared.synth import CLASS_NAMES, SyntheticLine, write_yolo_dataset
@@ -351,7 +351,7 @@ class Demo:
             self.say(f"rollout {status.state}, {wave}: {dict(sorted(status.counts.items()))}")
 
         status = plane.follow(rollout_id, show, timeout_s=self.settings.timeout_s / 3)
-        if status.state != "succeeded":
+        if status.state is not RolloutState.SUCCEEDED:
             raise RuntimeError(f"rollout ended {status.state}: {status.reason}")
 
     def _summary(

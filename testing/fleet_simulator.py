@@ -162,7 +162,9 @@ class SimulatedFleet:
         device.connected = False
 
     # ------------------------------------------------------------------ device logic
-    def _report(self, device: SimulatedDevice, state: OtaState, reason: str) -> None:
+    def _report(
+        self, device: SimulatedDevice, state: OtaState, reason: str, *, probation: bool = False
+    ) -> None:
         device.sequence = device.report_sequence.next()  # as the agent numbers them
         report = ReportedState(
             device_id=device.device_id,
@@ -173,6 +175,7 @@ class SimulatedFleet:
             model_name=device.model_name,
             running_version=device.running_version,
             rollout_id=device.rollout_id,
+            probation=probation,
             reason=reason,
             sequence=device.sequence,
             updated_at=utc_now(),
@@ -223,7 +226,7 @@ class SimulatedFleet:
                 self._report(device, OtaState.FAILED, "smoke check failed: outputs not finite")
                 return
             device.running_version = version
-            self._report(device, OtaState.ACTIVE, "on probation")
+            self._report(device, OtaState.ACTIVE, "", probation=True)
             self.later(behaviour.probation_s, lambda: self._report(device, OtaState.ACTIVE, ""))
 
         self.later(behaviour.update_delay_s, finish)

@@ -15,30 +15,18 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_trainer.errors import ObjectNotFoundError, TrainerError
 from cloud_trainer.fleet.device_registry import FleetRegistry
-from cloud_trainer.fleet.params import RolloutParams
+from cloud_trainer.fleet.params import RolloutAction, RolloutParams, RolloutRequest
 from cloud_trainer.fleet.rollout import RolloutController, RolloutError
 from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.store import ObjectStore
 from shared.errors import ContractError
-from shared.identifiers import Identifier
 from shared.infra.http import bearer_auth
-from shared.messages import RolloutTargets, utc_now
 from shared.object_keys import HARD_EXAMPLES, RUNS, parse_hard_example_key
 
 MAX_THUMBNAIL_BYTES = 4 * 1024 * 1024
-
-
-class StartRollout(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: int = Field(ge=1)
-    rollout_id: Identifier | None = None
-    targets: RolloutTargets = RolloutTargets(whole_fleet=True)
-    params: RolloutParams | None = None
 
 
 def create_control_app(
@@ -83,12 +71,9 @@ def create_control_app(
             raise HTTPException(404, str(exc)) from exc
 
     @app.post("/api/rollouts", dependencies=guarded, status_code=201)
-    def start(body: StartRollout) -> dict[str, Any]:
-        rollout_id = body.rollout_id or f"rollout-{utc_now():%Y%m%dT%H%M%S%fZ}"
+    def start(body: RolloutRequest) -> dict[str, Any]:
         try:
-            controller.start(
-                rollout_id, models.name, body.version, body.targets, body.params or default_params
-            )
+            rollout_id = controller.start_request(body, models.name, default_params)
         except (RolloutError, ContractError) as exc:
             raise HTTPException(409, str(exc)) from exc
         except TrainerError as exc:
@@ -97,16 +82,13 @@ def create_control_app(
 
     @app.post("/api/rollouts/{rollout_id}/{action}", dependencies=guarded)
     def act(rollout_id: str, action: str) -> dict[str, Any]:
-        handlers = {
-            "pause": controller.pause,
-            "resume": controller.resume,
-            "abort": controller.abort,
-            "rollback": controller.rollback,
-        }
-        if action not in handlers:
-            raise HTTPException(404, f"unknown action {action!r}; use {sorted(handlers)}")
         try:
-            handlers[action](rollout_id)
+            chosen = RolloutAction(action)
+        except ValueError:
+            known = [a.value for a in RolloutAction]
+            raise HTTPException(404, f"unknown action {action!r}; use {known}") from None
+        try:
+            controller.act(rollout_id, chosen)
         except RolloutError as exc:
             raise HTTPException(409, str(exc)) from exc
         return asdict(controller.status(rollout_id))

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    inspect,
     select,
     text,
 )
@@ -70,6 +71,7 @@ devices = Table(
     Column("model_name", String(64)),
     Column("running_version", Integer),
     Column("ota_state", String(32)),
+    Column("probation", Boolean, nullable=False, default=False),
     Column("reason", String(500), nullable=False, default=""),
     Column("rollout_id", String(64)),
     # The agent numbers its reports in microseconds since the epoch: past 32 bits.
@@ -138,9 +140,20 @@ def _widen_sequences(connection: Connection) -> None:
     connection.execute(text("ALTER TABLE counters ALTER COLUMN value TYPE BIGINT"))
 
 
+def _add_probation(connection: Connection) -> None:
+    """Reported state schema 2 says whether the running version is on probation; a database
+    made by migration 1 before that has no column for it (one made since has it already)."""
+    columns = {c["name"] for c in inspect(connection).get_columns("devices")}
+    if "probation" not in columns:
+        connection.execute(
+            text("ALTER TABLE devices ADD COLUMN probation BOOLEAN NOT NULL DEFAULT FALSE")
+        )
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "devices, rollouts, rollout_devices, counters", _create_all),
     (2, "64-bit sequence columns", _widen_sequences),
+    (3, "devices.probation", _add_probation),
 ]
 
 

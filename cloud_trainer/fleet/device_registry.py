@@ -25,8 +25,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from cloud_trainer.fleet.db import devices
+from cloud_trainer.fleet.states import IngestOutcome
 from shared.errors import ContractError
-from shared.messages import Heartbeat, OnlineStatus, ReportedState, parse_payload
+from shared.messages import Heartbeat, OnlineStatus, OtaState, ReportedState, parse_payload
 from shared.topics import Channel, Scope, Topics
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class DeviceRow:
     agent_version: str | None
     model_name: str | None
     running_version: int | None
-    ota_state: str | None
+    ota_state: OtaState | None
+    probation: bool
     reason: str
     rollout_id: str | None
     reported_sequence: int
@@ -53,8 +55,11 @@ class DeviceRow:
 
     @classmethod
     def from_row(cls, row: Any, prefix: str = "") -> DeviceRow:
-        values = row._mapping
-        return cls(**{name: values[prefix + name] for name in cls.__dataclass_fields__})
+        values = {name: row._mapping[prefix + name] for name in cls.__dataclass_fields__}
+        state = values["ota_state"]
+        values["ota_state"] = OtaState(state) if state is not None else None
+        values["probation"] = bool(values["probation"])
+        return cls(**values)
 
 
 MAX_DEFERRED = 100_000  # topics held while the database is down; about one per device channel
@@ -68,14 +73,14 @@ class FleetRegistry:
         self.engine = engine
         self.fleet = fleet
         self.topics = topics or Topics(fleet)
-        self.outcomes: Counter[str] = Counter()
+        self.outcomes: Counter[IngestOutcome] = Counter()
         # topic -> newest payload not yet written, oldest first. One lock for all writes, so
         # a held message can never land after a newer one of its topic.
         self._deferred: dict[str, bytes] = {}
         self._write_lock = threading.Lock()
 
     # ------------------------------------------------------------------ ingest
-    def ingest(self, topic: str, payload: bytes) -> str:
+    def ingest(self, topic: str, payload: bytes) -> IngestOutcome:
         """Apply one message; returns what happened (also counted in :attr:`outcomes`):
         ``applied``, ``stale``, ``ignored``, ``rejected_*``, or ``deferred`` (database down:
         held for :meth:`write_deferred`)."""
@@ -111,7 +116,7 @@ class FleetRegistry:
             log.warning("fleet database answers again: held messages written")
             return 0
 
-    def _write(self, topic: str, payload: bytes) -> str:
+    def _write(self, topic: str, payload: bytes) -> IngestOutcome:
         """:meth:`_ingest`, raising only :data:`DATABASE_DOWN` errors: a value the database
         refuses would fail again, so that message is counted and dropped."""
         try:
@@ -124,9 +129,9 @@ class FleetRegistry:
                 topic[:200],
                 str(exc).splitlines()[0][:300],
             )
-            return "refused_by_database"
+            return IngestOutcome.REFUSED_BY_DATABASE
 
-    def _defer(self, topic: str, payload: bytes, exc: SQLAlchemyError) -> str:
+    def _defer(self, topic: str, payload: bytes, exc: SQLAlchemyError) -> IngestOutcome:
         if not self._deferred:
             log.error(
                 "fleet database unavailable, holding messages until it answers: %s",
@@ -137,16 +142,16 @@ class FleetRegistry:
         if len(self._deferred) > MAX_DEFERRED:
             oldest = next(iter(self._deferred))
             del self._deferred[oldest]
-            self.outcomes["dropped_database_down"] += 1
-        return "deferred"
+            self.outcomes[IngestOutcome.DROPPED_DATABASE_DOWN] += 1
+        return IngestOutcome.DEFERRED
 
-    def _ingest(self, topic: str, payload: bytes) -> str:
+    def _ingest(self, topic: str, payload: bytes) -> IngestOutcome:
         try:
             address = self.topics.parse(topic)
         except ContractError:
-            return "rejected_topic"
+            return IngestOutcome.REJECTED_TOPIC
         if address.scope is not Scope.DEVICE:
-            return "ignored"
+            return IngestOutcome.IGNORED
         device_id = address.target
         try:
             if address.channel == Channel.REPORTED:
@@ -157,8 +162,8 @@ class FleetRegistry:
                 return self._heartbeat(device_id, parse_payload(Heartbeat, payload))
         except ContractError as exc:
             log.warning("rejected %s: %s", topic, exc)
-            return "rejected_payload"
-        return "ignored"
+            return IngestOutcome.REJECTED_PAYLOAD
+        return IngestOutcome.IGNORED
 
     def _forged(self, topic_device: str, claimed: str, topic: str) -> bool:
         if claimed != topic_device:
@@ -188,9 +193,9 @@ class FleetRegistry:
             )
         return True
 
-    def _reported(self, device_id: str, message: ReportedState) -> str:
+    def _reported(self, device_id: str, message: ReportedState) -> IngestOutcome:
         if self._forged(device_id, message.device_id, "reported") or message.fleet != self.fleet:
-            return "rejected_forged"
+            return IngestOutcome.REJECTED_FORGED
         applied = self._upsert(
             device_id,
             {
@@ -199,6 +204,7 @@ class FleetRegistry:
                 "model_name": message.model_name,
                 "running_version": message.running_version,
                 "ota_state": message.ota_state.value,
+                "probation": message.probation,
                 "reason": message.reason[:500],
                 "rollout_id": message.rollout_id,
                 "reported_sequence": message.sequence,
@@ -206,20 +212,20 @@ class FleetRegistry:
             },
             sequence=message.sequence,
         )
-        return "applied" if applied else "stale"
+        return IngestOutcome.APPLIED if applied else IngestOutcome.STALE
 
-    def _online(self, device_id: str, message: OnlineStatus) -> str:
+    def _online(self, device_id: str, message: OnlineStatus) -> IngestOutcome:
         if self._forged(device_id, message.device_id, "online"):
-            return "rejected_forged"
+            return IngestOutcome.REJECTED_FORGED
         values: dict[str, Any] = {"online": message.online}
         if message.agent_version:
             values["agent_version"] = message.agent_version
         self._upsert(device_id, values)
-        return "applied"
+        return IngestOutcome.APPLIED
 
-    def _heartbeat(self, device_id: str, message: Heartbeat) -> str:
+    def _heartbeat(self, device_id: str, message: Heartbeat) -> IngestOutcome:
         if self._forged(device_id, message.device_id, "heartbeat"):
-            return "rejected_forged"
+            return IngestOutcome.REJECTED_FORGED
         self._upsert(
             device_id,
             {
@@ -232,7 +238,7 @@ class FleetRegistry:
                 "online": True,
             },
         )
-        return "applied"
+        return IngestOutcome.APPLIED
 
     # ------------------------------------------------------------------ queries
     def device(self, device_id: str) -> DeviceRow | None:

@@ -18,9 +18,9 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, func, select
@@ -28,40 +28,24 @@ from sqlalchemy import Engine, bindparam, func, select
 from cloud_trainer.errors import TrainerError
 from cloud_trainer.fleet.db import counters, rollout_devices, rollouts
 from cloud_trainer.fleet.device_registry import DeviceRow, FleetRegistry
-from cloud_trainer.fleet.params import RolloutParams
+from cloud_trainer.fleet.params import (
+    RolloutAction,
+    RolloutParams,
+    RolloutRequest,
+    RolloutTargets,
+    new_rollout_id,
+)
+from cloud_trainer.fleet.states import LIVE, TERMINAL_IN_WAVE, DeviceState, RolloutState
 from shared.manifest import ModelManifest
-from shared.messages import DesiredAction, DesiredState, RolloutTargets, utc_now
+from shared.messages import DesiredAction, DesiredState, OtaState, utc_now
 from shared.signing import SigningKey
 from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
 
-PROBATION_MARK = "probation"
-
 
 class RolloutError(TrainerError):
     """A rollout request cannot be carried out (unknown id, another one running, no target)."""
-
-
-class RolloutState(StrEnum):
-    RUNNING = "running"
-    PAUSED = "paused"
-    SUCCEEDED = "succeeded"
-    ABORTED = "aborted"  # stopped, touched devices re-targeted to their previous version
-    ROLLED_BACK = "rolled_back"  # rolled back on request after the fact
-
-
-class DeviceState(StrEnum):
-    PENDING = "pending"  # in a later wave
-    TARGETED = "targeted"  # desired state sent, waiting for its report
-    ACTIVE = "active"  # running the version, proven
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"  # offline or silent past the deadline; still retained, not failed
-    RETARGETED = "retargeted"  # sent back to its previous version
-
-
-TERMINAL_IN_WAVE = {DeviceState.ACTIVE, DeviceState.FAILED, DeviceState.TIMED_OUT}
-LIVE = {RolloutState.RUNNING, RolloutState.PAUSED}
 
 
 @dataclass(frozen=True)
@@ -69,7 +53,7 @@ class RolloutStatus:
     rollout_id: str
     model_name: str
     version: int
-    state: str
+    state: RolloutState
     current_wave: int
     waves: list[float]
     reason: str
@@ -193,6 +177,28 @@ class RolloutController:
         )
         self.tick()
         return rollout_id
+
+    def start_request(
+        self, request: RolloutRequest, model_name: str, defaults: RolloutParams
+    ) -> str:
+        """:meth:`start` from an operator's request (CLI or API); returns the rollout id."""
+        return self.start(
+            request.rollout_id or new_rollout_id(self.now()),
+            model_name,
+            request.version,
+            request.targets,
+            request.params or defaults,
+        )
+
+    def act(self, rollout_id: str, action: RolloutAction) -> None:
+        """Carry out an operator's action on a rollout."""
+        handlers: dict[RolloutAction, Callable[[str], None]] = {
+            RolloutAction.PAUSE: self.pause,
+            RolloutAction.RESUME: self.resume,
+            RolloutAction.ABORT: self.abort,
+            RolloutAction.ROLLBACK: self.rollback,
+        }
+        handlers[action](rollout_id)
 
     def pause(self, rollout_id: str) -> None:
         self._set_state(
@@ -364,14 +370,14 @@ class RolloutController:
             device is not None
             and fresh
             and device.rollout_id == rollout_id
-            and device.ota_state in ("failed", "rolled_back")
+            and device.ota_state in (OtaState.FAILED, OtaState.ROLLED_BACK)
         ):
             return DeviceState.FAILED, f"{device.ota_state}: {device.reason}"
         if (
             device is not None
             and device.running_version == version
-            and device.ota_state == "active"
-            and PROBATION_MARK not in device.reason
+            and device.ota_state is OtaState.ACTIVE
+            and not device.probation
         ):
             baseline = row["baseline_fps"]
             if (
@@ -489,14 +495,14 @@ class RolloutController:
             raise RolloutError(f"no rollout {rollout_id!r}")
         return dict(row._mapping)
 
-    def _require(self, rollout_id: str, allowed: set[RolloutState]) -> dict[str, Any]:
+    def _require(self, rollout_id: str, allowed: AbstractSet[RolloutState]) -> dict[str, Any]:
         row = self._row(rollout_id)
         if row["state"] not in {s.value for s in allowed}:
             raise RolloutError(f"rollout {rollout_id} is {row['state']}; cannot do that now")
         return row
 
     def _set_state(
-        self, rollout_id: str, state: RolloutState, allowed: set[RolloutState], reason: str
+        self, rollout_id: str, state: RolloutState, allowed: AbstractSet[RolloutState], reason: str
     ) -> None:
         self._require(rollout_id, allowed)
         self._update(rollout_id, state=state.value, reason=reason)
@@ -558,7 +564,7 @@ class RolloutController:
             rollout_id=rollout_id,
             model_name=row["model_name"],
             version=row["version"],
-            state=row["state"],
+            state=RolloutState(row["state"]),
             current_wave=row["current_wave"],
             waves=list(row["waves"]),
             reason=row["reason"],

@@ -24,6 +24,7 @@ from cloud_trainer.fleet.api import create_control_app
 from cloud_trainer.fleet.db import open_database
 from cloud_trainer.fleet.device_registry import FleetRegistry
 from cloud_trainer.fleet.rollout import ManifestSource, RolloutController, RolloutStatus
+from cloud_trainer.fleet.states import LIVE
 from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.store import ObjectStore
 from shared.infra.http import HttpServer
@@ -132,7 +133,7 @@ class ControlPlane:
             if key != last[0]:
                 last[0] = key
                 on_change(status)
-            return status.state not in ("running", "paused")
+            return status.state not in LIVE
 
         if timer is not None:
             timer.start()

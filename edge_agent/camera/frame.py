@@ -4,21 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
 
 from shared.detections import Detections
+from shared.messages import CameraState
 
-
-class CameraState(StrEnum):
-    CONNECTING = "connecting"
-    STREAMING = "streaming"
-    STALLED = "stalled"
-    RECONNECTING = "reconnecting"
-    ENDED = "ended"
-    FAILED = "failed"
+__all__ = ["CameraState", "Frame"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,7 +183,12 @@ class OtaController:
 
     # ----------------------------------------------------------------- reporting
     def report(
-        self, state: OtaState, *, reason: str = "", desired: DesiredState | None = None
+        self,
+        state: OtaState,
+        *,
+        reason: str = "",
+        desired: DesiredState | None = None,
+        probation: bool = False,
     ) -> None:
         self.state = state
         self.last_reason = reason
@@ -200,6 +205,7 @@ class OtaController:
             desired_version=desired.manifest.version if desired else None,
             previous_good_version=store_state.previous_good,
             rollout_id=desired.rollout_id if desired else None,
+            probation=probation,
             reason=reason[:500],
             sequence=self._report_sequence.next(),
             updated_at=utc_now(),
@@ -210,7 +216,10 @@ class OtaController:
             qos=1,
             retain=True,
         )
-        log.info("ota state", extra={"state": state.value, "reason": reason[:300]})
+        log.info(
+            "ota state",
+            extra={"state": state.value, "probation": probation, "reason": reason[:300]},
+        )
 
     # ----------------------------------------------------------------- worker
     def _resume_probation(self) -> None:
@@ -219,7 +228,7 @@ class OtaController:
         current = self.models.current
         if not state.probation or current is None or current.version != state.current:
             return
-        self.report(OtaState.ACTIVE, reason="on probation")
+        self.report(OtaState.ACTIVE, probation=True)
         problem = self._watch_probation(None)
         if self.stop_event.is_set():
             return
@@ -354,7 +363,7 @@ class OtaController:
         self.report(OtaState.STAGED, desired=desired)
         self.store.activate(manifest.version)
         self.models.swap(candidate)  # between two batches: no frame lost or repeated
-        self.report(OtaState.ACTIVE, reason="on probation", desired=desired)
+        self.report(OtaState.ACTIVE, desired=desired, probation=True)
         problem = self._watch_probation(previous)
         if self.stop_event.is_set():
             return  # undecided: the next start resumes probation and counts the boot

@@ -17,7 +17,7 @@ from testing.fleet_simulator import DeviceBehaviour, SimulatedDevice, SimulatedF
 from testing.local_services import MosquittoProcess, MotoS3Process
 from testing.synthetic_examples import upload_examples
 from tests.cloud_trainer.conftest import config_data
-from tests.cloud_trainer.test_rollout import KEY, MODEL, publish_versions
+from tests.cloud_trainer.fleet.test_rollout import KEY, MODEL, publish_versions
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -19,9 +18,6 @@ from shared.messages import (
     OnlineStatus,
     OtaState,
     ReportedState,
-    RolloutAction,
-    RolloutCommand,
-    RolloutTargets,
     parse_payload,
 )
 from tests.factories import NOW, make_desired
@@ -55,16 +51,6 @@ MESSAGES = [
         image_width=640,
         image_height=640,
         detections=[DetectionRecord(class_id=1, confidence=0.9, xyxy=(1, 2, 3, 4))],
-    ),
-    RolloutCommand(
-        command_id="c1",
-        action=RolloutAction.START,
-        rollout_id="r1",
-        issued_at=NOW,
-        model_name="line-detector",
-        version=4,
-        targets=RolloutTargets(groups=["line-a"]),
-        waves=[0.01, 0.1, 0.5, 1.0],
     ),
 ]
 
@@ -117,32 +103,6 @@ def test_desired_payload_with_tampered_manifest_type() -> None:
         parse_payload(DesiredState, json.dumps(document).encode())
 
 
-def test_rollout_command_rules() -> None:
-    base = {
-        "command_id": "c1",
-        "rollout_id": "r1",
-        "issued_at": datetime.now(UTC).isoformat(),
-    }
-    with pytest.raises(PayloadError, match="start needs"):
-        parse_payload(RolloutCommand, json.dumps({**base, "action": "start"}).encode())
-    with pytest.raises(PayloadError, match="strictly increase"):
-        parse_payload(
-            RolloutCommand,
-            json.dumps({**base, "action": "pause", "waves": [0.5, 0.2, 1.0]}).encode(),
-        )
-    with pytest.raises(PayloadError, match="last wave"):
-        parse_payload(
-            RolloutCommand, json.dumps({**base, "action": "pause", "waves": [0.5]}).encode()
-        )
-    with pytest.raises(PayloadError, match="targets"):
-        parse_payload(
-            RolloutCommand,
-            json.dumps(
-                {**base, "action": "start", "model_name": "m", "version": 2, "targets": {}}
-            ).encode(),
-        )
-
-
 def test_detection_event_limits() -> None:
     record = {"class_id": 0, "confidence": 0.5, "xyxy": [0, 0, 1, 1]}
     document = json.loads(MESSAGES[4].to_payload())
@@ -154,7 +114,7 @@ def test_detection_event_limits() -> None:
         parse_payload(DetectionEvent, json.dumps(document).encode())
 
 
-MODELS = [DesiredState, ReportedState, Heartbeat, OnlineStatus, DetectionEvent, RolloutCommand]
+MODELS = [DesiredState, ReportedState, Heartbeat, OnlineStatus, DetectionEvent]
 
 
 @settings(max_examples=200, deadline=None)
@@ -181,3 +141,39 @@ json_values = st.recursive(
 def test_arbitrary_json_objects_only_ever_raise_payload_error(document: dict, which: type) -> None:
     with contextlib.suppress(PayloadError):
         parse_payload(which, json.dumps(document).encode())
+
+
+def _reported_document(**fields: object) -> dict[str, object]:
+    return {
+        "device_id": "edge-01",
+        "fleet": "plant1",
+        "agent_version": "0.1.0",
+        "ota_state": "active",
+        "running_version": 2,
+        "sequence": 7,
+        "updated_at": NOW.isoformat(),
+        **fields,
+    }
+
+
+def test_a_schema_1_report_still_parses_and_its_probation_is_read() -> None:
+    """Agents before schema 2 said 'on probation' in the reason and had no probation field."""
+    old = _reported_document(schema_version=1, reason="on probation")
+    parsed = parse_payload(ReportedState, json.dumps(old).encode())
+    assert parsed.probation is True and parsed.schema_version == 1
+    proven = parse_payload(ReportedState, json.dumps({**old, "reason": ""}).encode())
+    assert proven.probation is False
+
+
+def test_schema_2_reports_say_probation_in_its_own_field() -> None:
+    document = _reported_document(reason="on probation")  # schema 2: the reason is just text
+    assert parse_payload(ReportedState, json.dumps(document).encode()).probation is False
+    flagged = _reported_document(probation=True)
+    assert parse_payload(ReportedState, json.dumps(flagged).encode()).probation is True
+    with pytest.raises(PayloadError, match="probation applies only to an active version"):
+        parse_payload(
+            ReportedState,
+            json.dumps(_reported_document(probation=True, ota_state="failed")).encode(),
+        )
+    with pytest.raises(PayloadError, match="schema_version"):
+        parse_payload(ReportedState, json.dumps(_reported_document(schema_version=3)).encode())

@@ -17,7 +17,7 @@ from cloud_trainer.store import ObjectStore
 from testing.fleet_simulator import SimulatedFleet
 from testing.local_services import MosquittoProcess
 from testing.synthetic_examples import upload_examples
-from tests.cloud_trainer.test_rollout import (  # noqa: F401 - fixtures
+from tests.cloud_trainer.fleet.test_rollout import (  # noqa: F401 - fixtures
     plane_factory,
     registry,
     sim_fleet,

@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, select, text
 from cloud_trainer.errors import TrainerConfigError, TrainerError
 from cloud_trainer.fleet.db import applied_migrations, devices, open_database, schema_migrations
 from cloud_trainer.fleet.device_registry import FleetRegistry
+from cloud_trainer.fleet.states import IngestOutcome
 from shared.messages import Heartbeat, OtaState, ReportedState, ReportSequence, utc_now
 from shared.topics import Channel, Topics
 from testing.local_services import PostgresProcess, free_port
@@ -32,7 +33,7 @@ def reported(device_id: str, sequence: int) -> bytes:
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_agent_sized_sequences_are_stored(database_url: str) -> None:
     engine = open_database(database_url)
-    assert applied_migrations(engine) == [1, 2]
+    assert applied_migrations(engine) == [1, 2, 3]
     registry = FleetRegistry(engine, "plant")
     topic = Topics("plant").device("box-1", Channel.REPORTED)
     sequence = ReportSequence().next()
@@ -41,7 +42,7 @@ def test_agent_sized_sequences_are_stored(database_url: str) -> None:
     device = registry.device("box-1")
     assert device is not None and device.reported_sequence == sequence
     open_database(database_url)  # opening again applies nothing twice
-    assert applied_migrations(engine) == [1, 2]
+    assert applied_migrations(engine) == [1, 2, 3]
 
 
 def test_a_postgres_database_from_migration_1_is_widened(postgres: PostgresProcess) -> None:
@@ -59,7 +60,7 @@ def test_a_postgres_database_from_migration_1_is_widened(postgres: PostgresProce
     assert old.deferred == 0
 
     engine = open_database(url)
-    assert applied_migrations(engine) == [1, 2]
+    assert applied_migrations(engine) == [1, 2, 3]
     with create_engine(url).connect() as connection:
         types = dict(
             connection.execute(
@@ -129,3 +130,30 @@ def test_messages_are_held_while_the_database_is_down(tmp_path: Path) -> None:
         assert device is not None
         assert device.reported_sequence == newest and device.fps == 12.5
         assert registry.outcomes["deferred"] == 3 and registry.outcomes["applied"] == 3
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_database_from_before_probation_gains_the_column(database_url: str) -> None:
+    engine = open_database(database_url)
+    # Put the database back as migrations 1-2 left it before reports had a probation field.
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE devices DROP COLUMN probation"))
+        connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 3))
+    engine.dispose()
+    engine = open_database(database_url)
+    assert applied_migrations(engine) == [1, 2, 3]
+    registry = FleetRegistry(engine, "plant")
+    topic = Topics("plant").device("box-1", Channel.REPORTED)
+    report = ReportedState(
+        device_id="box-1",
+        fleet="plant",
+        agent_version="0.1.0",
+        ota_state=OtaState.ACTIVE,
+        running_version=2,
+        probation=True,
+        sequence=ReportSequence().next(),
+        updated_at=utc_now(),
+    )
+    assert registry.ingest(topic, report.to_payload()) == IngestOutcome.APPLIED
+    device = registry.device("box-1")
+    assert device is not None and device.probation and device.ota_state is OtaState.ACTIVE

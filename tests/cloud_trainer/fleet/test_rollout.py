@@ -14,13 +14,13 @@ from sqlalchemy import select
 
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.fleet.db import rollout_devices
-from cloud_trainer.fleet.params import RolloutParams
-from cloud_trainer.fleet.rollout import RolloutError, RolloutState, RolloutStatus, wave_sizes
+from cloud_trainer.fleet.params import RolloutParams, RolloutTargets
+from cloud_trainer.fleet.rollout import RolloutError, RolloutStatus, wave_sizes
 from cloud_trainer.fleet.service import ControlPlane
+from cloud_trainer.fleet.states import RolloutState
 from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles
 from cloud_trainer.store import ObjectStore
 from shared.manifest import ArtifactRef, Lineage, ModelManifest
-from shared.messages import RolloutTargets
 from shared.signing import SigningKey, Verifier
 from shared.topics import Topics
 from testing.fleet_simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet

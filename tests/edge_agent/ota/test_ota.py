@@ -268,7 +268,7 @@ def test_model_that_fails_on_the_line_is_rolled_back(
             tmp_path / "fragile.onnx", nan_when_dark=True, names=list(CLASS_NAMES)
         )
         plane.send(DEVICE, plane.desired(plane.upload(fragile, 2)))
-        plane.wait_report(lambda r: r.running_version == 2 and r.reason == "on probation")
+        plane.wait_report(lambda r: r.running_version == 2 and r.probation)
         source = agent.cameras[0].source
         assert isinstance(source, SyntheticSource)
         source.set_drift("lighting")
@@ -312,7 +312,7 @@ def test_crash_loop_rolls_back_at_start(
     agent = start_agent(tmp_path, plane, s3_server, probation=30.0)
     good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
     plane.send(DEVICE, plane.desired(plane.upload(good, 2)))
-    plane.wait_report(lambda r: r.running_version == 2 and r.reason == "on probation")
+    plane.wait_report(lambda r: r.running_version == 2 and r.probation)
     agent.stop()  # as if v2 crashed the agent during probation, three times
     state_file = tmp_path / "state" / "models" / "state.json"
     for _ in range(3):
@@ -381,7 +381,7 @@ def test_probation_resumes_after_restart_and_marks_good(
     agent = start_agent(tmp_path, plane, s3_server, probation=30.0)
     good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
     plane.send(DEVICE, plane.desired(plane.upload(good, 2)))
-    plane.wait_report(lambda r: r.running_version == 2 and r.reason == "on probation")
+    plane.wait_report(lambda r: r.running_version == 2 and r.probation)
     agent.stop()  # restarted once during probation: not a crash loop
     config = agent.config.model_copy(
         update={"ota": agent.config.ota.model_copy(update={"probation_s": 1.0})}
