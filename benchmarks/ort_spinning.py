@@ -34,7 +34,8 @@ import json, sys, threading, time
 from pathlib import Path
 from edge_agent.camera import CameraWorker, FrameHub, SyntheticSource
 from edge_agent.inference import InferenceRunner, RunnerOptions
-from edge_agent.pipeline import ActiveModel, ModelSlot, Pipeline
+from edge_agent.frame_path import ActiveModel, ModelSlot
+from edge_agent.pipeline import Pipeline
 from shared.synth import LineConfig
 
 model, spinning, fps, cameras, seconds = (

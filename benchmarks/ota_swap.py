@@ -44,7 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
-from edge_agent.pipeline import DetectionResult  # noqa: E402
+from edge_agent.frame_path import DetectionResult  # noqa: E402
 from shared.messages import DesiredState, OtaState, ReportedState, parse_payload, utc_now  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
 from shared.synth import CLASS_NAMES  # noqa: E402

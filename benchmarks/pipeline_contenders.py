@@ -139,14 +139,15 @@ class AgentPipeline:
 
         from edge_agent.camera import CameraWorker, FrameHub, FrameSource
         from edge_agent.config import MqttSection
-        from edge_agent.events import EventsSink
+        from edge_agent.frame_path import ActiveModel, DetectionResult, ModelSlot
         from edge_agent.inference import (
             InferenceRunner,
             RunnerOptions,
             intra_op_threads,
         )
         from edge_agent.metrics import AgentMetrics
-        from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, Pipeline
+        from edge_agent.pipeline import Pipeline
+        from edge_agent.sinks.events import EventsSink
         from shared.infra.mqtt_link import MqttLink
         from shared.topics import Channel, Topics
 

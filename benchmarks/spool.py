@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import cv2  # noqa: E402
 
-from edge_agent.spool import Spool  # noqa: E402
-from edge_agent.uploader import Uploader  # noqa: E402
+from edge_agent.upload.spool import Spool  # noqa: E402
+from edge_agent.upload.uploader import Uploader  # noqa: E402
 from shared.infra.s3 import S3Target, make_s3_client  # noqa: E402
 from shared.synth import SyntheticLine  # noqa: E402
 from testing.local_services import MotoS3Process  # noqa: E402
@@ -87,9 +87,10 @@ def bench_plain(examples: list[tuple[str, bytes, str, str]], client: Any, bucket
 def bench_mining(onnx: Path, seconds: float, work: Path) -> dict[str, float]:
     """Pipeline fps on the synthetic line, alternating without and with 5% mining."""
     from edge_agent.camera import CameraWorker, FrameHub, SyntheticSource
+    from edge_agent.frame_path import ActiveModel, ModelSlot
     from edge_agent.inference import InferenceRunner
-    from edge_agent.mining import HardExamplePolicy, RandomSampler
-    from edge_agent.pipeline import ActiveModel, ModelSlot, Pipeline
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.sinks.mining import HardExamplePolicy, RandomSampler
     from shared.synth import LineConfig
 
     runner = InferenceRunner(onnx)

@@ -11,7 +11,6 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import ValidationError
@@ -28,27 +27,42 @@ from edge_agent.camera import (
 )
 from edge_agent.config import AgentConfig, StreamCamera, SyntheticCamera
 from edge_agent.errors import EdgeAgentError, ModelLoadError
-from edge_agent.events import EventsSink
+from edge_agent.frame_path import ActiveModel, ModelSlot, Sink
 from edge_agent.inference import (
     InferenceRunner,
     RunnerOptions,
     intra_op_threads,
 )
 from edge_agent.metrics import AgentMetrics
-from edge_agent.mining import DisagreementSampler, HardExamplePolicy, NearDuplicateFilter
-from edge_agent.mining.factory import build_samplers
 from edge_agent.ota.controller import OtaController, OtaPolicy
+from edge_agent.ota.parts import ArtifactSource, CandidateLoader, OtaTarget
 from edge_agent.ota.smoke import RecentFrames
 from edge_agent.ota.store import ModelStore
-from edge_agent.pipeline import ActiveModel, ModelSlot, Pipeline, Sink
-from edge_agent.spool import Spool
+from edge_agent.pipeline import Pipeline
+from edge_agent.sinks.events import EventsSink
+from edge_agent.sinks.mining import DisagreementSampler, HardExamplePolicy, NearDuplicateFilter
+from edge_agent.sinks.mining.factory import build_samplers
+from edge_agent.status import (
+    AgentStatus,
+    CameraStatus,
+    DeviceStatus,
+    MiningStatus,
+    ModelStatus,
+    ModelStoreStatus,
+    MqttStatus,
+    OtaStatus,
+    PipelineStatus,
+    SpoolStatus,
+    UploaderStatus,
+)
 from edge_agent.systemd_notify import notify, watchdog_interval_s
-from edge_agent.uploader import Uploader
+from edge_agent.upload.spool import Spool
+from edge_agent.upload.uploader import Uploader
 from shared.infra.http import HttpServer
 from shared.infra.mqtt_link import MqttLink
 from shared.infra.s3 import make_s3_client
 from shared.manifest import ModelManifest
-from shared.messages import CameraHealth, Heartbeat, utc_now
+from shared.messages import Heartbeat, utc_now
 from shared.signing import Verifier
 from shared.synth import LineConfig
 from shared.topics import Channel, Topics
@@ -210,19 +224,24 @@ class Agent:
             recent = RecentFrames()
             self.pipeline.add_sink(recent)
             self.ota = OtaController(
+                target=OtaTarget(
+                    device_id=config.device.id,
+                    fleet=config.device.fleet,
+                    group=config.device.group,
+                    model_name=config.ota.model_name,
+                ),
+                line=self.pipeline,
+                recent=recent,
                 link=self.mqtt,
                 topics=self.topics,
-                device_id=config.device.id,
-                group=config.device.group,
-                fleet=config.device.fleet,
-                models=self.models,
                 store=self.store,
                 verifier=Verifier.from_pem_files(dict(config.ota.trusted_keys)),
-                model_name=config.ota.model_name,
-                runner_options=runner_options(config),
-                load_model=load_model,
-                stats=self.pipeline.stats,
-                recent=recent,
+                loader=CandidateLoader(runner_options(config), load_model),
+                artifacts=ArtifactSource(
+                    make_s3_client(config.storage.target()), config.storage.bucket
+                )
+                if config.storage.enabled
+                else ArtifactSource(),
                 stop=self.stop_event,
                 policy=OtaPolicy(
                     probation_s=config.ota.probation_s,
@@ -231,12 +250,6 @@ class Agent:
                     download_retry_s=config.ota.download_retry_s,
                     download_bytes_per_s=config.ota.download_bandwidth_bytes_per_s,
                 ),
-                s3_client=make_s3_client(config.storage.target())
-                if config.storage.enabled
-                else None,
-                bucket=config.storage.bucket if config.storage.enabled else None,
-                run_model_work=self.pipeline.call_between_batches,
-                try_on_line=self.pipeline.trial_on_live_frames,
             )
         self.api: HttpServer | None = None
         self._scheduler = BackgroundScheduler(daemon=True)
@@ -385,113 +398,89 @@ class Agent:
             problems.append("mqtt not connected")
         return problems
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> AgentStatus:
         model = self.models.current
         stats = self.pipeline.stats
-        return {
-            "device": self.config.device.model_dump(),
-            "agent_version": __version__,
-            "uptime_s": round(time.monotonic() - self.started_mono, 1),
-            "model": None
+        device = self.config.device
+        return AgentStatus(
+            device=DeviceStatus(id=device.id, fleet=device.fleet, group=device.group),
+            agent_version=__version__,
+            uptime_s=round(time.monotonic() - self.started_mono, 1),
+            model=None
             if model is None
-            else {
-                "name": model.name,
-                "version": model.version,
-                "provider": model.runner.provider,
-                "input": [model.runner.info.input_height, model.runner.info.input_width],
-                "classes": list(model.class_names),
-            },
-            "pipeline": {
-                "fps": round(stats.fps(), 2),
-                "processed": stats.processed,
-                "infer_workers": self.config.model.infer_workers,
-                "inference_errors": stats.inference_errors,
-                "sink_errors": stats.sink_errors,
-                "infer_latency_ms_p50": round(stats.latency_ms(0.5), 2),
-                "infer_latency_ms_p99": round(stats.latency_ms(0.99), 2),
-            },
-            "cameras": {
-                c.camera_id: {
-                    "source": c.source.description,
-                    "state": c.state.value,
-                    "fps": round(c.stats.fps, 2),
-                    "frames_captured": c.stats.frames,
-                    "frames_dropped": self.hub.dropped.get(c.camera_id, 0),
-                    "corrupt_frames": c.stats.corrupt_frames,
-                    "read_errors": c.stats.read_errors,
-                    "reconnects": c.stats.reconnects,
-                    "last_error": c.stats.last_error,
-                }
+            else ModelStatus(
+                name=model.name,
+                version=model.version,
+                provider=model.runner.provider,
+                input=(model.runner.info.input_height, model.runner.info.input_width),
+                classes=list(model.class_names),
+            ),
+            pipeline=PipelineStatus(
+                fps=round(stats.fps(), 2),
+                processed=stats.processed,
+                infer_workers=self.config.model.infer_workers,
+                inference_errors=stats.inference_errors,
+                sink_errors=stats.sink_errors,
+                infer_latency_ms_p50=round(stats.latency_ms(0.5), 2),
+                infer_latency_ms_p99=round(stats.latency_ms(0.99), 2),
+            ),
+            cameras={
+                c.camera_id: CameraStatus(
+                    source=c.source.description,
+                    state=c.state,
+                    fps=round(c.stats.fps, 2),
+                    frames_captured=c.stats.frames,
+                    frames_dropped=self.hub.dropped.get(c.camera_id, 0),
+                    corrupt_frames=c.stats.corrupt_frames,
+                    read_errors=c.stats.read_errors,
+                    reconnects=c.stats.reconnects,
+                    last_error=c.stats.last_error,
+                )
                 for c in self.cameras
             },
-            "ota": None
+            ota=None
             if self.ota is None or self.store is None
-            else {
-                "state": self.ota.state.value,
-                "reason": self.ota.last_reason,
-                "store": asdict(self.store.state()),
-            },
-            "spool": None if self.spool is None else asdict(self.spool.stats()),
-            "uploader": None
+            else OtaStatus(
+                state=self.ota.state,
+                reason=self.ota.last_reason,
+                store=ModelStoreStatus(**asdict(self.store.state())),
+            ),
+            spool=None if self.spool is None else SpoolStatus(**asdict(self.spool.stats())),
+            uploader=None
             if self.uploader is None
-            else {
-                "uploaded": self.uploader.stats.uploaded,
-                "failed": self.uploader.stats.failed,
-                "bytes": self.uploader.stats.bytes,
-                "errors_by_kind": dict(self.uploader.stats.errors_by_kind),
-                "last_error": self.uploader.stats.last_error,
-            },
-            "mining": None
+            else UploaderStatus(
+                uploaded=self.uploader.stats.uploaded,
+                failed=self.uploader.stats.failed,
+                bytes=self.uploader.stats.bytes,
+                errors_by_kind=dict(self.uploader.stats.errors_by_kind),
+                last_error=self.uploader.stats.last_error,
+            ),
+            mining=None
             if self.mining is None
-            else {
-                "seen": self.mining.stats.seen,
-                "accepted": self.mining.stats.accepted,
-                "duplicates": self.mining.stats.duplicates,
-                "queue_skipped": self.mining.stats.queue_skipped,
-                "triggered": dict(self.mining.stats.triggered),
-                "rate_limited": dict(self.mining.stats.rate_limited),
-                "rejected": self.mining.stats.rejected,
-                "evicted": self.mining.stats.evicted,
-            },
-            "mqtt": None
+            else MiningStatus(
+                seen=self.mining.stats.seen,
+                accepted=self.mining.stats.accepted,
+                duplicates=self.mining.stats.duplicates,
+                queue_skipped=self.mining.stats.queue_skipped,
+                triggered=dict(self.mining.stats.triggered),
+                rate_limited=dict(self.mining.stats.rate_limited),
+                rejected=self.mining.stats.rejected,
+                evicted=self.mining.stats.evicted,
+            ),
+            mqtt=None
             if self.mqtt is None
-            else {
-                "connected": self.mqtt.connected.is_set(),
-                "published": self.mqtt.stats.published,
-                "dropped": self.mqtt.stats.dropped,
-            },
-        }
+            else MqttStatus(
+                connected=self.mqtt.connected.is_set(),
+                published=self.mqtt.stats.published,
+                dropped=self.mqtt.stats.dropped,
+            ),
+        )
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
 
     def heartbeat(self) -> Heartbeat:
-        status = self.status()
-        model = self.models.current
-        return Heartbeat(
-            device_id=self.config.device.id,
-            sent_at=utc_now(),
-            uptime_s=status["uptime_s"],
-            model_name=model.name if model else None,
-            model_version=model.version if model else None,
-            provider=model.runner.provider if model else "none",
-            fps=status["pipeline"]["fps"],
-            latency_ms_p50=status["pipeline"]["infer_latency_ms_p50"],
-            latency_ms_p99=status["pipeline"]["infer_latency_ms_p99"],
-            inference_errors=status["pipeline"]["inference_errors"],
-            dropped_frames=sum(c["frames_dropped"] for c in status["cameras"].values()),
-            spool_depth=status["spool"]["depth"] if status["spool"] else 0,
-            spool_bytes=status["spool"]["bytes"] if status["spool"] else 0,
-            cameras={
-                cid: CameraHealth(
-                    state=c["state"],
-                    fps=c["fps"],
-                    dropped_frames=c["frames_dropped"],
-                    errors=c["read_errors"] + c["corrupt_frames"],
-                )
-                for cid, c in status["cameras"].items()
-            },
-        )
+        return self.status().heartbeat(utc_now())
 
     def publish_heartbeat(self) -> None:
         if self.mqtt is None:

@@ -17,14 +17,15 @@ from numpy.typing import NDArray
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from edge_agent.errors import EdgeAgentError, InferenceError
-from edge_agent.pipeline import ActiveModel
+from edge_agent.frame_path import ActiveModel
+from edge_agent.status import AgentStatus
 from shared.infra.http import bearer_auth
 
 
 class AgentView(Protocol):
     """What the API needs from the agent (kept narrow so the API stays a thin layer)."""
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> AgentStatus: ...
 
     def alive(self) -> bool: ...
 
@@ -52,8 +53,8 @@ def create_app(agent: AgentView, *, token: str | None, max_upload_bytes: int) ->
             {"ready": not problems, "problems": problems}, status_code=503 if problems else 200
         )
 
-    @app.get("/status", dependencies=guarded)
-    def status() -> dict[str, Any]:
+    @app.get("/status", dependencies=guarded, response_model=AgentStatus)
+    def status() -> AgentStatus:
         return agent.status()
 
     @app.get("/metrics", dependencies=guarded)

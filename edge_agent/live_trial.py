@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from edge_agent.errors import InferenceError
-
-if TYPE_CHECKING:
-    from edge_agent.pipeline import ActiveModel
-
+from edge_agent.frame_path import ActiveModel
 
 # A claimed run ends within its run limit; this only guards against a worker that died.
 IN_FLIGHT_GRACE_S = 30.0

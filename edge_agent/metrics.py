@@ -14,88 +14,85 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from edge_agent.status import AgentStatus
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 
 
-class _SnapshotCollector(Collector):
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+_PER_CAMERA = {
+    "frames_captured": ("linefleet_camera_frames_total", "Frames captured", True),
+    "frames_dropped": ("linefleet_camera_frames_dropped_total", "Stale frames skipped", True),
+    "corrupt_frames": ("linefleet_camera_corrupt_frames_total", "Unusable frames", True),
+    "read_errors": ("linefleet_camera_read_errors_total", "Read errors", True),
+    "reconnects": ("linefleet_camera_reconnects_total", "Reconnects", True),
+    "fps": ("linefleet_camera_fps", "Capture rate", False),
+}
+_SPOOL = (
+    ("depth", "gauge", "Hard examples waiting in the spool"),
+    ("bytes", "gauge", "Bytes in the spool"),
+    ("oldest_age_s", "gauge", "Age of the oldest spooled example"),
+    ("accepted", "counter", "Examples accepted into the spool"),
+    ("evicted", "counter", "Examples evicted by the quota"),
+    ("rejected", "counter", "Examples refused (quota, disk)"),
+    ("uploaded", "counter", "Examples confirmed by the object store"),
+    ("failures", "counter", "Failed upload attempts"),
+)
+
+
+class _StatusCollector(Collector):
+    def __init__(self, snapshot: Callable[[], AgentStatus]) -> None:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Any]:
         status = self._snapshot()
-        cams = status.get("cameras", {})
-        per_camera = {
-            "frames_captured": ("linefleet_camera_frames_total", "Frames captured", True),
-            "frames_dropped": (
-                "linefleet_camera_frames_dropped_total",
-                "Stale frames skipped",
-                True,
-            ),
-            "corrupt_frames": ("linefleet_camera_corrupt_frames_total", "Unusable frames", True),
-            "read_errors": ("linefleet_camera_read_errors_total", "Read errors", True),
-            "reconnects": ("linefleet_camera_reconnects_total", "Reconnects", True),
-            "fps": ("linefleet_camera_fps", "Capture rate", False),
-        }
-        for key, (name, doc, is_counter) in per_camera.items():
+        for key, (name, doc, is_counter) in _PER_CAMERA.items():
             family: CounterMetricFamily | GaugeMetricFamily = (
                 CounterMetricFamily(name, doc, labels=["camera"])
                 if is_counter
                 else GaugeMetricFamily(name, doc, labels=["camera"])
             )
-            for camera_id, cam in cams.items():
-                family.add_metric([camera_id], float(cam.get(key, 0)))
+            for camera_id, cam in status.cameras.items():
+                family.add_metric([camera_id], float(getattr(cam, key)))
             yield family
         state = GaugeMetricFamily(
             "linefleet_camera_state", "1 for the camera's current state", labels=["camera", "state"]
         )
-        for camera_id, cam in cams.items():
-            state.add_metric([camera_id, str(cam.get("state", ""))], 1.0)
+        for camera_id, cam in status.cameras.items():
+            state.add_metric([camera_id, cam.state.value], 1.0)
         yield state
-        pipe = status.get("pipeline", {})
-        yield GaugeMetricFamily(
-            "linefleet_fps", "Frames processed per second", value=pipe.get("fps", 0.0)
-        )
+        pipe = status.pipeline
+        yield GaugeMetricFamily("linefleet_fps", "Frames processed per second", value=pipe.fps)
         processed = CounterMetricFamily("linefleet_frames_processed", "Frames through the model")
-        processed.add_metric([], float(pipe.get("processed", 0)))
+        processed.add_metric([], float(pipe.processed))
         yield processed
         errors = CounterMetricFamily("linefleet_inference_errors", "Frames whose inference failed")
-        errors.add_metric([], float(pipe.get("inference_errors", 0)))
+        errors.add_metric([], float(pipe.inference_errors))
         yield errors
-        spool = status.get("spool") or {}
-        for key, kind, doc in (
-            ("depth", "gauge", "Hard examples waiting in the spool"),
-            ("bytes", "gauge", "Bytes in the spool"),
-            ("oldest_age_s", "gauge", "Age of the oldest spooled example"),
-            ("accepted", "counter", "Examples accepted into the spool"),
-            ("evicted", "counter", "Examples evicted by the quota"),
-            ("rejected", "counter", "Examples refused (quota, disk)"),
-            ("uploaded", "counter", "Examples confirmed by the object store"),
-            ("failures", "counter", "Failed upload attempts"),
-        ):
+        for key, kind, doc in _SPOOL:
             name = f"linefleet_spool_{key}"
+            value = float(getattr(status.spool, key)) if status.spool else 0.0
             yield (
-                CounterMetricFamily(name, doc, value=float(spool.get(key, 0)))
+                CounterMetricFamily(name, doc, value=value)
                 if kind == "counter"
-                else GaugeMetricFamily(name, doc, value=float(spool.get(key, 0)))
+                else GaugeMetricFamily(name, doc, value=value)
             )
-        uploader = status.get("uploader") or {}
         upload_errors = CounterMetricFamily(
             "linefleet_upload_errors", "Upload errors by kind", labels=["kind"]
         )
-        for kind, count in (uploader.get("errors_by_kind") or {}).items():
+        for kind, count in (status.uploader.errors_by_kind if status.uploader else {}).items():
             upload_errors.add_metric([kind], float(count))
         yield upload_errors
         uploaded_bytes = CounterMetricFamily("linefleet_upload_bytes", "Bytes uploaded")
-        uploaded_bytes.add_metric([], float(uploader.get("bytes", 0)))
+        uploaded_bytes.add_metric([], float(status.uploader.bytes if status.uploader else 0))
         yield uploaded_bytes
-        model = status.get("model") or {}
+        model = status.model
         info = InfoMetricFamily("linefleet_model", "The active model")
         info.add_metric(
             [],
             {
-                "name": str(model.get("name", "")),
-                "version": str(model.get("version", "")),
-                "provider": str(model.get("provider", "")),
+                "name": model.name if model else "",
+                "version": str(model.version or "") if model else "",
+                "provider": model.provider if model else "",
             },
         )
         yield info
@@ -123,8 +120,8 @@ class AgentMetrics:
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage_latency.labels(stage).observe(seconds)
 
-    def watch(self, snapshot: Callable[[], dict[str, Any]]) -> None:
-        self.registry.register(_SnapshotCollector(snapshot))
+    def watch(self, snapshot: Callable[[], AgentStatus]) -> None:
+        self.registry.register(_StatusCollector(snapshot))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,33 +10,23 @@ running and the retained ``reported`` message says why.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from edge_agent import __version__
 from edge_agent.bandwidth import TokenBucket
 from edge_agent.errors import EdgeAgentError
-from edge_agent.inference import RunnerOptions
+from edge_agent.frame_path import ActiveModel
 from edge_agent.inference.runner import CPU
 from edge_agent.ota.download import CHUNK, DownloadError, IntegrityError, download_artifact
-from edge_agent.ota.smoke import (
-    LineTrial,
-    ModelWorkRunner,
-    RecentFrames,
-    SmokeCheck,
-    no_line,
-    run_in_place,
-)
+from edge_agent.ota.parts import ArtifactSource, CandidateLoader, OtaTarget, RunningLine
+from edge_agent.ota.smoke import RecentFrames, SmokeCheck
 from edge_agent.ota.store import ModelStore, atomic_write
 from edge_agent.ota.verify import Expectations, OtaRejectedError, verify_desired
-from edge_agent.pipeline import ActiveModel, ModelSlot, PipelineStats
 from shared.errors import PayloadError
 from shared.infra.mqtt_link import MqttLink
 from shared.manifest import ModelManifest
@@ -54,8 +44,6 @@ from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
 
-ModelLoader = Callable[[Path, RunnerOptions, ModelManifest | None], ActiveModel]
-
 
 @dataclass(frozen=True)
 class OtaPolicy:
@@ -71,53 +59,38 @@ class OtaController:
     def __init__(
         self,
         *,
+        target: OtaTarget,
+        line: RunningLine,
+        recent: RecentFrames,
         link: MqttLink,
         topics: Topics,
-        device_id: str,
-        group: str | None,
-        fleet: str,
-        models: ModelSlot,
         store: ModelStore,
         verifier: Verifier,
-        model_name: str,
-        runner_options: RunnerOptions,
-        load_model: ModelLoader,
-        stats: PipelineStats,
-        recent: RecentFrames,
+        loader: CandidateLoader,
+        artifacts: ArtifactSource,
         stop: threading.Event,
         policy: OtaPolicy | None = None,
-        s3_client: Any | None = None,
-        bucket: str | None = None,
-        run_model_work: ModelWorkRunner[Any] = run_in_place,
-        try_on_line: LineTrial = no_line,
     ) -> None:
+        self.target = target
+        self.line = line
         self.link = link
         self.topics = topics
-        self.device_id = device_id
-        self.group = group
-        self.fleet = fleet
-        self.models = models
         self.store = store
         self.verifier = verifier
-        self.model_name = model_name
-        self.runner_options = runner_options
-        self.load_model = load_model
-        self.stats = stats
+        self.loader = loader
+        self.artifacts = artifacts
         self.stop_event = stop
         self.policy = policy or OtaPolicy()
-        self.s3_client = s3_client
-        self.bucket = bucket
-        self.run_model_work = run_model_work
         rate = self.policy.download_bytes_per_s
         # A burst of one chunk: the pace holds from the first byte.
         self._download_bandwidth = TokenBucket(rate, burst_bytes=CHUNK) if rate > 0 else None
         self.smoke_check = SmokeCheck(
-            stats,
+            line.stats,
             recent,
             frames=self.policy.smoke_frames,
             latency_factor=self.policy.latency_factor,
-            try_on_line=try_on_line,
-            run_model_work=run_model_work,
+            try_on_line=line.trial_on_live_frames,
+            run_model_work=line.call_between_batches,
         )
         self.state = OtaState.IDLE
         self.last_reason = ""
@@ -128,8 +101,8 @@ class OtaController:
         self._last_sequence = self._load_sequence()
         self._report_sequence = ReportSequence()
         self._thread = threading.Thread(target=self._loop, name="ota", daemon=True)
-        self._device_topic = topics.device(device_id, Channel.DESIRED)
-        self._group_topic = topics.group_desired(group) if group else None
+        self._device_topic = topics.device(target.device_id, Channel.DESIRED)
+        self._group_topic = topics.group_desired(target.group) if target.group else None
 
     # ----------------------------------------------------------------- persistence
     def _load_sequence(self) -> int:
@@ -192,12 +165,12 @@ class OtaController:
     ) -> None:
         self.state = state
         self.last_reason = reason
-        current = self.models.current
+        current = self.line.models.current
         store_state = self.store.state()
         message = ReportedState(
-            device_id=self.device_id,
-            fleet=self.fleet,
-            group=self.group,
+            device_id=self.target.device_id,
+            fleet=self.target.fleet,
+            group=self.target.group,
             agent_version=__version__,
             ota_state=state,
             model_name=current.name if current else None,
@@ -211,7 +184,7 @@ class OtaController:
             updated_at=utc_now(),
         )
         self.link.publish(
-            self.topics.device(self.device_id, Channel.REPORTED),
+            self.topics.device(self.target.device_id, Channel.REPORTED),
             message.to_payload(),
             qos=1,
             retain=True,
@@ -225,7 +198,7 @@ class OtaController:
     def _resume_probation(self) -> None:
         """The agent restarted while a new model was on probation: finish the watch."""
         state = self.store.state()
-        current = self.models.current
+        current = self.line.models.current
         if not state.probation or current is None or current.version != state.current:
             return
         self.report(OtaState.ACTIVE, probation=True)
@@ -264,13 +237,13 @@ class OtaController:
             return self._pending is not None
 
     def apply(self, desired: DesiredState) -> None:
-        current = self.models.current
+        current = self.line.models.current
         running = current.version if current else None
         if desired.sequence == self._last_sequence:
             return  # the retained message we already handled, delivered again on reconnect
         self.report(OtaState.VERIFYING, desired=desired)
         expected = Expectations(
-            model_name=self.model_name,
+            model_name=self.target.model_name,
             agent_version=__version__,
             class_names=current.class_names if current else None,
         )
@@ -320,8 +293,8 @@ class OtaController:
                     manifest.artifact,
                     destination,
                     self.stop_event,
-                    client=self.s3_client,
-                    bucket=self.bucket,
+                    client=self.artifacts.s3_client,
+                    bucket=self.artifacts.bucket,
                     url=desired.artifact_url,
                     bandwidth=self._download_bandwidth,
                 )
@@ -343,16 +316,17 @@ class OtaController:
         # the line does no extra model run (see edge_agent.live_trial for the measurements).
         # A CPU session needs no warm-up (its first run measured within 10% of later ones);
         # on a GPU first runs allocate, tune or build engines, so one runs as model work.
-        options = dataclasses.replace(self.runner_options, warm_up_at_load=False)
         try:
-            candidate = self.load_model(path, options, manifest)
+            candidate = self.loader(path, manifest, warm_up=False)
             if candidate.runner.provider != CPU:
-                self.run_model_work(lambda cancel: candidate.runner.warm_up(1, cancel=cancel))
+                self.line.call_between_batches(
+                    lambda cancel: candidate.runner.warm_up(1, cancel=cancel)
+                )
         except EdgeAgentError as exc:
             self.report(OtaState.FAILED, reason=f"model refused: {exc}", desired=desired)
             self._save_sequence(desired.sequence)
             return
-        previous = self.models.current
+        previous = self.line.models.current
         try:
             self.smoke_check(candidate, previous)
         except EdgeAgentError as exc:
@@ -362,7 +336,7 @@ class OtaController:
             return
         self.report(OtaState.STAGED, desired=desired)
         self.store.activate(manifest.version)
-        self.models.swap(candidate)  # between two batches: no frame lost or repeated
+        self.line.models.swap(candidate)  # between two batches: no frame lost or repeated
         self.report(OtaState.ACTIVE, desired=desired, probation=True)
         problem = self._watch_probation(previous)
         if self.stop_event.is_set():
@@ -378,17 +352,17 @@ class OtaController:
 
     def _watch_probation(self, previous: ActiveModel | None) -> str | None:
         """Watch the line after a swap; the reason to roll back, or None if healthy."""
-        start_done, start_errors = self.stats.processed, self.stats.inference_errors
-        baseline = self.stats.latency_ms(0.5)
+        start_done, start_errors = self.line.stats.processed, self.line.stats.inference_errors
+        baseline = self.line.stats.latency_ms(0.5)
         deadline = time.monotonic() + self.policy.probation_s
         while not self.stop_event.wait(0.2):
-            done = self.stats.processed - start_done
-            errors = self.stats.inference_errors - start_errors
+            done = self.line.stats.processed - start_done
+            errors = self.line.stats.inference_errors - start_errors
             attempts = done + errors
             if attempts >= 10 and errors / attempts > self.policy.max_error_rate:
                 return f"error rate {errors}/{attempts} above {self.policy.max_error_rate:.0%}"
             if time.monotonic() >= deadline:
-                latency = self.stats.latency_ms(0.5)
+                latency = self.line.stats.latency_ms(0.5)
                 if (
                     previous is not None
                     and baseline > 0
@@ -408,12 +382,10 @@ class OtaController:
         state = self.store.rollback()
         fallback = previous
         if fallback is None and state.current is not None and self.store.has(state.current):
-            fallback = self.load_model(
-                self.store.model_path(state.current),
-                self.runner_options,
-                self.store.manifest(state.current),
+            fallback = self.loader(
+                self.store.model_path(state.current), self.store.manifest(state.current)
             )
         if fallback is not None:
-            self.models.swap(fallback)
+            self.line.models.swap(fallback)
         candidate.runner.close()
         self.report(OtaState.ROLLED_BACK, reason=reason, desired=desired)

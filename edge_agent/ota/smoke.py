@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from edge_agent.camera import Frame
+from edge_agent.frame_path import ActiveModel, DetectionResult, ModelWork, PipelineStats
 from edge_agent.inference import CancelToken, letterbox
 from edge_agent.ota.verify import OtaRejectedError
-from edge_agent.pipeline import ActiveModel, DetectionResult, ModelWork, PipelineStats
 
 T = TypeVar("T")
 # Runs model work where it does not compete with the live model (the pipeline's

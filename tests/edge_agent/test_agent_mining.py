@@ -58,11 +58,11 @@ def test_examples_reach_the_bucket_complete_and_parseable(
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            status = agent.status()
+            status = agent.status().model_dump(mode="json")
             if status["uploader"]["uploaded"] >= 5:
                 break
             time.sleep(0.1)
-        status = agent.status()
+        status = agent.status().model_dump(mode="json")
     finally:
         agent.stop()
     assert status["uploader"]["uploaded"] >= 5
@@ -98,9 +98,12 @@ def test_quota_reached_agent_stays_healthy(tmp_path: Path) -> None:
     agent.start()
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and agent.status()["spool"]["evicted"] < 3:
+        while (
+            time.monotonic() < deadline
+            and agent.status().model_dump(mode="json")["spool"]["evicted"] < 3
+        ):
             time.sleep(0.1)
-        status = agent.status()
+        status = agent.status().model_dump(mode="json")
         assert status["spool"]["evicted"] >= 3, "old examples evicted to make room"
         assert status["spool"]["bytes"] <= 1048576
         assert agent.alive() and status["pipeline"]["processed"] > 0
@@ -123,9 +126,12 @@ def test_upload_errors_show_in_status_and_metrics(
     agent.start()
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not agent.status()["uploader"]["errors_by_kind"]:
+        while (
+            time.monotonic() < deadline
+            and not agent.status().model_dump(mode="json")["uploader"]["errors_by_kind"]
+        ):
             time.sleep(0.1)
-        status = agent.status()
+        status = agent.status().model_dump(mode="json")
         metrics = agent.metrics_text().decode()
     finally:
         agent.stop()
@@ -149,9 +155,12 @@ def test_shadow_model_feeds_the_disagreement_sampler(tmp_path: Path) -> None:
     agent.start()
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and agent.status()["mining"]["seen"] < 30:
+        while (
+            time.monotonic() < deadline
+            and agent.status().model_dump(mode="json")["mining"]["seen"] < 30
+        ):
             time.sleep(0.1)
-        status = agent.status()
+        status = agent.status().model_dump(mode="json")
     finally:
         agent.stop()
     # Two different models (64 vs 96 px cells) disagree on a busy belt.

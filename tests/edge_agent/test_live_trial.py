@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.frame_path import ActiveModel
 from edge_agent.inference import InferenceRunner
 from edge_agent.live_trial import LiveTrial, TrialFailedError
-from edge_agent.pipeline import ActiveModel
 from tests.edge_agent.onnx_models import brightness_detector
 
 

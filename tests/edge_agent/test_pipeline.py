@@ -14,16 +14,10 @@ import pytest
 
 from edge_agent.camera import CameraWorker, Frame, FrameHub, SyntheticSource
 from edge_agent.errors import InferenceError, RunCancelledError
+from edge_agent.frame_path import ActiveModel, DetectionResult, ModelSlot, PipelineStats
 from edge_agent.inference import CancelToken, InferenceRunner, RunnerOptions
 from edge_agent.live_trial import TrialFailedError
-from edge_agent.pipeline import (
-    JOB_PATIENCE_S,
-    ActiveModel,
-    DetectionResult,
-    ModelSlot,
-    Pipeline,
-    PipelineStats,
-)
+from edge_agent.pipeline import JOB_PATIENCE_S, Pipeline
 from shared.synth import LineConfig
 from tests.edge_agent.onnx_models import brightness_detector
 from tests.edge_agent.run_watch import RunWatcher

@@ -136,7 +136,7 @@ class ControlPlane:
         """Until a device reports ``version`` active and proven (no probation reason)."""
         return self.wait_report(
             lambda r: (
-                r.running_version == version and r.ota_state is OtaState.ACTIVE and not r.reason
+                r.running_version == version and r.ota_state is OtaState.ACTIVE and not r.probation
             ),
             timeout,
         )

@@ -123,7 +123,7 @@ def test_update_goes_active_and_frames_keep_flowing(
         v2 = brightness_detector(tmp_path / "v2.onnx", names=list(CLASS_NAMES))
         plane.send(DEVICE, plane.desired(plane.upload(v2, 2)))
         report = plane.wait_report(
-            lambda r: r.ota_state is OtaState.ACTIVE and r.running_version == 2 and not r.reason
+            lambda r: r.ota_state is OtaState.ACTIVE and r.running_version == 2 and not r.probation
         )
         assert report.previous_good_version == 2 and running(agent) == 2
         # The smoke check ran v2 on three live frames in place of v1, not beside the line.
@@ -133,7 +133,7 @@ def test_update_goes_active_and_frames_keep_flowing(
         processed = agent.pipeline.stats.processed
         time.sleep(0.5)
         assert agent.pipeline.stats.processed > processed
-        store = agent.status()["ota"]["store"]
+        store = agent.status().model_dump(mode="json")["ota"]["store"]
         assert store["current"] == 2 and store["probation"] is False
     finally:
         agent.stop()
@@ -274,7 +274,7 @@ def test_model_that_fails_on_the_line_is_rolled_back(
         source.set_drift("lighting")
         report = plane.wait_report(lambda r: r.ota_state is OtaState.ROLLED_BACK)
         assert "error rate" in report.reason and running(agent) == 1
-        assert list(agent.status()["ota"]["store"]["rejected"]) == [2]
+        assert list(agent.status().model_dump(mode="json")["ota"]["store"]["rejected"]) == [2]
         # The same version is not retried from a re-sent desired state.
         plane.send(DEVICE, plane.desired(plane.upload(fragile, 2)))
         failed = plane.wait_report(lambda r: r.ota_state is OtaState.FAILED)
@@ -390,7 +390,7 @@ def test_probation_resumes_after_restart_and_marks_good(
     again.start()
     try:
         plane.wait_active(2)
-        store = again.status()["ota"]["store"]
+        store = again.status().model_dump(mode="json")["ota"]["store"]
         history = [
             (r.ota_state.value, r.running_version, r.desired_version, r.reason, r.updated_at.time())
             for r in plane.reports

@@ -13,10 +13,11 @@ import pytest
 
 from edge_agent.camera import CameraWorker, Frame, FrameHub, SyntheticSource
 from edge_agent.errors import InferenceError
+from edge_agent.frame_path import ActiveModel, DetectionResult, ModelSlot, PipelineStats
 from edge_agent.inference import InferenceRunner, RunnerOptions
 from edge_agent.ota.smoke import RecentFrames, SmokeCheck
 from edge_agent.ota.verify import OtaRejectedError
-from edge_agent.pipeline import ActiveModel, DetectionResult, ModelSlot, Pipeline, PipelineStats
+from edge_agent.pipeline import Pipeline
 from shared.detections import Detections
 from shared.synth import LineConfig
 from tests.edge_agent.onnx_models import brightness_detector

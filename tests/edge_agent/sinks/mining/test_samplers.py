@@ -9,7 +9,7 @@ import numpy as np
 
 from edge_agent.camera import Frame
 from edge_agent.inference import InferenceRunner
-from edge_agent.mining import (
+from edge_agent.sinks.mining import (
     ClassSampler,
     ConfidenceBandSampler,
     CountAnomalySampler,
@@ -21,7 +21,7 @@ from edge_agent.mining import (
     RateLimiter,
     dhash,
 )
-from edge_agent.mining.samplers import match_ratio
+from edge_agent.sinks.mining.samplers import match_ratio
 from shared.detections import Detections
 from tests.edge_agent.onnx_models import brightness_detector
 

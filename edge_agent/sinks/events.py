@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
+from edge_agent.frame_path import DetectionResult
 from edge_agent.metrics import AgentMetrics
-from edge_agent.pipeline import DetectionResult
 from shared.infra.mqtt_link import MqttLink
 from shared.messages import MAX_DETECTIONS_PER_EVENT, DetectionEvent, DetectionRecord
 from shared.topics import Channel, Topics

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.spool import Spool
+from edge_agent.upload.spool import Spool
 
 JPEG = b"\xff\xd8" + b"x" * 10_000 + b"\xff\xd9"
 
@@ -95,7 +95,7 @@ def test_survives_reopen_and_expired_leases(tmp_path: Path) -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from edge_agent.spool import Spool
+from edge_agent.upload.spool import Spool
 spool = Spool(Path(sys.argv[1]), min_free_bytes=0)
 i = 0
 while True:

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_agent.camera import Frame
 from edge_agent.inference import InferenceRunner
-from edge_agent.mining.rate_limit import RateLimiter
+from edge_agent.sinks.mining.rate_limit import RateLimiter
 from shared.detections import Detections, box_iou, count_matches
 
 

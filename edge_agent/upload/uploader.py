@@ -22,7 +22,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 from edge_agent.bandwidth import TokenBucket
-from edge_agent.spool import Spool, SpoolItem
+from edge_agent.upload.spool import Spool, SpoolItem
 from shared.errors import ContractError
 from shared.infra.s3 import S3Target, make_s3_client
 from shared.object_keys import validate_object_key

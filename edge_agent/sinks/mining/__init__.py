@@ -1,10 +1,10 @@
 """Hard-example mining: named samplers with their own rate limits, near-duplicate
 suppression, and the policy that feeds the spool off the frame path."""
 
-from edge_agent.mining.dedup import NearDuplicateFilter, dhash
-from edge_agent.mining.policy import HardExamplePolicy
-from edge_agent.mining.rate_limit import RateLimiter
-from edge_agent.mining.samplers import (
+from edge_agent.sinks.mining.dedup import NearDuplicateFilter, dhash
+from edge_agent.sinks.mining.policy import HardExamplePolicy
+from edge_agent.sinks.mining.rate_limit import RateLimiter
+from edge_agent.sinks.mining.samplers import (
     ClassSampler,
     ConfidenceBandSampler,
     CountAnomalySampler,

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from edge_agent.bandwidth import TokenBucket
-from edge_agent.spool import Spool
-from edge_agent.uploader import Uploader
+from edge_agent.upload.spool import Spool
+from edge_agent.upload.uploader import Uploader
 from shared.infra.s3 import S3Target
 from testing.local_services import NanioS3Process, free_port
 from tests.waiting import wait_for as _wait_for
@@ -140,8 +140,8 @@ def test_wrong_credentials_are_auth_errors_with_backoff(
 UPLOADER_CHILD = """
 import sys, threading, time
 from pathlib import Path
-from edge_agent.spool import Spool
-from edge_agent.uploader import Uploader
+from edge_agent.upload.spool import Spool
+from edge_agent.upload.uploader import Uploader
 from shared.infra.s3 import S3Target
 spool = Spool(Path(sys.argv[1]), min_free_bytes=0)
 target = S3Target(bucket=sys.argv[3], endpoint_url=sys.argv[2], access_key_id=sys.argv[4],

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import cv2
 
-from edge_agent.mining.dedup import NearDuplicateFilter
-from edge_agent.mining.samplers import MiningInput, Sampler
-from edge_agent.pipeline import DetectionResult
-from edge_agent.spool import Spool, SpoolError
+from edge_agent.frame_path import DetectionResult
+from edge_agent.sinks.mining.dedup import NearDuplicateFilter
+from edge_agent.sinks.mining.samplers import MiningInput, Sampler
+from edge_agent.upload.spool import Spool, SpoolError
 from shared.hard_examples import HardExampleSidecar
 from shared.messages import DetectionRecord
 from shared.object_keys import hard_example_keys

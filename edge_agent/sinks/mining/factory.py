@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from edge_agent.config import MiningSection, SamplerSection
-from edge_agent.mining.rate_limit import RateLimiter
-from edge_agent.mining.samplers import (
+from edge_agent.sinks.mining.rate_limit import RateLimiter
+from edge_agent.sinks.mining.samplers import (
     ClassSampler,
     ConfidenceBandSampler,
     CountAnomalySampler,

@@ -1,0 +1,142 @@
+"""The agent's status, typed and built once per request: ``/status`` returns it, the heartbeat
+is derived from it, and the Prometheus collector reads it. One snapshot, three views, so the
+three can never disagree about a figure or drift apart as fields are added."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.messages import CameraHealth, CameraState, Heartbeat, OtaState
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DeviceStatus(_View):
+    id: str
+    fleet: str
+    group: str | None
+
+
+class ModelStatus(_View):
+    name: str
+    version: int | None
+    provider: str
+    input: tuple[int, int]  # height, width
+    classes: list[str]
+
+
+class PipelineStatus(_View):
+    fps: float
+    processed: int
+    infer_workers: int
+    inference_errors: int
+    sink_errors: int
+    infer_latency_ms_p50: float
+    infer_latency_ms_p99: float
+
+
+class CameraStatus(_View):
+    source: str
+    state: CameraState
+    fps: float
+    frames_captured: int
+    frames_dropped: int
+    corrupt_frames: int
+    read_errors: int
+    reconnects: int
+    last_error: str
+
+
+class ModelStoreStatus(_View):
+    current: int | None
+    previous_good: int | None
+    probation: bool
+    boot_attempts: int
+    rejected: tuple[int, ...]
+
+
+class OtaStatus(_View):
+    state: OtaState
+    reason: str
+    store: ModelStoreStatus
+
+
+class SpoolStatus(_View):
+    depth: int
+    bytes: int
+    oldest_age_s: float
+    accepted: int
+    evicted: int
+    rejected: int
+    uploaded: int
+    failures: int
+
+
+class UploaderStatus(_View):
+    uploaded: int
+    failed: int
+    bytes: int
+    errors_by_kind: dict[str, int]
+    last_error: str
+
+
+class MiningStatus(_View):
+    seen: int
+    accepted: int
+    duplicates: int
+    queue_skipped: int
+    triggered: dict[str, int]
+    rate_limited: dict[str, int]
+    rejected: int
+    evicted: int
+
+
+class MqttStatus(_View):
+    connected: bool
+    published: int
+    dropped: int
+
+
+class AgentStatus(_View):
+    device: DeviceStatus
+    agent_version: str
+    uptime_s: float
+    model: ModelStatus | None
+    pipeline: PipelineStatus
+    cameras: dict[str, CameraStatus]
+    ota: OtaStatus | None
+    spool: SpoolStatus | None
+    uploader: UploaderStatus | None
+    mining: MiningStatus | None
+    mqtt: MqttStatus | None
+
+    def heartbeat(self, sent_at: datetime) -> Heartbeat:
+        """The periodic heartbeat for the fleet: a summary of this status."""
+        return Heartbeat(
+            device_id=self.device.id,
+            sent_at=sent_at,
+            uptime_s=self.uptime_s,
+            model_name=self.model.name if self.model else None,
+            model_version=self.model.version if self.model else None,
+            provider=self.model.provider if self.model else "none",
+            fps=self.pipeline.fps,
+            latency_ms_p50=self.pipeline.infer_latency_ms_p50,
+            latency_ms_p99=self.pipeline.infer_latency_ms_p99,
+            inference_errors=self.pipeline.inference_errors,
+            dropped_frames=sum(c.frames_dropped for c in self.cameras.values()),
+            spool_depth=self.spool.depth if self.spool else 0,
+            spool_bytes=self.spool.bytes if self.spool else 0,
+            cameras={
+                camera_id: CameraHealth(
+                    state=c.state,
+                    fps=c.fps,
+                    dropped_frames=c.frames_dropped,
+                    errors=c.read_errors + c.corrupt_frames,
+                )
+                for camera_id, c in self.cameras.items()
+            },
+        )
