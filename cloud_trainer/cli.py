@@ -107,16 +107,19 @@ def _print_epoch(report: EpochReport) -> None:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from cloud_trainer.retrain import Retrainer, describe_report  # noqa: PLC0415
+    from cloud_trainer.retrain import Retrainer, RunStatus, describe_report  # noqa: PLC0415
 
     config = _config(args)
     report = Retrainer(config, _store(config), announce=_progress_line, on_epoch=_print_epoch).run(
         args.run_id
     )
     print(describe_report(report))
-    return {"published": 0, "rejected": EXIT_REJECTED, "skipped": EXIT_SKIPPED}.get(
-        report.status, 1
-    )
+    exits = {
+        RunStatus.PUBLISHED: 0,
+        RunStatus.REJECTED: EXIT_REJECTED,
+        RunStatus.SKIPPED: EXIT_SKIPPED,
+    }
+    return exits.get(report.status, 1)
 
 
 def _train_run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Literal
+from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -42,7 +42,14 @@ from shared.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
-Status = Literal["published", "rejected", "skipped", "failed"]
+
+class RunStatus(StrEnum):
+    """How a retrain run ended (also the CLI's exit code: see ``cloud_trainer.cli``)."""
+
+    PUBLISHED = "published"
+    REJECTED = "rejected"  # the gate refused the candidate
+    SKIPPED = "skipped"  # not enough new data to train on
+    FAILED = "failed"
 
 
 class RunReport(BaseModel):
@@ -50,7 +57,7 @@ class RunReport(BaseModel):
 
     run_id: str
     model_name: str
-    status: Status = "failed"
+    status: RunStatus = RunStatus.FAILED
     reason: str = ""
     started_at: AwareDatetime
     finished_at: AwareDatetime | None = None
@@ -194,9 +201,9 @@ class Retrainer:
         try:
             self._run(report)
         except EmptySelectionError as exc:
-            report.status, report.reason = "skipped", str(exc)
+            report.status, report.reason = RunStatus.SKIPPED, str(exc)
         except LinefleetError as exc:
-            report.status, report.reason = "failed", f"{type(exc).__name__}: {exc}"
+            report.status, report.reason = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
         finally:
             report.finished_at = utc_now()
             self.store.put(
@@ -313,7 +320,7 @@ class Retrainer:
             f"{'PASS' if verdict.passed else 'REJECT'}: {'; '.join(verdict.reasons)}"
         )
         if not verdict.passed:
-            report.status, report.reason = "rejected", "; ".join(verdict.reasons)
+            report.status, report.reason = RunStatus.REJECTED, "; ".join(verdict.reasons)
             return
         lineage = Lineage(
             parent_version=production.version,
@@ -335,7 +342,7 @@ class Retrainer:
                 note=f"run {report.run_id}",
             )
         report.published_version = signed.version
-        report.status = "published"
+        report.status = RunStatus.PUBLISHED
         report.reason = f"published {line.name} v{signed.version}"
 
     def _train(self, spec: TrainSpec) -> TrainResult:

@@ -39,7 +39,7 @@ from cloud_trainer.fleet.states import RolloutState
 from cloud_trainer.release.evaluate import MetricsAccumulator
 from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.release.register import register_model
-from cloud_trainer.retrain import Retrainer, RunReport
+from cloud_trainer.retrain import Retrainer, RunReport, RunStatus
 from cloud_trainer.store import ObjectStore
 from cloud_trainer.training.bootstrap import train_bootstrap
 from cloud_trainer.training.finetune import EpochReport
@@ -322,7 +322,7 @@ class Demo:
 
         self.say("retrain: select -> build -> fine-tune (CPU) -> export -> gate -> publish")
         report = Retrainer(config, store, announce=self.say, on_epoch=self._epoch).run()
-        if report.status != "published" or report.published_version is None:
+        if report.status is not RunStatus.PUBLISHED or report.published_version is None:
             raise RuntimeError(f"retrain did not publish: {report.status}: {report.reason}")
         new_version = report.published_version
 

@@ -9,24 +9,33 @@ polls the API. No build step.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from datetime import datetime
 from importlib.resources import files
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict
 
 from cloud_trainer.errors import ObjectNotFoundError, TrainerError
-from cloud_trainer.fleet.device_registry import FleetRegistry
+from cloud_trainer.fleet.device_registry import DeviceRow, FleetRegistry
 from cloud_trainer.fleet.params import RolloutAction, RolloutParams, RolloutRequest
-from cloud_trainer.fleet.rollout import RolloutController, RolloutError
-from cloud_trainer.release.model_registry import ModelRegistry
+from cloud_trainer.fleet.rollout import RolloutController, RolloutError, RolloutStatus
+from cloud_trainer.release.model_registry import IndexEntry, ModelRegistry
 from cloud_trainer.store import ObjectStore
 from shared.errors import ContractError
 from shared.infra.http import bearer_auth
 from shared.object_keys import HARD_EXAMPLES, RUNS, parse_hard_example_key
 
 MAX_THUMBNAIL_BYTES = 4 * 1024 * 1024
+
+
+class HardExampleView(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    uploaded_at: datetime
+    bytes: int
 
 
 def create_control_app(
@@ -51,37 +60,37 @@ def create_control_app(
         return files("cloud_trainer.fleet").joinpath("dashboard.html").read_text()
 
     @app.get("/api/devices", dependencies=guarded)
-    def devices() -> list[dict[str, Any]]:
-        return [asdict(d) for d in registry.devices()]
+    def devices() -> list[DeviceRow]:
+        return registry.devices()
 
     @app.get("/api/models", dependencies=guarded)
-    def model_versions() -> list[dict[str, Any]]:
+    def model_versions() -> list[IndexEntry]:
         index, _ = models.read_index()
-        return [e.model_dump(mode="json") for e in sorted(index.entries, key=lambda e: e.version)]
+        return sorted(index.entries, key=lambda e: e.version)
 
     @app.get("/api/rollouts", dependencies=guarded)
-    def rollouts() -> list[dict[str, Any]]:
-        return [asdict(controller.status(r)) for r in controller.rollouts()[:50]]
+    def rollouts() -> list[RolloutStatus]:
+        return [controller.status(r) for r in controller.rollouts()[:50]]
 
     @app.get("/api/rollouts/{rollout_id}", dependencies=guarded)
-    def rollout(rollout_id: str) -> dict[str, Any]:
+    def rollout(rollout_id: str) -> RolloutStatus:
         try:
-            return asdict(controller.status(rollout_id))
+            return controller.status(rollout_id)
         except RolloutError as exc:
             raise HTTPException(404, str(exc)) from exc
 
     @app.post("/api/rollouts", dependencies=guarded, status_code=201)
-    def start(body: RolloutRequest) -> dict[str, Any]:
+    def start(body: RolloutRequest) -> RolloutStatus:
         try:
             rollout_id = controller.start_request(body, models.name, default_params)
         except (RolloutError, ContractError) as exc:
             raise HTTPException(409, str(exc)) from exc
         except TrainerError as exc:
             raise HTTPException(400, str(exc)) from exc
-        return asdict(controller.status(rollout_id))
+        return controller.status(rollout_id)
 
     @app.post("/api/rollouts/{rollout_id}/{action}", dependencies=guarded)
-    def act(rollout_id: str, action: str) -> dict[str, Any]:
+    def act(rollout_id: str, action: str) -> RolloutStatus:
         try:
             chosen = RolloutAction(action)
         except ValueError:
@@ -91,7 +100,7 @@ def create_control_app(
             controller.act(rollout_id, chosen)
         except RolloutError as exc:
             raise HTTPException(409, str(exc)) from exc
-        return asdict(controller.status(rollout_id))
+        return controller.status(rollout_id)
 
     @app.get("/api/runs", dependencies=guarded)
     def runs(limit: int = Query(default=20, ge=1, le=200)) -> list[dict[str, Any]]:
@@ -107,7 +116,7 @@ def create_control_app(
         return out
 
     @app.get("/api/hard-examples", dependencies=guarded)
-    def hard_examples(limit: int = Query(default=12, ge=1, le=100)) -> list[dict[str, Any]]:
+    def hard_examples(limit: int = Query(default=12, ge=1, le=100)) -> list[HardExampleView]:
         fleet = registry.fleet
         images = sorted(
             (i for i in store.list(f"{HARD_EXAMPLES}/{fleet}/") if i.key.endswith(".jpg")),
@@ -115,8 +124,7 @@ def create_control_app(
             reverse=True,
         )[:limit]
         return [
-            {"key": i.key, "uploaded_at": i.last_modified.isoformat(), "bytes": i.size}
-            for i in images
+            HardExampleView(key=i.key, uploaded_at=i.last_modified, bytes=i.size) for i in images
         ]
 
     @app.get("/api/hard-examples/image", dependencies=guarded)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -49,11 +50,20 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 INDEX_WRITE_ATTEMPTS = 20
 
 
+class PublishStatus(StrEnum):
+    """A registry entry's state: a version number is claimed (publishing) before its files are
+    written, so two publishers never take the same number."""
+
+    PUBLISHING = "publishing"
+    PUBLISHED = "published"
+    FAILED = "failed"
+
+
 class IndexEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=1)
-    status: Literal["publishing", "published", "failed"]
+    status: PublishStatus
     created_at: AwareDatetime
     updated_at: AwareDatetime
     manifest_key: str | None = None
@@ -77,7 +87,10 @@ class RegistryIndex(BaseModel):
         return next((e for e in self.entries if e.version == version), None)
 
     def published(self) -> list[IndexEntry]:
-        return sorted((e for e in self.entries if e.status == "published"), key=lambda e: e.version)
+        return sorted(
+            (e for e in self.entries if e.status is PublishStatus.PUBLISHED),
+            key=lambda e: e.version,
+        )
 
     def next_version(self) -> int:
         return max((e.version for e in self.entries), default=0) + 1
@@ -176,7 +189,7 @@ class ModelRegistry:
 
     def manifest(self, version: int) -> ModelManifest:
         entry = self.read_index()[0].entry(version)
-        if entry is None or entry.status != "published":
+        if entry is None or entry.status is not PublishStatus.PUBLISHED:
             raise ModelNotFoundError(f"model {self.name!r} has no published version {version}")
         try:
             body, _ = self.store.get(
@@ -233,7 +246,7 @@ class ModelRegistry:
             index.entries.append(
                 IndexEntry(
                     version=version,
-                    status="publishing",
+                    status=PublishStatus.PUBLISHING,
                     created_at=now,
                     updated_at=now,
                     training_run=lineage.training_run,
@@ -249,9 +262,9 @@ class ModelRegistry:
         try:
             signed = self._upload_version(build, files, signer, version)
         except BaseException as exc:
-            self._mark(version, "failed", note=f"publish failed: {str(exc)[:300]}")
+            self._mark(version, PublishStatus.FAILED, note=f"publish failed: {str(exc)[:300]}")
             raise
-        self._mark(version, "published", manifest=signed)
+        self._mark(version, PublishStatus.PUBLISHED, manifest=signed)
         log.info("published %s v%d", self.name, version)
         return signed
 
@@ -289,7 +302,7 @@ class ModelRegistry:
     def _mark(
         self,
         version: int,
-        status: Literal["published", "failed"],
+        status: PublishStatus,
         *,
         manifest: ModelManifest | None = None,
         note: str | None = None,
@@ -298,7 +311,10 @@ class ModelRegistry:
             entry = index.entry(version)
             if entry is None:  # someone deleted our claim; put it back
                 entry = IndexEntry(
-                    version=version, status="publishing", created_at=utc_now(), updated_at=utc_now()
+                    version=version,
+                    status=PublishStatus.PUBLISHING,
+                    created_at=utc_now(),
+                    updated_at=utc_now(),
                 )
                 index.entries.append(entry)
             entry.status = status

@@ -72,7 +72,15 @@ def test_api_needs_the_token_and_refuses_bad_requests(served: tuple[ControlPlane
     ):
         response = httpx.get(f"{base}/api/hard-examples/image", params={"key": key}, headers=auth)
         assert response.status_code == 400, key
-    assert "/api/rollouts" in httpx.get(f"{base}/openapi.json").json()["paths"]
+    openapi = httpx.get(f"{base}/openapi.json").json()
+    assert "/api/rollouts" in openapi["paths"]
+    # Every JSON route documents its answer, and the request body is the CLI's own model.
+    schemas = openapi["components"]["schemas"]
+    for name in ("DeviceRow", "IndexEntry", "RolloutStatus", "RolloutRequest", "HardExampleView"):
+        assert name in schemas, name
+    assert schemas["RolloutStatus"]["properties"]["state"]["$ref"].endswith("/RolloutState")
+    wrong_action = httpx.post(f"{base}/api/rollouts/r1/launch", headers=auth)
+    assert wrong_action.status_code == 404 and "pause" in wrong_action.text
 
 
 def dump_dom(url: str) -> str:
