@@ -45,7 +45,14 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.frame_path import DetectionResult  # noqa: E402
-from shared.messages import DesiredState, OtaState, ReportedState, parse_payload, utc_now  # noqa: E402
+from shared.messages import (  # noqa: E402
+    DesiredState,
+    DesiredTarget,
+    OtaState,
+    ReportedState,
+    parse_payload,
+    utc_now,
+)
 from shared.signing import SigningKey  # noqa: E402
 from shared.synth import CLASS_NAMES  # noqa: E402
 from shared.topics import Channel, Topics  # noqa: E402
@@ -168,6 +175,7 @@ ota: {{enabled: true, model_name: line-detector,
             desired = key.sign(
                 DesiredState(
                     fleet="bench",
+                    target=DesiredTarget.device("bench-01"),
                     rollout_id=f"bench-{version}",
                     sequence=version,
                     issued_at=utc_now(),

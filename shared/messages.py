@@ -67,15 +67,45 @@ class DesiredAction(StrEnum):
 HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=4096)]
 
 
+class TargetScope(StrEnum):
+    DEVICE = "device"
+    GROUP = "group"
+
+
+class DesiredTarget(BaseModel):
+    """Whom a desired state is for, inside its signature: a device, or every device of a group.
+    Without it a validly signed message could be replayed onto another device's (or another
+    fleet's) topic and be obeyed there."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scope: TargetScope
+    id: Identifier
+
+    @classmethod
+    def device(cls, device_id: str) -> DesiredTarget:
+        return cls(scope=TargetScope.DEVICE, id=device_id)
+
+    @classmethod
+    def group(cls, group: str) -> DesiredTarget:
+        return cls(scope=TargetScope.GROUP, id=group)
+
+    def __str__(self) -> str:
+        return f"{self.scope.value} {self.id!r}"
+
+
 class DesiredState(_Message):
     """Retained on a device or group ``desired`` topic: the model the device should run.
 
-    Signed by the control plane. ``sequence`` grows with every new desired state of a rollout
-    controller, so an agent can refuse a replayed older message even if it is validly signed;
-    ``action=rollback`` is the only way to ask for a lower version.
+    Signed by the control plane, and bound to its ``fleet`` and ``target`` (device or group):
+    an agent obeys only a message addressed to itself or its group in its fleet. ``sequence``
+    grows with every new desired state of a rollout controller, so an agent can refuse a
+    replayed older message even if it is validly signed; ``action=rollback`` is the only way to
+    ask for a lower version.
     """
 
     fleet: Identifier
+    target: DesiredTarget
     rollout_id: Identifier
     sequence: int = Field(ge=0, le=2**53)
     issued_at: AwareDatetime

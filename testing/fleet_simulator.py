@@ -23,6 +23,7 @@ from shared.errors import LinefleetError
 from shared.messages import (
     DesiredAction,
     DesiredState,
+    DesiredTarget,
     Heartbeat,
     OnlineStatus,
     OtaState,
@@ -207,6 +208,11 @@ class SimulatedFleet:
                 self.verifier.verify(desired)
         except LinefleetError as exc:
             self.rejected.append(f"{device.device_id}: {exc}")
+            return
+        if desired.fleet != self.topics.fleet or desired.target != DesiredTarget.device(
+            device.device_id
+        ):
+            self.rejected.append(f"{device.device_id}: desired state for {desired.target}")
             return
         if desired.sequence <= device.desired_sequence:
             return  # replay or retained copy already handled

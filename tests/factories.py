@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.manifest import ArtifactRef, ClassInfo, InputSpec, ModelManifest
-from shared.messages import DesiredState
+from shared.messages import DesiredState, DesiredTarget
 from shared.synth import CLASS_NAMES
 
 ZH_NAMES = ("螺栓", "螺母", "垫圈", "支架", "缺陷")
@@ -39,6 +39,7 @@ def make_manifest(**overrides: Any) -> ModelManifest:
 def make_desired(manifest: ModelManifest | None = None, **overrides: Any) -> DesiredState:
     fields: dict[str, Any] = {
         "fleet": "plant1",
+        "target": DesiredTarget.device("edge-01"),
         "rollout_id": "r-0001",
         "sequence": 1,
         "issued_at": NOW,

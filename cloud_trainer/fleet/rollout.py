@@ -37,7 +37,7 @@ from cloud_trainer.fleet.params import (
 )
 from cloud_trainer.fleet.states import LIVE, TERMINAL_IN_WAVE, DeviceState, RolloutState
 from shared.manifest import ModelManifest
-from shared.messages import DesiredAction, DesiredState, OtaState, utc_now
+from shared.messages import DesiredAction, DesiredState, DesiredTarget, OtaState, utc_now
 from shared.signing import SigningKey
 from shared.topics import Channel, Topics
 
@@ -468,6 +468,7 @@ class RolloutController:
     ) -> None:
         desired = DesiredState(
             fleet=self.fleet,
+            target=DesiredTarget.device(device_id),
             rollout_id=rollout_id,
             sequence=self._next_sequences(1)[0] if sequence is None else sequence,
             issued_at=self.now(),

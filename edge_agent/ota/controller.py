@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from edge_agent import __version__
 from edge_agent.bandwidth import TokenBucket
@@ -26,7 +27,12 @@ from edge_agent.ota.download import CHUNK, DownloadError, IntegrityError, downlo
 from edge_agent.ota.parts import ArtifactSource, CandidateLoader, OtaTarget, RunningLine
 from edge_agent.ota.smoke import RecentFrames, SmokeCheck
 from edge_agent.ota.store import ModelStore, atomic_write
-from edge_agent.ota.verify import Expectations, OtaRejectedError, verify_desired
+from edge_agent.ota.verify import (
+    Expectations,
+    OtaRejectedError,
+    StaleDesiredError,
+    verify_desired,
+)
 from shared.errors import PayloadError
 from shared.infra.mqtt_link import MqttLink
 from shared.manifest import ModelManifest
@@ -36,6 +42,7 @@ from shared.messages import (
     OtaState,
     ReportedState,
     ReportSequence,
+    TargetScope,
     parse_payload,
     utc_now,
 )
@@ -53,6 +60,15 @@ class OtaPolicy:
     smoke_frames: int = 3
     download_retry_s: float = 5.0
     download_bytes_per_s: float = 0.0  # 0 = unlimited
+
+
+class _Report(NamedTuple):
+    """What the device last said about itself (restored when a stale message is ignored)."""
+
+    state: OtaState
+    reason: str
+    desired: DesiredState | None
+    probation: bool
 
 
 class OtaController:
@@ -94,6 +110,7 @@ class OtaController:
         )
         self.state = OtaState.IDLE
         self.last_reason = ""
+        self._last_report = _Report(OtaState.IDLE, "", None, False)
         self._desired: dict[str, DesiredState] = {}
         self._pending: DesiredState | None = None
         self._wakeup = threading.Condition()
@@ -134,25 +151,52 @@ class OtaController:
     def on_message(self, topic: str, payload: bytes, _retained: bool) -> None:
         if topic not in (self._device_topic, self._group_topic):
             return
-        if not payload:  # a cleared retained message: no desired state on this topic
+        if not payload:
+            # A cleared retained message: no desired state on this topic any more. Clearing the
+            # device's own falls back to its group's at once, as it would after a restart.
             self._desired.pop(topic, None)
+            self._hand_over_effective()
             return
         try:
             desired = parse_payload(DesiredState, payload)
+            self._check_addressed(topic, desired)
         except PayloadError as exc:
+            # Whatever stood on this topic is replaced by something we cannot use. That is the
+            # device's failure only if this topic decided what it runs: garbage on the group
+            # topic does not touch a device that follows its own desired state.
+            deciding = self._deciding_topic()
+            self._desired.pop(topic, None)
             log.warning("desired state refused", extra={"topic": topic, "error": str(exc)})
-            self.report(OtaState.FAILED, reason=f"bad desired message: {exc}"[:500])
+            if topic in (self._device_topic, deciding):
+                self.report(OtaState.FAILED, reason=f"bad desired message: {exc}"[:500])
             return
         self._desired[topic] = desired
-        # The device's own desired state wins over its group's.
-        effective = self._desired.get(self._device_topic) or self._desired.get(
-            self._group_topic or ""
-        )
-        if effective is None:
+        self._hand_over_effective()
+
+    def _deciding_topic(self) -> str | None:
+        """The topic whose desired state this device follows: its own wins over its group's."""
+        if self._device_topic in self._desired:
+            return self._device_topic
+        if self._group_topic is not None and self._group_topic in self._desired:
+            return self._group_topic
+        return None
+
+    def _hand_over_effective(self) -> None:
+        topic = self._deciding_topic()
+        if topic is None:
             return
         with self._wakeup:
-            self._pending = effective
+            self._pending = self._desired[topic]
             self._wakeup.notify_all()
+
+    def _check_addressed(self, topic: str, desired: DesiredState) -> None:
+        """A desired state must name the target its topic stands for (the signature, checked
+        later, then proves who named it)."""
+        on_device_topic = topic == self._device_topic
+        scope = TargetScope.DEVICE if on_device_topic else TargetScope.GROUP
+        target_id = self.target.device_id if on_device_topic else self.target.group
+        if desired.target.scope is not scope or desired.target.id != target_id:
+            raise PayloadError(f"a desired state for {desired.target} on the topic {topic}")
 
     # ----------------------------------------------------------------- reporting
     def report(
@@ -165,6 +209,7 @@ class OtaController:
     ) -> None:
         self.state = state
         self.last_reason = reason
+        self._last_report = _Report(state, reason, desired, probation)
         current = self.line.models.current
         store_state = self.store.state()
         message = ReportedState(
@@ -241,10 +286,14 @@ class OtaController:
         running = current.version if current else None
         if desired.sequence == self._last_sequence:
             return  # the retained message we already handled, delivered again on reconnect
+        before = self._last_report
         self.report(OtaState.VERIFYING, desired=desired)
         expected = Expectations(
             model_name=self.target.model_name,
             agent_version=__version__,
+            fleet=self.target.fleet,
+            device_id=self.target.device_id,
+            group=self.target.group,
             class_names=current.class_names if current else None,
         )
         try:
@@ -255,6 +304,16 @@ class OtaController:
                 running_version=running,
                 last_sequence=self._last_sequence,
             )
+        except StaleDesiredError as exc:
+            # A replay changes nothing: the device still is what it was, and says so again.
+            log.warning("stale desired state ignored", extra={"error": str(exc)})
+            self.report(
+                before.state,
+                reason=before.reason,
+                desired=before.desired,
+                probation=before.probation,
+            )
+            return
         except OtaRejectedError as exc:
             self.report(OtaState.FAILED, reason=str(exc), desired=desired)
             return

@@ -14,7 +14,7 @@ from edge_agent.errors import EdgeAgentError
 from shared.errors import ContractError, SignatureError
 from shared.identifiers import parse_semver
 from shared.manifest import ModelManifest
-from shared.messages import DesiredAction, DesiredState
+from shared.messages import DesiredAction, DesiredState, DesiredTarget, TargetScope
 from shared.signing import Verifier
 
 
@@ -22,11 +22,25 @@ class OtaRejectedError(EdgeAgentError):
     """A desired state or model was refused; the agent keeps running what it runs."""
 
 
+class StaleDesiredError(OtaRejectedError):
+    """A validly signed desired state older than one already handled (a replay, or a retained
+    copy from before): ignored, and nothing about the device's state changes."""
+
+
 @dataclass(frozen=True)
 class Expectations:
     model_name: str
     agent_version: str
+    fleet: str
+    device_id: str
+    group: str | None = None
     class_names: tuple[str, ...] | None = None
+
+    def accepts(self, target: DesiredTarget) -> bool:
+        """A desired state addressed to this device, or to its group."""
+        if target.scope is TargetScope.DEVICE:
+            return target.id == self.device_id
+        return self.group is not None and target.id == self.group
 
 
 def verify_desired(
@@ -48,8 +62,20 @@ def verify_desired(
         verifier.verify(manifest)
     except SignatureError as exc:
         raise OtaRejectedError(f"manifest rejected: {exc}") from exc
-    if desired.sequence <= last_sequence:
+    # What was signed names its target: a message for another fleet, device or group is not
+    # for us, however valid its signature.
+    if desired.fleet != expected.fleet:
         raise OtaRejectedError(
+            f"desired state is for fleet {desired.fleet!r}, this device is in {expected.fleet!r}"
+        )
+    if not expected.accepts(desired.target):
+        group = f" or group {expected.group!r}" if expected.group else ""
+        raise OtaRejectedError(
+            f"desired state is for {desired.target}, not this device "
+            f"({expected.device_id!r}{group})"
+        )
+    if desired.sequence <= last_sequence:
+        raise StaleDesiredError(
             f"replayed or stale desired state (sequence {desired.sequence} <= {last_sequence})"
         )
     if manifest.is_expired(now or datetime.now(UTC)):

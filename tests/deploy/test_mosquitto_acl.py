@@ -182,6 +182,54 @@ def test_devices_only_see_their_own_and_their_groups_topics(
         client.close()
 
 
+def test_a_device_cannot_take_another_devices_client_id(
+    secure_broker: tuple[MosquittoProcess, Path],
+) -> None:
+    """edge-02's valid certificate with edge-01's client id: without
+    ``use_username_as_clientid`` the broker kicked edge-01 off and published its last will."""
+    broker, pki = secure_broker
+    control = Client(broker, pki, "control-plane", "cp")
+    edge1 = Client(broker, pki, "edge-01", "edge-01")
+    assert control.connected.wait(5) and edge1.connected.wait(5)
+    dropped = threading.Event()
+    edge1.client.on_disconnect = lambda *_: dropped.set()
+    will = OnlineStatus(device_id="edge-01", online=False).to_payload()
+    edge1.client.will_set("lf/plant1/dev/edge-01/online", will, qos=1, retain=True)
+    control.client.subscribe("lf/plant1/dev/edge-01/online", qos=1)
+    time.sleep(0.3)
+    intruder = Client(broker, pki, "edge-02", "edge-01")
+    assert intruder.connected.wait(5)
+    assert not dropped.wait(2.0), "edge-01 was disconnected by a client claiming its id"
+    assert not [m for t, m in control.messages if t.endswith("/online")]
+    for client in (control, edge1, intruder):
+        client.close()
+
+
+def test_the_broker_refuses_oversized_messages(
+    secure_broker: tuple[MosquittoProcess, Path],
+) -> None:
+    """The agent refuses payloads over 256 KiB; the broker must not retain one either."""
+    broker, pki = secure_broker
+    edge1 = Client(broker, pki, "edge-01", "edge-01")
+    assert edge1.connected.wait(5)
+    topic = "lf/plant1/dev/edge-01/reported"
+    edge1.client.publish(topic, b"s" * 1000, qos=1, retain=True).wait_for_publish(5)
+    dropped = threading.Event()
+    edge1.client.on_disconnect = lambda *_: dropped.set()
+    huge = edge1.client.publish(topic, b"h" * (10 * 1024 * 1024), qos=1, retain=True)
+    assert dropped.wait(10), "the broker disconnects a client that sends an oversized packet"
+    edge1.close()
+    del huge
+    control = Client(broker, pki, "control-plane", "cp")
+    assert control.connected.wait(5)
+    control.client.subscribe(topic, qos=1)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not control.messages:
+        time.sleep(0.05)
+    assert [len(m) for _, m in control.messages] == [1000], "the small message stays retained"
+    control.close()
+
+
 def test_no_certificate_no_connection(secure_broker: tuple[MosquittoProcess, Path]) -> None:
     broker, pki = secure_broker
     anonymous = Client(broker, pki, None, "nobody")

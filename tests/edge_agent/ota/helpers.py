@@ -18,6 +18,7 @@ from shared.manifest import ArtifactRef, ClassInfo, InputSpec, ModelManifest
 from shared.messages import (
     DesiredAction,
     DesiredState,
+    DesiredTarget,
     OtaState,
     ReportedState,
     parse_payload,
@@ -61,6 +62,7 @@ class ControlPlane:
     s3: Any
     bucket: str
     key: SigningKey
+    device: str = "edge-ota"  # whom desired() addresses unless told otherwise
     sequence: int = 0
     reports: list[ReportedState] = field(default_factory=list)
 
@@ -95,12 +97,15 @@ class ControlPlane:
         action: DesiredAction = DesiredAction.UPDATE,
         sequence: int | None = None,
         signer: SigningKey | None = None,
+        target: DesiredTarget | None = None,
+        fleet: str | None = None,
     ) -> DesiredState:
         if sequence is None:
             self.sequence += 1
             sequence = self.sequence
         state = DesiredState(
-            fleet=self.topics.fleet,
+            fleet=fleet or self.topics.fleet,
+            target=target or DesiredTarget.device(self.device),
             rollout_id="r-test",
             sequence=sequence,
             issued_at=utc_now(),
@@ -113,6 +118,10 @@ class ControlPlane:
         info = self.client.publish(
             self.topics.device(device, Channel.DESIRED), payload, qos=1, retain=True
         )
+        info.wait_for_publish(5)
+
+    def publish_group(self, group: str, payload: bytes) -> None:
+        info = self.client.publish(self.topics.group_desired(group), payload, qos=1, retain=True)
         info.wait_for_publish(5)
 
     def send(self, device: str, desired: DesiredState) -> None:

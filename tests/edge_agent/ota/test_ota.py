@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from edge_agent.agent import Agent
 from edge_agent.camera import SyntheticSource
 from edge_agent.config import load_config
-from shared.messages import DesiredAction, OtaState, utc_now
+from shared.messages import DesiredAction, DesiredTarget, OtaState, utc_now
 from shared.signing import SigningKey
 from shared.synth import CLASS_NAMES
 from shared.topics import Topics
@@ -60,6 +60,7 @@ def write_agent_config(
     drift: str = "none",
     probation: float = 1.0,
     device: str = DEVICE,
+    group: str | None = None,
     broker_port: int | None = None,
 ) -> Path:
     """An agent config on the synthetic line with OTA on, v1 shipped with its manifest."""
@@ -75,7 +76,7 @@ def write_agent_config(
     config = tmp_path / "agent.yaml"
     config.write_text(
         f"""
-device: {{id: {device}, fleet: {plane.topics.fleet}}}
+device: {{id: {device}, fleet: {plane.topics.fleet}{f", group: {group}" if group else ""}}}
 cameras: [{{kind: synthetic, id: cam0, width: 320, height: 320, fps: 30, drift: {drift}}}]
 model: {{path: {v1}}}
 mqtt: {{host: 127.0.0.1, port: {broker_port or plane.broker.port}, keepalive_s: 5}}
@@ -100,9 +101,10 @@ def start_agent(
     drift: str = "none",
     probation: float = 1.0,
     device: str = DEVICE,
+    group: str | None = None,
 ) -> Agent:
     config = write_agent_config(
-        tmp_path, plane, s3_server, drift=drift, probation=probation, device=device
+        tmp_path, plane, s3_server, drift=drift, probation=probation, device=device, group=group
     )
     agent = Agent(load_config(config))
     agent.start()
@@ -151,6 +153,9 @@ def test_update_goes_active_and_frames_keep_flowing(
         "nan",
         "slow",
         "wrong_model",
+        "other_fleet",
+        "other_device",
+        "other_group",
     ],
 )
 def test_refusals_keep_the_old_model(
@@ -169,6 +174,9 @@ def test_refusals_keep_the_old_model(
             "nan": "NaN",
             "slow": "latency",
             "wrong_model": "this device runs",
+            "other_fleet": "is for fleet 'elsewhere'",
+            "other_device": "a desired state for device 'edge-other'",
+            "other_group": "a desired state for group 'line-b'",
         }[case]
         if case == "tampered":
             manifest = plane.upload(good, 2)
@@ -212,6 +220,15 @@ def test_refusals_keep_the_old_model(
                 tmp_path / "slow.onnx", busy_nodes=300, names=list(CLASS_NAMES)
             )
             desired = plane.desired(plane.upload(slow, 2))
+        elif case == "other_fleet":
+            # Validly signed, published on this device's topic, but for another fleet: a
+            # message lifted from one plant's broker must not steer a box of another.
+            desired = plane.desired(plane.upload(good, 2), fleet="elsewhere")
+        elif case == "other_device":
+            target = DesiredTarget.device("edge-other")
+            desired = plane.desired(plane.upload(good, 2), target=target)
+        elif case == "other_group":
+            desired = plane.desired(plane.upload(good, 2), target=DesiredTarget.group("line-b"))
         else:
             desired = plane.desired(plane.upload(good, 2, model_name="other-line"))
         before = running(agent)
@@ -234,9 +251,46 @@ def test_replayed_desired_state_is_ignored(
         newer = plane.desired(plane.upload(good, 3))
         plane.send(DEVICE, newer)
         plane.wait_active(3)
+        seen = len(plane.reports)
         plane.send(DEVICE, old)  # validly signed, but older: a replay
-        report = plane.wait_report(lambda r: r.ota_state is OtaState.FAILED)
-        assert "replayed or stale" in report.reason and running(agent) == 3
+        # Ignored, and the device says again what it is: active on v3, not "failed".
+        report = plane.wait_report(
+            lambda r: r.ota_state is OtaState.VERIFYING and r.desired_version == 2
+        )
+        after = plane.wait_report(
+            lambda r: r.sequence > report.sequence and r.ota_state is not OtaState.VERIFYING
+        )
+        assert after.ota_state is OtaState.ACTIVE and after.running_version == 3
+        assert not any(r.ota_state is OtaState.FAILED for r in plane.reports[seen:])
+        assert running(agent) == 3
+    finally:
+        agent.stop()
+
+
+def test_group_desired_state_clearing_and_garbage(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    """A device follows its group's desired state unless it has its own; clearing its own falls
+    back to the group's at once; garbage on the group topic does not fail a device that follows
+    its own."""
+    agent = start_agent(tmp_path, plane, s3_server, group="line-a")
+    try:
+        good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
+        group_v2 = plane.desired(plane.upload(good, 2), target=DesiredTarget.group("line-a"))
+        plane.publish_group("line-a", group_v2.to_payload())
+        plane.wait_active(2)
+        plane.send(DEVICE, plane.desired(plane.upload(good, 3)))
+        plane.wait_active(3)
+        seen = len(plane.reports)
+        plane.publish_group("line-a", b"{not json")
+        time.sleep(1.0)
+        assert not any(r.ota_state is OtaState.FAILED for r in plane.reports[seen:])
+        group_v4 = plane.desired(plane.upload(good, 4), target=DesiredTarget.group("line-a"))
+        plane.publish_group("line-a", group_v4.to_payload())
+        time.sleep(1.0)
+        assert running(agent) == 3, "the device's own desired state wins over its group's"
+        plane.publish(DEVICE, b"")  # the operator clears the device's own desired state
+        plane.wait_active(4)
     finally:
         agent.stop()
 
