@@ -115,7 +115,7 @@ def load_model(path: Path, options: RunnerOptions, manifest: ModelManifest | Non
         expected_input=(manifest.input.height, manifest.input.width),
         output_format=manifest.output_format,
     )
-    return ActiveModel(runner, manifest.model_name, manifest.version)
+    return ActiveModel(runner, manifest.model_name, manifest.version, manifest.artifact.sha256)
 
 
 def read_local_manifest(model_path: Path) -> ModelManifest | None:

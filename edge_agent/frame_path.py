@@ -27,6 +27,9 @@ class ActiveModel:
     runner: InferenceRunner
     name: str
     version: int | None
+    # The artifact's digest from its manifest: a version is identified by it, not by its
+    # number alone (None for a model configured without a manifest).
+    sha256: str | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -252,6 +252,7 @@ class OtaController:
             return
         if problem is None:
             self.store.mark_good()
+            self._remember_proven(current)
             self.report(OtaState.ACTIVE)
         else:
             self.rollback(current, None, problem, None)
@@ -319,7 +320,20 @@ class OtaController:
             return
         # The sequence is recorded as handled only at an outcome (active, failed, rolled back),
         # so an agent killed mid-update resumes it from the retained message after restart.
-        if manifest.version == running:
+        if manifest.version == running and current is not None:
+            if current.sha256 is not None and current.sha256 != manifest.artifact.sha256:
+                self.report(
+                    OtaState.FAILED,
+                    reason=(
+                        f"version {manifest.version} with sha256 {manifest.artifact.sha256[:12]}… "
+                        f"differs from the running version {manifest.version} "
+                        f"({current.sha256[:12]}…): a version number names one artifact, "
+                        "publish a new version"
+                    ),
+                    desired=desired,
+                )
+                self._save_sequence(desired.sequence)
+                return
             # Already running it. While it is on probation the watch decides and reports.
             if not self.store.state().probation:
                 self.report(OtaState.ACTIVE, desired=desired)
@@ -342,7 +356,7 @@ class OtaController:
         self._stage_and_swap(manifest, path, desired)
 
     def _fetch(self, manifest: ModelManifest, desired: DesiredState) -> Path | None:
-        if self.store.has(manifest.version):
+        if self.store.holds(manifest):
             return self.store.model_path(manifest.version)
         self.report(OtaState.DOWNLOADING, desired=desired)
         destination = self.store.downloads / f"{manifest.model_name}-{manifest.version}.onnx"
@@ -382,14 +396,22 @@ class OtaController:
                     lambda cancel: candidate.runner.warm_up(1, cancel=cancel)
                 )
         except EdgeAgentError as exc:
+            self.store.discard(manifest.version)
             self.report(OtaState.FAILED, reason=f"model refused: {exc}", desired=desired)
             self._save_sequence(desired.sequence)
             return
         previous = self.line.models.current
+        self._remember_proven(previous)
+        proven_latency_s = (
+            self.store.proven_latency_s(manifest.artifact.sha256)
+            if desired.action is DesiredAction.ROLLBACK
+            else None
+        )
         try:
-            self.smoke_check(candidate, previous)
+            self.smoke_check(candidate, previous, proven_latency_s=proven_latency_s)
         except EdgeAgentError as exc:
             candidate.runner.close()
+            self.store.discard(manifest.version)
             self.report(OtaState.FAILED, reason=f"smoke check failed: {exc}", desired=desired)
             self._save_sequence(desired.sequence)
             return
@@ -397,22 +419,39 @@ class OtaController:
         self.store.activate(manifest.version)
         self.line.models.swap(candidate)  # between two batches: no frame lost or repeated
         self.report(OtaState.ACTIVE, desired=desired, probation=True)
-        problem = self._watch_probation(previous)
+        problem = self._watch_probation(previous, proven_latency_s)
         if self.stop_event.is_set():
             return  # undecided: the next start resumes probation and counts the boot
         self._save_sequence(desired.sequence)
         if problem is None:
             self.store.mark_good()
+            self._remember_proven(candidate)
             if previous is not None:
                 previous.runner.close()
             self.report(OtaState.ACTIVE, desired=desired)
             return
         self.rollback(candidate, previous, problem, desired)
 
-    def _watch_probation(self, previous: ActiveModel | None) -> str | None:
-        """Watch the line after a swap; the reason to roll back, or None if healthy."""
+    def _remember_proven(self, model: ActiveModel | None) -> None:
+        """Record the running model's line latency while it is proven (not on probation)."""
+        if model is None or model.sha256 is None or self.store.state().probation:
+            return
+        latency_s = self.line.stats.single_frame_infer_s()
+        if latency_s is not None:
+            self.store.record_proven(model.sha256, latency_s)
+
+    def _watch_probation(
+        self, previous: ActiveModel | None, proven_latency_s: float | None = None
+    ) -> str | None:
+        """Watch the line after a swap; the reason to roll back, or None if healthy. A model
+        rolled back to is held to its own latency when it last ran well here
+        (``proven_latency_s``), not to the model it replaced."""
         start_done, start_errors = self.line.stats.processed, self.line.stats.inference_errors
-        baseline = self.line.stats.latency_ms(0.5)
+        baseline = (
+            proven_latency_s * 1000.0
+            if proven_latency_s is not None
+            else self.line.stats.latency_ms(0.5)
+        )
         deadline = time.monotonic() + self.policy.probation_s
         while not self.stop_event.wait(0.2):
             done = self.line.stats.processed - start_done
@@ -447,4 +486,6 @@ class OtaController:
         if fallback is not None:
             self.line.models.swap(fallback)
         candidate.runner.close()
+        if candidate.version is not None:
+            self.store.discard(candidate.version)  # rejected: never installed again
         self.report(OtaState.ROLLED_BACK, reason=reason, desired=desired)

@@ -110,11 +110,23 @@ class SmokeCheck:
     try_on_line: LineTrial = no_line
     run_model_work: ModelWorkRunner[Any] = run_in_place
 
-    def __call__(self, candidate: ActiveModel, previous: ActiveModel | None) -> None:
+    def __call__(
+        self,
+        candidate: ActiveModel,
+        previous: ActiveModel | None,
+        *,
+        proven_latency_s: float | None = None,
+    ) -> None:
         """Raises :class:`~edge_agent.errors.EdgeAgentError` (a failed run) or
-        :class:`OtaRejectedError` (too slow) if ``candidate`` must not replace ``previous``."""
+        :class:`OtaRejectedError` (too slow) if ``candidate`` must not replace ``previous``.
+
+        ``proven_latency_s``: the candidate's own one-frame latency when it last ran well on
+        this line (a signed rollback to it). It is then held to its own past, not to the model
+        it replaces: a broken model may be the fast one."""
         # The running model's one-frame latency, read before any candidate frame is counted.
         old_s = self.stats.single_frame_infer_s() if previous is not None else None
+        if proven_latency_s is not None and previous is not None:
+            old_s = proven_latency_s
         timings: list[float] = []
         if previous is not None:  # no running model: no line to try it on
             run_limit = (

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge_agent.errors import EdgeAgentError
+from shared.digests import file_sha256
 from shared.manifest import ModelManifest
 
 MODEL_FILE = "model.onnx"
@@ -69,6 +70,7 @@ class ModelStore:
         except OSError as exc:
             raise ModelStoreError(f"cannot create the model store in {root}: {exc}") from exc
         self._state_path = root / "state.json"
+        self._proven_path = root / "proven.json"
 
     # ----------------------------------------------------------------- state
     def state(self) -> StoreState:
@@ -91,6 +93,59 @@ class ModelStore:
         return (self.version_dir(version) / MODEL_FILE).is_file() and (
             self.version_dir(version) / MANIFEST_FILE
         ).is_file()
+
+    def holds(self, manifest: ModelManifest) -> bool:
+        """The artifact ``manifest`` names is installed, byte for byte: same version, same
+        digest in the stored manifest and of the file itself. A version number alone never
+        identifies a model (a re-signed manifest may name other bytes; a file may rot)."""
+        if not self.has(manifest.version):
+            return False
+        try:
+            stored = self.manifest(manifest.version)
+            path = self.model_path(manifest.version)
+            return (
+                stored.artifact.sha256 == manifest.artifact.sha256
+                and path.stat().st_size == manifest.artifact.size_bytes
+                and file_sha256(path) == manifest.artifact.sha256
+            )
+        except (ModelStoreError, OSError):
+            return False
+
+    # ----------------------------------------------------------------- proven models
+    def record_proven(self, sha256: str, latency_s: float) -> None:
+        """Remember that the artifact ``sha256`` ran well here, and its one-frame latency on
+        this box's line: a signed rollback to it is measured against that, not against the
+        model it replaces (which may be faster because it is broken)."""
+        proven = self._proven()
+        proven[sha256] = latency_s
+        # Bounded: the newest entries are the ones a rollback can still target.
+        kept = dict(list(proven.items())[-20:])
+        atomic_write(self._proven_path, json.dumps(kept).encode())
+
+    def proven_latency_s(self, sha256: str) -> float | None:
+        return self._proven().get(sha256)
+
+    def _proven(self) -> dict[str, float]:
+        try:
+            raw = json.loads(self._proven_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return {}  # a lost record only makes a rollback meet the usual latency check
+        if not isinstance(raw, dict):
+            return {}
+        return {
+            str(k): float(v)
+            for k, v in raw.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+        }
+
+    def discard(self, version: int) -> None:
+        """Delete a refused version's files (never the current or the fallback version)."""
+        state = self.state()
+        if version in (state.current, state.previous_good):
+            return
+        shutil.rmtree(self.version_dir(version), ignore_errors=True)
 
     def manifest(self, version: int) -> ModelManifest:
         path = self.version_dir(version) / MANIFEST_FILE

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from edge_agent.agent import Agent
 from edge_agent.camera import SyntheticSource
 from edge_agent.config import load_config
+from shared.digests import file_sha256
 from shared.messages import DesiredAction, DesiredTarget, OtaState, utc_now
 from shared.signing import SigningKey
 from shared.synth import CLASS_NAMES
@@ -62,13 +63,16 @@ def write_agent_config(
     device: str = DEVICE,
     group: str | None = None,
     broker_port: int | None = None,
+    v1_busy_nodes: int = 0,
 ) -> Path:
     """An agent config on the synthetic line with OTA on, v1 shipped with its manifest."""
     keys = tmp_path / "keys"
     keys.mkdir(exist_ok=True)
     (keys / "release-1.pub").write_bytes(plane.key.public_pem())
     (tmp_path / "v1").mkdir(exist_ok=True)
-    v1 = brightness_detector(tmp_path / "v1" / "model.onnx", names=list(CLASS_NAMES))
+    v1 = brightness_detector(
+        tmp_path / "v1" / "model.onnx", names=list(CLASS_NAMES), busy_nodes=v1_busy_nodes
+    )
     # The bootstrap model ships with its manifest: name and version 1.
     (tmp_path / "v1" / "manifest.json").write_text(
         make_manifest(v1.read_bytes(), 1).model_dump_json()
@@ -102,9 +106,17 @@ def start_agent(
     probation: float = 1.0,
     device: str = DEVICE,
     group: str | None = None,
+    v1_busy_nodes: int = 0,
 ) -> Agent:
     config = write_agent_config(
-        tmp_path, plane, s3_server, drift=drift, probation=probation, device=device, group=group
+        tmp_path,
+        plane,
+        s3_server,
+        drift=drift,
+        probation=probation,
+        device=device,
+        group=group,
+        v1_busy_nodes=v1_busy_nodes,
     )
     agent = Agent(load_config(config))
     agent.start()
@@ -236,6 +248,8 @@ def test_refusals_keep_the_old_model(
         report = plane.wait_report(lambda r: r.ota_state is OtaState.FAILED)
         assert expected_reason in report.reason
         assert running(agent) == before, "still on the old model"
+        if case != "downgrade":  # there v2 is the running version, rightly kept
+            assert agent.store is not None and not agent.store.has(2), "refused: removed"
         assert agent.alive()
     finally:
         agent.stop()
@@ -291,6 +305,77 @@ def test_group_desired_state_clearing_and_garbage(
         assert running(agent) == 3, "the device's own desired state wins over its group's"
         plane.publish(DEVICE, b"")  # the operator clears the device's own desired state
         plane.wait_active(4)
+    finally:
+        agent.stop()
+
+
+def test_a_version_is_its_digest_not_its_number(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    """A re-signed manifest naming other bytes under a version number already on the box:
+    refused while that version runs, downloaded anew (not the stale file) when it does not."""
+    agent = start_agent(tmp_path, plane, s3_server)
+    try:
+        first = brightness_detector(tmp_path / "first.onnx", names=list(CLASS_NAMES))
+        other = brightness_detector(
+            tmp_path / "other.onnx", names=list(CLASS_NAMES), with_metadata=False
+        )
+        v2_first = plane.upload(first, 2)
+        plane.send(DEVICE, plane.desired(v2_first))
+        plane.wait_active(2)
+        v2_other = plane.upload(other, 2)
+        assert v2_other.artifact.sha256 != v2_first.artifact.sha256
+        plane.send(DEVICE, plane.desired(v2_other))
+        refused = plane.wait_report(lambda r: r.ota_state is OtaState.FAILED)
+        assert "a version number names one artifact" in refused.reason
+        assert agent.models.current is not None
+        assert agent.models.current.sha256 == v2_first.artifact.sha256
+        plane.send(DEVICE, plane.desired(plane.upload(first, 3)))
+        plane.wait_active(3)
+        # v2 (first) stays in the store as the fallback; a signed rollback to v2 (other) must
+        # run the bytes its manifest names, not the stored file of the same number.
+        mark = plane.reports[-1].sequence
+        plane.send(DEVICE, plane.desired(v2_other, action=DesiredAction.ROLLBACK))
+        plane.wait_report(
+            lambda r: (
+                r.sequence > mark
+                and r.running_version == 2
+                and r.ota_state is OtaState.ACTIVE
+                and not r.probation
+            )
+        )
+        assert agent.models.current.sha256 == v2_other.artifact.sha256
+        assert agent.store is not None
+        assert file_sha256(agent.store.model_path(2)) == v2_other.artifact.sha256
+    finally:
+        agent.stop()
+
+
+def test_a_signed_rollback_is_held_to_its_own_past_latency(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    """Rolling back from a fast (but broken) model to the slower one that ran well here: the
+    latency check compares the old model with its own past on this line, not with the fast
+    one (which refused the rollback: "latency 12.4 ms vs 0.2 ms")."""
+    agent = start_agent(tmp_path, plane, s3_server, v1_busy_nodes=30)
+    try:
+        time.sleep(1.0)  # v1's one-frame latency on the line is known
+        fast = brightness_detector(tmp_path / "fast.onnx", names=list(CLASS_NAMES))
+        plane.send(DEVICE, plane.desired(plane.upload(fast, 2)))
+        plane.wait_active(2)
+        time.sleep(1.0)
+        mark = plane.reports[-1].sequence
+        v1 = plane.upload(tmp_path / "v1" / "model.onnx", 1)
+        plane.send(DEVICE, plane.desired(v1, action=DesiredAction.ROLLBACK))
+        back = plane.wait_report(
+            lambda r: (
+                r.sequence > mark
+                and r.ota_state in (OtaState.FAILED, OtaState.ACTIVE)
+                and not r.probation
+                and r.desired_version == 1
+            )
+        )
+        assert back.ota_state is OtaState.ACTIVE and back.running_version == 1, back.reason
     finally:
         agent.stop()
 
