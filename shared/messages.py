@@ -274,6 +274,10 @@ def parse_payload(model: type[Model], raw: bytes, *, max_bytes: int = MAX_PAYLOA
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"payload is not JSON: {exc.msg} at line {exc.lineno}") from exc
+    except RecursionError as exc:  # hostile nesting ([[[[...) deeper than the parser's stack
+        raise PayloadError("payload is nested too deeply to be one of our messages") from exc
+    except ValueError as exc:  # e.g. an integer of thousands of digits (int_max_str_digits)
+        raise PayloadError(f"payload holds a value that cannot be read: {exc}"[:300]) from exc
     if not isinstance(document, dict):
         raise PayloadError(f"payload must be a JSON object, got {type(document).__name__}")
     try:

@@ -177,3 +177,20 @@ def test_schema_2_reports_say_probation_in_its_own_field() -> None:
         )
     with pytest.raises(PayloadError, match="schema_version"):
         parse_payload(ReportedState, json.dumps(_reported_document(schema_version=3)).encode())
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
+        (b'{"sequence": ' + b"9" * 5000 + b"}", "cannot be read"),
+    ],
+    ids=["deep-array", "deep-object", "huge-integer"],
+)
+def test_parser_edges_are_contract_errors(payload: bytes, reason: str) -> None:
+    """Found by hostile testing, not by hypothesis: both used to raise RecursionError or
+    ValueError out of parse_payload (a traceback in the agent's log, nothing reported)."""
+    for model in (DesiredState, ReportedState, Heartbeat):
+        with pytest.raises(PayloadError, match=reason):
+            parse_payload(model, payload, max_bytes=len(payload) + 1)
