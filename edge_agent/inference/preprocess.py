@@ -21,9 +21,16 @@ PAD_VALUE = 114
 
 @dataclass(frozen=True, slots=True)
 class Letterbox:
-    """How one source image was fitted into the model input, to undo it on the boxes."""
+    """How one source image was fitted into the model input, to undo it on the boxes.
 
-    scale: float
+    The resize rounds each side to whole pixels, so the factors the image was really scaled
+    by differ slightly per axis (1000x333 to 320: 0.32 across, 107/333 = 0.3213 down); the
+    inverse uses the real ones. One factor for both axes (as ultralytics' ``scale_boxes``
+    does) shifted boxes by up to 2.2 px on a 2448x2048 camera at 320.
+    """
+
+    scale_x: float
+    scale_y: float
     pad_x: int
     pad_y: int
     source_width: int
@@ -33,8 +40,8 @@ class Letterbox:
         if len(detections) == 0:
             return detections
         boxes = detections.xyxy.copy()
-        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - self.pad_x) / self.scale
-        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self.scale
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - self.pad_x) / self.scale_x
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self.scale_y
         # Assign, not clip(out=...): boxes[:, [0, 2]] is a copy (fancy indexing).
         boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, self.source_width)
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, self.source_height)
@@ -62,7 +69,7 @@ def letterbox_image(
                 image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
             ),
         )
-    return image, Letterbox(scale, left, top, src_w, src_h)
+    return image, Letterbox(new_w / src_w, new_h / src_h, left, top, src_w, src_h)
 
 
 def letterbox(

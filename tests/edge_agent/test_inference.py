@@ -28,6 +28,7 @@ from edge_agent.inference import (
     letterbox,
     nms,
 )
+from edge_agent.inference.preprocess import letterbox_image
 from edge_agent.inference.runner import CPU, parse_class_names, select_providers
 from shared.detections import Detections
 from tests.edge_agent.onnx_models import (
@@ -51,11 +52,30 @@ def test_letterbox_matches_ultralytics_rounding_and_inverts() -> None:
     blob, maps = letterbox([image], 320, 320)
     assert blob.shape == (1, 3, 320, 320) and blob.dtype == np.float32
     m = maps[0]
-    assert m.scale == pytest.approx(0.5) and (m.pad_x, m.pad_y) == (0, 40)
+    assert (m.scale_x, m.scale_y) == pytest.approx((0.5, 0.5)) and (m.pad_x, m.pad_y) == (0, 40)
     assert blob[0, :, 0, 0] == pytest.approx([114 / 255] * 3)  # padding grey
     assert blob[0, :, 160, 160] == pytest.approx([200 / 255] * 3)
     back = m.to_source(Detections([[0, 40, 320, 280]], [0.9], [0]))
     np.testing.assert_allclose(back.xyxy, [[0, 0, 640, 480]])
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "size"),
+    [(333, 1000, 320), (1000, 333, 320), (2048, 2448, 320), (2048, 2448, 640), (479, 641, 320)],
+)
+def test_boxes_map_back_exactly_on_uneven_aspect_ratios(height: int, width: int, size: int) -> None:
+    """A region of the source, carried into the letterboxed image by the very resize and
+    padding applied to it, comes back to the same source pixels (one scale for both axes
+    was off by up to 2.2 px on these shapes)."""
+    _, mapping = letterbox_image(np.zeros((height, width, 3), np.uint8), size, size)
+    gain = min(size / height, size / width)
+    resized_w, resized_h = round(width * gain), round(height * gain)  # what cv2.resize made
+    truth = np.array([[0.1 * width, 0.2 * height, 0.9 * width, 0.95 * height]], np.float32)
+    forward = truth.copy()
+    forward[:, [0, 2]] = forward[:, [0, 2]] * resized_w / width + mapping.pad_x
+    forward[:, [1, 3]] = forward[:, [1, 3]] * resized_h / height + mapping.pad_y
+    back = mapping.to_source(Detections(forward, [0.9], [0]))
+    np.testing.assert_allclose(back.xyxy, truth, atol=0.01)
 
 
 def test_boxes_are_clipped_to_the_source_image() -> None:
