@@ -338,7 +338,12 @@ class Agent:
             self.uploader.start()
         if self.config.api.enabled:
             token = self.config.api.token.get_secret_value() if self.config.api.token else None
-            app = create_app(self, token=token, max_upload_bytes=self.config.api.max_upload_bytes)
+            app = create_app(
+                self,
+                token=token,
+                max_upload_bytes=self.config.api.max_upload_bytes,
+                max_image_pixels=self.config.api.max_image_pixels,
+            )
             self.api = HttpServer(app, self.config.api.host, self.config.api.port)
             self.api.start()
         if self.mqtt is not None:

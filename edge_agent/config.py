@@ -134,6 +134,9 @@ class ApiSection(_Section):
     port: int = Field(default=8787, ge=0, le=65535)
     token: SecretStr | None = None
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Checked in the image header before decoding: a small file can declare a huge image.
+    # 40 MP holds an 8K frame (33 MP); a 16,000 x 16,000 PNG is refused unread.
+    max_image_pixels: int = Field(default=40_000_000, ge=64 * 64, le=1_000_000_000)
 
 
 class StorageSection(S3Section):

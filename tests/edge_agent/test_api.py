@@ -14,6 +14,7 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from tests.edge_agent.onnx_models import brightness_detector
+from tests.shared.test_image_header import png_declaring
 
 
 def agent_config(tmp_path: Path, **api: object) -> Path:
@@ -106,6 +107,22 @@ def test_detect_refuses_oversized_uploads(tmp_path: Path) -> None:
         assert response.status_code == 413
     finally:
         agent.stop()
+
+
+def test_detect_refuses_a_decompression_bomb_by_its_header(
+    running_agent: tuple[Agent, str],
+) -> None:
+    """A few KB declaring 16,000 x 16,000 pixels: refused before decoding (it used to take the
+    agent from ~310 MB to 1.8 GB); the agent keeps serving."""
+    _agent, base = running_agent
+    with httpx.Client(base_url=base, timeout=5) as http:
+        bomb = http.post("/detect", content=png_declaring(16_000, 16_000))
+        assert bomb.status_code == 413 and "16000x16000" in bomb.json()["detail"]
+        other = http.post("/detect", content=b"GIF89a" + b"\x00" * 100)
+        assert other.status_code == 400 and "JPEG or PNG" in other.json()["detail"]
+        assert http.get("/healthz").status_code == 200
+        small = np.zeros((64, 64, 3), np.uint8)
+        assert http.post("/detect", content=png(small)).status_code == 200
 
 
 def test_bearer_token(tmp_path: Path) -> None:
