@@ -34,6 +34,7 @@ from shared.detections import Detections
 from shared.errors import ContractError
 from shared.hard_examples import HardExampleSidecar
 from shared.identifiers import Identifier
+from shared.image_header import ImageHeaderError, image_size
 from shared.messages import utc_now
 from shared.object_keys import HARD_EXAMPLES, dataset_prefix, parse_hard_example_key
 
@@ -190,6 +191,10 @@ def _prepare(
     except StorageError as exc:
         outcome.skip(ref.base, "unreadable", str(exc))
         return None
+    problem = _sidecar_disagreement(ref, sidecar, request.class_names)
+    if problem is not None:
+        outcome.skip(ref.base, "bad_sidecar", problem)
+        return None
     if selection.since is not None and sidecar.captured_at < selection.since:
         return None
     if selection.reasons and not set(selection.reasons) & set(sidecar.reasons):
@@ -199,9 +204,24 @@ def _prepare(
     except StorageError as exc:
         outcome.skip(ref.base, "unreadable", str(exc))
         return None
+    # The header first: an empty or truncated file, or one declaring another size than its
+    # sidecar (a decompression bomb among them), is skipped before anything is decoded.
+    try:
+        declared = image_size(jpeg)
+    except ImageHeaderError as exc:
+        outcome.skip(ref.base, "corrupt_image", f"{ref.image.key}: {exc} ({len(jpeg)} bytes)")
+        return None
+    if declared != (sidecar.image_width, sidecar.image_height):
+        outcome.skip(
+            ref.base,
+            "corrupt_image",
+            f"image header says {declared[0]}x{declared[1]}, "
+            f"sidecar says {sidecar.image_width}x{sidecar.image_height}",
+        )
+        return None
     decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
-        outcome.skip(ref.base, "corrupt_image", "not a decodable image")
+        outcome.skip(ref.base, "corrupt_image", f"{ref.image.key}: not a decodable image")
         return None
     image = np.asarray(decoded, dtype=np.uint8)
     height, width = image.shape[:2]
@@ -220,9 +240,46 @@ def _prepare(
     except LabelInvalid as exc:
         outcome.skip(ref.base, "invalid_label", str(exc))
         return None
+    degenerate = _degenerate_boxes(labels)
+    if degenerate:
+        # A zero-area box passed into the held-out split failed the run after training,
+        # naming no file: refuse it here, with the example's name.
+        outcome.skip(ref.base, "invalid_label", f"{degenerate} box(es) of zero width or height")
+        return None
     return _Prepared(
         ref, jpeg, hashlib.sha256(jpeg).hexdigest(), labels, width, height, sidecar.priority
     )
+
+
+def _sidecar_disagreement(
+    ref: ExampleRef, sidecar: HardExampleSidecar, class_names: list[str]
+) -> str | None:
+    """Why a sidecar cannot be trusted, or None: it must name the fleet and device its key
+    says, and each prediction's class name must be the model line's name for its class id."""
+    try:
+        key = parse_hard_example_key(ref.sidecar.key)
+    except ContractError as exc:
+        return str(exc)
+    if (sidecar.fleet, sidecar.device_id) != (key.fleet, key.device):
+        return (
+            f"sidecar names {sidecar.fleet}/{sidecar.device_id}, its key {key.fleet}/{key.device}"
+        )
+    for record in [*sidecar.predictions, *(sidecar.synthetic_truth or [])]:
+        if record.class_id >= len(class_names):
+            return f"class id {record.class_id} is not one of the {len(class_names)} classes"
+        if record.class_name is not None and record.class_name != class_names[record.class_id]:
+            return (
+                f"class id {record.class_id} is {class_names[record.class_id]!r} in the model "
+                f"line, the sidecar calls it {record.class_name!r}"
+            )
+    return None
+
+
+def _degenerate_boxes(labels: Detections) -> int:
+    if len(labels) == 0:
+        return 0
+    boxes = labels.xyxy
+    return int(np.count_nonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])))
 
 
 def _cap_classes(items: list[_Prepared], cap: int | None) -> tuple[list[_Prepared], int]:
@@ -493,6 +550,10 @@ def register_folder_dataset(
             continue
         data = image.read_bytes()
         text = label.read_text()
+        try:
+            image_size(data)
+        except ImageHeaderError as exc:
+            raise DatasetError(f"{image} is not a usable image: {exc}") from exc
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if decoded is None:
             raise DatasetError(f"{image} is not a decodable image")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -167,3 +168,51 @@ def test_a_bucket_without_permission_is_a_clear_error(
     )
     with pytest.raises(StoragePermissionError, match="access denied"):
         DatasetBuilder(wrong, tmp_path).build(request("fleet-x", SyntheticOracle(5)))
+
+
+def test_hostile_examples_are_skipped_with_a_reason(
+    store: ObjectStore, fleet_name: str, tmp_path: Path
+) -> None:
+    """Each of these used to fail the whole run (an OpenCV traceback with an empty reason; a
+    zero-area box failing after training, naming no file) or slip into the dataset (a sidecar
+    for another device, a class id whose name disagrees with the model line)."""
+    good = upload_examples(store, fleet=fleet_name, count=20)
+
+    def plant(source: int, name: str, *, image: bytes | None = None, **edits: object) -> None:
+        keys = good[source].keys
+        frame = keys.image.rsplit("/", 1)[1].removesuffix(".jpg")
+        document = json.loads(store.get(keys.sidecar)[0])
+        document["frame_id"] = f"{frame}-{name}"
+        where = edits.pop("_device", None)
+        document.update(edits)
+        image_key = keys.image.replace(frame, f"{frame}-{name}")
+        sidecar_key = keys.sidecar.replace(frame, f"{frame}-{name}")
+        if where is not None:
+            image_key = image_key.replace("/dev-1/", f"/{where}/")
+            sidecar_key = sidecar_key.replace("/dev-1/", f"/{where}/")
+        store.put(image_key, store.get(keys.image)[0] if image is None else image)
+        store.put(sidecar_key, json.dumps(document).encode())
+
+    plant(0, "empty", image=b"")
+    plant(1, "truncated", image=store.get(good[1].keys.image)[0][:100])
+    plant(2, "forged", _device="edge-99")  # dev-1 sidecar under edge-99 key
+    truth = json.loads(store.get(good[3].keys.sidecar)[0])["synthetic_truth"]
+    (first, *rest) = truth
+    misnamed = {**first, "class_name": "defect" if first["class_name"] != "defect" else "bolt"}
+    plant(3, "misnamed", synthetic_truth=[misnamed, *rest])
+    x1, y1, _, y2 = first["xyxy"]
+    flat = {**first, "xyxy": [x1, y1, x1, y2]}
+    plant(4, "flat", synthetic_truth=[flat, *rest])
+
+    built = DatasetBuilder(store, tmp_path).build(request(fleet_name, SyntheticOracle(5)))
+    skipped: dict[str, list[str]] = {}
+    for skip in built.manifest.skipped_examples:
+        skipped.setdefault(skip.reason, []).append(f"{skip.key}: {skip.detail}")
+    assert len(skipped["corrupt_image"]) == 2
+    assert any("0 bytes" in d and "empty" in d for d in skipped["corrupt_image"])
+    bad = skipped["bad_sidecar"]
+    assert any("sidecar names" in d and "edge-99" in d for d in bad)
+    assert any("in the model line, the sidecar calls it" in d for d in bad)
+    (flat_skip,) = skipped["invalid_label"]
+    assert "flat" in flat_skip and "1 box(es) of zero width or height" in flat_skip
+    assert len(built.manifest.items) == 20
