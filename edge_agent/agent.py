@@ -6,6 +6,7 @@ everything within a few seconds, and any part that dies sets it so systemd resta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -64,7 +65,6 @@ from shared.infra.s3 import make_s3_client
 from shared.manifest import ModelManifest
 from shared.messages import Heartbeat, utc_now
 from shared.signing import Verifier
-from shared.synth import LineConfig
 from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,7 @@ log = logging.getLogger(__name__)
 def build_source(camera: SyntheticCamera | StreamCamera) -> FrameSource:
     if isinstance(camera, SyntheticCamera):
         return SyntheticSource(
-            LineConfig(
-                width=camera.width,
-                height=camera.height,
-                fps=camera.fps or 30.0,
-                seed=camera.seed,
-                drift=camera.drift,
-            ),
+            camera.line_config(),
             drift_schedule=[(s.after_frames, s.drift) for s in camera.drift_schedule],
         )
     return OpenCVSource(
@@ -135,6 +129,7 @@ class Agent:
         self.stop_event = threading.Event()
         self.started_mono = time.monotonic()
         self._started = False
+        self._stops = contextlib.ExitStack()
         self.metrics = AgentMetrics()
         self.hub = FrameHub()
         self.models = ModelSlot()
@@ -213,14 +208,10 @@ class Agent:
             )
         self.store: ModelStore | None = None
         self.ota: OtaController | None = None
-        if config.ota.enabled:
+        if config.ota.enabled and self.mqtt is not None:  # the config requires MQTT for OTA
             self.store = ModelStore(
                 config.state_dir / "models", keep_versions=config.ota.keep_versions
             )
-            if self.mqtt is None:
-                raise ModelLoadError(
-                    "ota.enabled needs mqtt.enabled: desired states come over MQTT"
-                )
             recent = RecentFrames()
             self.pipeline.add_sink(recent)
             self.ota = OtaController(
@@ -322,20 +313,29 @@ class Agent:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        """Start every part; each one started registers how it stops, so a start that fails
+        half-way (a model that does not load, the API port taken) stops exactly what ran."""
         self._started = True
+        stops = self._stops
         self.load_configured_model()
         self.load_shadow_model()
         if self.mqtt is not None:
             self.mqtt.start()
+            stops.callback(self.mqtt.stop)
         if self.ota is not None:
             self.ota.start()
+            stops.callback(self.ota.join, timeout=2.0)
         for camera in self.cameras:
             camera.start()
+            stops.callback(camera.join, timeout=1.0)
         self.pipeline.start()
+        stops.callback(self.pipeline.join, timeout=3.0)
         if self.mining is not None:
             self.mining.start()
+            stops.callback(self.mining.join, timeout=2.0)
         if self.uploader is not None:
             self.uploader.start()
+            stops.callback(self.uploader.join, timeout=3.0)
         if self.config.api.enabled:
             token = self.config.api.token.get_secret_value() if self.config.api.token else None
             app = create_app(
@@ -345,6 +345,7 @@ class Agent:
                 max_image_pixels=self.config.api.max_image_pixels,
             )
             self.api = HttpServer(app, self.config.api.host, self.config.api.port)
+            stops.callback(self.api.stop)
             self.api.start()
         if self.mqtt is not None:
             self._scheduler.add_job(
@@ -353,6 +354,7 @@ class Agent:
         if self.spool is not None:
             self._scheduler.add_job(self.spool.compact, "interval", minutes=10, id="spool-compact")
         self._scheduler.start()
+        stops.callback(self._scheduler.shutdown, wait=False)
         log.info("agent started", extra={"device": self.config.device.id, "version": __version__})
 
     def run_until_stopped(self) -> None:
@@ -365,26 +367,15 @@ class Agent:
                 notify("WATCHDOG=1")
 
     def stop(self) -> None:
+        """Stop what was started, newest first (the API before the pipeline it serves, MQTT
+        last so the final reports and the offline message go out)."""
         self.stop_event.set()
         if not self._started:
             return
         notify("STOPPING=1")
-        self._scheduler.shutdown(wait=False)
-        self.pipeline.join(timeout=3.0)
-        for camera in self.cameras:
-            camera.join(timeout=1.0)
-        if self.ota is not None:
-            self.ota.join(timeout=2.0)
-        if self.mining is not None:
-            self.mining.join(timeout=2.0)
-        if self.uploader is not None:
-            self.uploader.join(timeout=3.0)
+        self._stops.close()
         if self.spool is not None:
             self.spool.close()
-        if self.api is not None:
-            self.api.stop()
-        if self.mqtt is not None:
-            self.mqtt.stop()
         log.info("agent stopped")
 
     # ----------------------------------------------------------------- views

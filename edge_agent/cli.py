@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from edge_agent import __version__
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError
 from shared.errors import LinefleetError
 
 log = logging.getLogger("edge_agent")
@@ -19,23 +19,14 @@ log = logging.getLogger("edge_agent")
 
 def _check_config(args: argparse.Namespace) -> int:
     from edge_agent.config import load_config  # noqa: PLC0415 - keep --help fast
+    from edge_agent.preflight import preflight  # noqa: PLC0415
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    problems = []
-    if config.model.path is not None and not config.model.path.is_file():
-        problems.append(f"model.path: file {config.model.path} does not exist")
-    for camera in config.cameras:
-        url = getattr(camera, "url", None)
-        if (
-            getattr(camera, "kind", "") == "file"
-            and isinstance(url, str)
-            and not Path(url).is_file()
-        ):
-            problems.append(f"cameras.{camera.id}.url: file {url} does not exist")
+    problems = preflight(config)
     if problems:
         print(f"{args.config}: {len(problems)} problem(s):", file=sys.stderr)
         for problem in problems:
@@ -56,7 +47,12 @@ def _run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     configure_logging(config.logging.level, json_format=config.logging.json_format)
-    agent = Agent(config)
+    try:
+        agent = Agent(config)
+    except (LinefleetError, OSError) as exc:
+        # A start-up failure is a clear line in the journal and exit code 1, not a traceback.
+        log.error("agent failed to start", extra={"error": str(exc)})
+        return 1
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal received, stopping", extra={"signal": signal.Signals(signum).name})
@@ -66,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         agent.run_until_stopped()
-    except (EdgeAgentError, LinefleetError) as exc:
+    except (LinefleetError, OSError) as exc:
         log.error("agent failed to start", extra={"error": str(exc)})
         agent.stop()
         return 1

@@ -26,7 +26,8 @@ from shared.infra.config import (
     with_secret_files,
 )
 from shared.infra.config import Section as _Section
-from shared.synth import DRIFT_PRESETS
+from shared.synth import DRIFT_PRESETS, LineConfig
+from shared.validation import describe_validation_error
 
 Provider = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -57,7 +58,21 @@ class SyntheticCamera(_Section):
         frames = [s.after_frames for s in self.drift_schedule]
         if frames != sorted(set(frames)):
             raise ValueError("drift_schedule steps must have increasing after_frames")
+        self.line_config()  # the generator's own rules (e.g. parts fit the frame), checked now
         return self
+
+    def line_config(self) -> LineConfig:
+        """The synthetic line this camera films; ValueError if the generator refuses it."""
+        try:
+            return LineConfig(
+                width=self.width,
+                height=self.height,
+                fps=self.fps or 30.0,
+                seed=self.seed,
+                drift=self.drift,
+            )
+        except ValidationError as exc:
+            raise ValueError(describe_validation_error(exc)) from exc
 
 
 class StreamCamera(_Section):
@@ -268,6 +283,12 @@ class AgentConfig(BaseSettings):
     logging: LoggingSection = LoggingSection()
     state_dir: Path = Path("/var/lib/linefleet")
     stall_timeout_s: float = Field(default=20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ota_needs_mqtt(self) -> AgentConfig:
+        if self.ota.enabled and not self.mqtt.enabled:
+            raise ValueError("ota.enabled needs mqtt.enabled: desired states come over MQTT")
+        return self
 
     @model_validator(mode="after")
     def _unique_camera_ids(self) -> AgentConfig:

@@ -47,8 +47,16 @@ class HttpServer:
     """uvicorn in a thread, stoppable."""
 
     def __init__(self, app: FastAPI, host: str, port: int, *, name: str = "api") -> None:
+        # log_config=None: uvicorn's own messages (a port in use ...) go through the program's
+        # logging set-up (one JSON object a line on the agent), not uvicorn's plain format.
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            log_config=None,
+            lifespan="off",
+            access_log=False,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
