@@ -239,6 +239,7 @@ class Agent:
                     max_error_rate=config.ota.max_error_rate,
                     latency_factor=config.ota.latency_factor,
                     download_retry_s=config.ota.download_retry_s,
+                    download_retry_max_s=config.ota.download_retry_max_s,
                     download_bytes_per_s=config.ota.download_bandwidth_bytes_per_s,
                 ),
             )

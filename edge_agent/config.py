@@ -243,7 +243,10 @@ class OtaSection(_Section):
     latency_factor: float = Field(default=2.0, ge=1.0, le=100.0)
     max_boot_attempts: int = Field(default=2, ge=1, le=100)
     keep_versions: int = Field(default=3, ge=2, le=100)
+    # Transient download failures back off from download_retry_s, doubling up to the cap;
+    # permanent ones (missing or refused artifact, wrong size) fail the update at once.
     download_retry_s: float = Field(default=5.0, gt=0.0, le=3600)
+    download_retry_max_s: float = Field(default=300.0, gt=0.0, le=86400)
     # Paces model downloads (0 = as fast as the store sends): leaves room on the plant
     # network for the cameras, and spreads the download's CPU work on the box.
     download_bandwidth_bytes_per_s: float = Field(default=0.0, ge=0.0, description="0 = unlimited")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +24,12 @@ from edge_agent.bandwidth import TokenBucket
 from edge_agent.errors import EdgeAgentError
 from edge_agent.frame_path import ActiveModel
 from edge_agent.inference.runner import CPU
-from edge_agent.ota.download import CHUNK, DownloadError, IntegrityError, download_artifact
+from edge_agent.ota.download import (
+    CHUNK,
+    DownloadError,
+    PermanentDownloadError,
+    download_artifact,
+)
 from edge_agent.ota.parts import ArtifactSource, CandidateLoader, OtaTarget, RunningLine
 from edge_agent.ota.smoke import RecentFrames, SmokeCheck
 from edge_agent.ota.store import ModelStore, atomic_write
@@ -59,7 +65,14 @@ class OtaPolicy:
     latency_factor: float = 2.0
     smoke_frames: int = 3
     download_retry_s: float = 5.0
+    download_retry_max_s: float = 300.0
     download_bytes_per_s: float = 0.0  # 0 = unlimited
+
+    def retry_delay_s(self, attempt: int) -> float:
+        """Capped exponential backoff with +-20% jitter, so a fleet that lost the store at once
+        does not come back to it in lockstep."""
+        base = min(self.download_retry_s * 2.0 ** min(attempt, 30), self.download_retry_max_s)
+        return base * random.uniform(0.8, 1.2)
 
 
 class _Report(NamedTuple):
@@ -359,7 +372,10 @@ class OtaController:
         if self.store.holds(manifest):
             return self.store.model_path(manifest.version)
         self.report(OtaState.DOWNLOADING, desired=desired)
-        destination = self.store.downloads / f"{manifest.model_name}-{manifest.version}.onnx"
+        # Named by digest too: a .part of other bytes under the same version is never resumed.
+        name = f"{manifest.model_name}-{manifest.version}-{manifest.artifact.sha256[:16]}.onnx"
+        destination = self.store.downloads / name
+        attempt = 0
         while not self.stop_event.is_set():
             try:
                 download_artifact(
@@ -372,14 +388,25 @@ class OtaController:
                     bandwidth=self._download_bandwidth,
                 )
                 return self.store.install(manifest, destination)
-            except IntegrityError as exc:
+            except PermanentDownloadError as exc:
+                # Missing, refused or not the manifest's bytes: no retry changes that. Say so
+                # now instead of leaving the fleet to find out at the device timeout.
                 self.report(OtaState.FAILED, reason=str(exc), desired=desired)
                 self._save_sequence(desired.sequence)
                 return None
             except DownloadError as exc:
-                log.warning("download interrupted; will resume", extra={"error": str(exc)})
-                self.report(OtaState.DOWNLOADING, reason=f"retrying: {exc}", desired=desired)
-                if self.stop_event.wait(self.policy.download_retry_s) or self._superseded():
+                delay = self.policy.retry_delay_s(attempt)
+                attempt += 1
+                log.warning(
+                    "download interrupted; will resume",
+                    extra={"error": str(exc), "retry_in_s": round(delay, 1)},
+                )
+                self.report(
+                    OtaState.DOWNLOADING,
+                    reason=f"retrying in {delay:.0f} s: {exc}",
+                    desired=desired,
+                )
+                if self.stop_event.wait(delay) or self._superseded():
                     return None
         return None
 

@@ -30,8 +30,28 @@ class DownloadError(EdgeAgentError):
     """The artifact could not be fetched (yet); a retry resumes where it stopped."""
 
 
-class IntegrityError(EdgeAgentError):
+class PermanentDownloadError(DownloadError):
+    """Retrying cannot help: the artifact is missing, access is refused, or the store holds
+    other bytes than the manifest names. The desired state fails; no retry."""
+
+
+class IntegrityError(PermanentDownloadError):
     """The fetched artifact does not match the manifest: tampered or truncated."""
+
+
+# S3 error codes and HTTP statuses that no retry will change.
+_PERMANENT_CODES = frozenset(
+    {
+        "NoSuchKey",
+        "NoSuchBucket",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidRange",
+        "InvalidObjectState",
+    }
+)
+_PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 416})
 
 
 class _PartFile:
@@ -59,25 +79,76 @@ class _PartFile:
                 self.hasher.update(chunk)
 
 
-def _fetch_s3(client: Any, bucket: str, key: str, part: _PartFile, offset: int) -> None:
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+def _fetch_s3(
+    client: Any, bucket: str, artifact: ArtifactRef, part: _PartFile, offset: int
+) -> None:
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": artifact.key}
     if offset:
         kwargs["Range"] = f"bytes={offset}-"
     try:
         response = client.get_object(**kwargs)
+        _check_total(_s3_total(response, offset), artifact, part, offset)
         part.append(response["Body"].iter_chunks(CHUNK))
-    except (ClientError, BotoCoreError, OSError) as exc:
-        raise DownloadError(f"download of {key} failed: {str(exc).splitlines()[0][:200]}") from exc
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        message = f"download of {artifact.key} failed: {code or status} {error.get('Message', '')}"
+        if code in _PERMANENT_CODES or status in _PERMANENT_STATUSES:
+            if status == 416 or code == "InvalidRange":
+                part.restart()  # the store holds fewer bytes than we already have
+            raise PermanentDownloadError(message.strip()[:300]) from exc
+        raise DownloadError(message.strip()[:300]) from exc
+    except (BotoCoreError, OSError) as exc:
+        raise DownloadError(
+            f"download of {artifact.key} failed: {str(exc).splitlines()[0][:200]}"
+        ) from exc
 
 
-def _fetch_url(url: str, part: _PartFile, offset: int) -> None:
+def _s3_total(response: dict[str, Any], offset: int) -> int | None:
+    """The object's full size as the store reports it (Content-Range, else the length)."""
+    content_range = str(response.get("ContentRange") or "")
+    if "/" in content_range:
+        total = content_range.rsplit("/", 1)[1]
+        return int(total) if total.isdigit() else None
+    length = response.get("ContentLength")
+    return offset + int(length) if isinstance(length, int) else None
+
+
+def _check_total(total: int | None, artifact: ArtifactRef, part: _PartFile, offset: int) -> None:
+    """A store object of another size than the manifest says will never verify: fail now,
+    before fetching it, instead of after (or, when shorter, forever 'incomplete')."""
+    if total is not None and total != artifact.size_bytes:
+        if offset:
+            part.restart()
+        raise IntegrityError(
+            f"the store holds {total} bytes at {artifact.key}, the manifest says "
+            f"{artifact.size_bytes}: truncated or replaced"
+        )
+
+
+def _fetch_url(url: str, artifact: ArtifactRef, part: _PartFile, offset: int) -> None:
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
         with httpx.stream("GET", url, headers=headers, timeout=30.0) as response:
-            if response.status_code not in (200, 206):
-                raise DownloadError(f"artifact URL answered HTTP {response.status_code}")
-            if response.status_code == 200 and offset:
+            status = response.status_code
+            if status in _PERMANENT_STATUSES:
+                if status == 416:
+                    part.restart()
+                raise PermanentDownloadError(f"artifact URL answered HTTP {status}")
+            if status not in (200, 206):
+                raise DownloadError(f"artifact URL answered HTTP {status}")
+            if status == 200 and offset:
                 part.restart()
+                offset = 0
+            content_range = response.headers.get("content-range", "")
+            length = response.headers.get("content-length", "")
+            total = None
+            if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+                total = int(content_range.rsplit("/", 1)[1])
+            elif length.isdigit():
+                total = offset + int(length)
+            _check_total(total, artifact, part, offset)
             part.append(response.iter_bytes(CHUNK))
     except httpx.HTTPError as exc:
         raise DownloadError(f"artifact URL failed: {exc}") from exc
@@ -102,11 +173,14 @@ def download_artifact(
     filling = _PartFile(part, bandwidth, stop)
     if offset < artifact.size_bytes:
         if url is not None:
-            _fetch_url(url, filling, offset)
+            _fetch_url(url, artifact, filling, offset)
         elif client is not None and bucket is not None:
-            _fetch_s3(client, bucket, artifact.key, filling, offset)
+            _fetch_s3(client, bucket, artifact, filling, offset)
         else:
-            raise DownloadError("no object store or URL configured for model downloads")
+            raise PermanentDownloadError(
+                "no object store or URL configured for model downloads: enable storage, "
+                "or send desired states with an artifact_url"
+            )
     size = part.stat().st_size
     if size != artifact.size_bytes:
         if size > artifact.size_bytes:

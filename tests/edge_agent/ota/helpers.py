@@ -99,6 +99,7 @@ class ControlPlane:
         signer: SigningKey | None = None,
         target: DesiredTarget | None = None,
         fleet: str | None = None,
+        artifact_url: str | None = None,
     ) -> DesiredState:
         if sequence is None:
             self.sequence += 1
@@ -111,6 +112,7 @@ class ControlPlane:
             issued_at=utc_now(),
             action=action,
             manifest=manifest,
+            artifact_url=artifact_url,
         )
         return (signer or self.key).sign(state)
 

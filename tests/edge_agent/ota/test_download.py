@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from edge_agent.bandwidth import TokenBucket
-from edge_agent.ota.download import CHUNK, DownloadError, IntegrityError, download_artifact
+from edge_agent.ota.controller import OtaPolicy
+from edge_agent.ota.download import (
+    CHUNK,
+    DownloadError,
+    IntegrityError,
+    PermanentDownloadError,
+    download_artifact,
+)
 from shared.manifest import ArtifactRef
 
 pytestmark = pytest.mark.integration
@@ -123,3 +130,43 @@ def test_a_server_that_ignores_range_restarts_the_file_and_the_hash(
     (tmp_path / "model-7.onnx.part").write_bytes(artifact_bytes[:1000])
     download_artifact(ref, destination, threading.Event(), url=plain_http)
     assert destination.read_bytes() == artifact_bytes
+
+
+def test_a_missing_artifact_is_a_permanent_failure(
+    tmp_path: Path, s3_client: Any, bucket: str, stored: ArtifactRef, plain_http: str
+) -> None:
+    missing = stored.model_copy(update={"key": "models/line-detector/8/model.onnx"})
+    with pytest.raises(PermanentDownloadError, match="NoSuchKey"):
+        download_artifact(
+            missing, tmp_path / "m.onnx", threading.Event(), client=s3_client, bucket=bucket
+        )
+    with pytest.raises(PermanentDownloadError, match="HTTP 404"):
+        download_artifact(
+            stored, tmp_path / "m.onnx", threading.Event(), url=plain_http + ".missing"
+        )
+
+
+def test_a_truncated_artifact_fails_at_once_and_on_resume(
+    tmp_path: Path, s3_client: Any, bucket: str, stored: ArtifactRef, artifact_bytes: bytes
+) -> None:
+    """The store holds fewer bytes than the manifest says: found from the response's size
+    (not after the download, not as 'incomplete' forever), and a .part longer than what the
+    store has (416 on resume) is dropped."""
+    s3_client.put_object(Bucket=bucket, Key=stored.key, Body=artifact_bytes[: 2 * CHUNK])
+    destination = tmp_path / "model-7.onnx"
+    with pytest.raises(IntegrityError, match=f"the store holds {2 * CHUNK} bytes"):
+        download_artifact(stored, destination, threading.Event(), client=s3_client, bucket=bucket)
+    part = tmp_path / "model-7.onnx.part"
+    part.write_bytes(artifact_bytes[: 3 * CHUNK])
+    with pytest.raises(PermanentDownloadError):
+        download_artifact(stored, destination, threading.Event(), client=s3_client, bucket=bucket)
+    assert not part.exists()
+
+
+def test_transient_retries_back_off_to_a_cap() -> None:
+    policy = OtaPolicy(download_retry_s=1.0, download_retry_max_s=20.0)
+    delays = [policy.retry_delay_s(attempt) for attempt in range(8)]
+    for attempt, delay in enumerate(delays):
+        base = min(2.0**attempt, 20.0)
+        assert 0.8 * base <= delay <= 1.2 * base
+    assert max(delays) <= 24.0

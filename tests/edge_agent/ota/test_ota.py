@@ -168,6 +168,8 @@ def test_update_goes_active_and_frames_keep_flowing(
         "other_fleet",
         "other_device",
         "other_group",
+        "missing_artifact",
+        "truncated_artifact",
     ],
 )
 def test_refusals_keep_the_old_model(
@@ -189,6 +191,8 @@ def test_refusals_keep_the_old_model(
             "other_fleet": "is for fleet 'elsewhere'",
             "other_device": "a desired state for device 'edge-other'",
             "other_group": "a desired state for group 'line-b'",
+            "missing_artifact": "NoSuchKey",
+            "truncated_artifact": "the store holds 100 bytes",
         }[case]
         if case == "tampered":
             manifest = plane.upload(good, 2)
@@ -241,6 +245,15 @@ def test_refusals_keep_the_old_model(
             desired = plane.desired(plane.upload(good, 2), target=target)
         elif case == "other_group":
             desired = plane.desired(plane.upload(good, 2), target=DesiredTarget.group("line-b"))
+        elif case in ("missing_artifact", "truncated_artifact"):
+            # Permanent: reported as failed at once, not retried every few seconds until the
+            # rollout's device timeout.
+            manifest = plane.upload(good, 2)
+            plane.s3.delete_object(Bucket=plane.bucket, Key=manifest.artifact.key)
+            if case == "truncated_artifact":
+                body = good.read_bytes()[:100]
+                plane.s3.put_object(Bucket=plane.bucket, Key=manifest.artifact.key, Body=body)
+            desired = plane.desired(manifest)
         else:
             desired = plane.desired(plane.upload(good, 2, model_name="other-line"))
         before = running(agent)
@@ -422,9 +435,12 @@ def test_model_that_fails_on_the_line_is_rolled_back(
         agent.stop()
 
 
-def test_truncated_artifact_is_retried_not_installed(
+def test_truncated_artifact_fails_and_a_repaired_one_installs(
     tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
 ) -> None:
+    """S3 writes objects whole, so one shorter than its manifest is broken, not 'in progress':
+    the update fails at once (it used to retry every few seconds until the rollout's device
+    timeout). Once the release is repaired, the next desired state installs it."""
     agent = start_agent(tmp_path, plane, s3_server)
     try:
         good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
@@ -434,12 +450,11 @@ def test_truncated_artifact_is_retried_not_installed(
             Bucket=plane.bucket, Key=manifest.artifact.key, Body=data[: len(data) // 2]
         )
         plane.send(DEVICE, plane.desired(manifest))
-        report = plane.wait_report(
-            lambda r: r.ota_state is OtaState.DOWNLOADING and "incomplete" in r.reason
-        )
-        assert running(agent) == 1 and report.desired_version == 2
-        # The store gets the whole file: the agent resumes and completes.
+        report = plane.wait_report(lambda r: r.ota_state is OtaState.FAILED)
+        assert "truncated or replaced" in report.reason and report.desired_version == 2
+        assert running(agent) == 1
         plane.s3.put_object(Bucket=plane.bucket, Key=manifest.artifact.key, Body=data)
+        plane.send(DEVICE, plane.desired(manifest))
         plane.wait_active(2)
     finally:
         agent.stop()

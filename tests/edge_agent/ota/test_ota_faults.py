@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,34 @@ from tests.edge_agent.ota.test_ota import DEVICE, write_agent_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
+
+
+@contextlib.contextmanager
+def flaky_artifact_server(body: bytes) -> Iterator[tuple[str, threading.Event]]:
+    """An HTTP artifact server that answers 503 until the event is set, then serves ``body``."""
+    available = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if not available.is_set():
+                self.send_error(503, "not yet")
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/model.onnx", available
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_broker_restart_during_download(
@@ -47,12 +78,15 @@ def test_broker_restart_during_download(
         plane.wait_report(lambda r: r.running_version == 1)
         model = brightness_detector(tmp_path / "v2.onnx", names=list(CLASS_NAMES))
         manifest = plane.upload(model, 2)
-        s3_client.delete_object(Bucket=bucket, Key=manifest.artifact.key)  # not there yet
-        plane.send(DEVICE, plane.desired(manifest))
-        plane.wait_report(lambda r: r.ota_state is OtaState.DOWNLOADING and "retrying" in r.reason)
-        broker.restart()  # mid-download: the agent and the control plane both reconnect
-        s3_client.put_object(Bucket=bucket, Key=manifest.artifact.key, Body=model.read_bytes())
-        plane.wait_active(2, timeout=60)
+        with flaky_artifact_server(model.read_bytes()) as (url, available):
+            # The artifact server answers 503 (transient: retried with backoff) for now.
+            plane.send(DEVICE, plane.desired(manifest, artifact_url=url))
+            plane.wait_report(
+                lambda r: r.ota_state is OtaState.DOWNLOADING and "retrying" in r.reason
+            )
+            broker.restart()  # mid-download: the agent and the control plane both reconnect
+            available.set()
+            plane.wait_active(2, timeout=60)
         assert agent.mqtt is not None and agent.mqtt.stats.connects >= 2
     finally:
         agent.stop()
