@@ -36,6 +36,7 @@ from edge_agent.inference import (
 )
 from edge_agent.metrics import AgentMetrics
 from edge_agent.ota.controller import OtaController, OtaPolicy
+from edge_agent.ota.health import HealthPolicy
 from edge_agent.ota.parts import ArtifactSource, CandidateLoader, OtaTarget
 from edge_agent.ota.smoke import RecentFrames
 from edge_agent.ota.store import ModelStore
@@ -240,6 +241,12 @@ class Agent:
                     latency_factor=config.ota.latency_factor,
                     download_retry_s=config.ota.download_retry_s,
                     download_retry_max_s=config.ota.download_retry_max_s,
+                    health=HealthPolicy(
+                        interval_s=config.ota.health_interval_s,
+                        max_error_rate=config.ota.max_error_rate,
+                        min_frames=config.ota.health_min_frames,
+                        action=config.ota.health_action,
+                    ),
                     download_bytes_per_s=config.ota.download_bandwidth_bytes_per_s,
                 ),
             )

@@ -243,6 +243,12 @@ class OtaSection(_Section):
     latency_factor: float = Field(default=2.0, ge=1.0, le=100.0)
     max_boot_attempts: int = Field(default=2, ge=1, le=100)
     keep_versions: int = Field(default=3, ge=2, le=100)
+    # After probation the running model is still watched, window by window (0 s: off). Over
+    # max_error_rate: "rollback" to the previous good version when the store has one, else
+    # (or with "report") the reported state says why; the model keeps running.
+    health_interval_s: float = Field(default=60.0, ge=0.0, le=86400)
+    health_min_frames: int = Field(default=100, ge=1)
+    health_action: Literal["report", "rollback"] = "rollback"
     # Transient download failures back off from download_retry_s, doubling up to the cap;
     # permanent ones (missing or refused artifact, wrong size) fail the update at once.
     download_retry_s: float = Field(default=5.0, gt=0.0, le=3600)

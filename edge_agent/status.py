@@ -57,6 +57,7 @@ class ModelStoreStatus(_View):
     probation: bool
     boot_attempts: int
     rejected: tuple[int, ...]
+    prior_good: int | None
 
 
 class OtaStatus(_View):

@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +30,7 @@ from edge_agent.ota.download import (
     PermanentDownloadError,
     download_artifact,
 )
+from edge_agent.ota.health import HealthPolicy, LifetimeWatch
 from edge_agent.ota.parts import ArtifactSource, CandidateLoader, OtaTarget, RunningLine
 from edge_agent.ota.smoke import RecentFrames, SmokeCheck
 from edge_agent.ota.store import ModelStore, atomic_write
@@ -67,6 +68,7 @@ class OtaPolicy:
     download_retry_s: float = 5.0
     download_retry_max_s: float = 300.0
     download_bytes_per_s: float = 0.0  # 0 = unlimited
+    health: HealthPolicy = field(default_factory=HealthPolicy)
 
     def retry_delay_s(self, attempt: int) -> float:
         """Capped exponential backoff with +-20% jitter, so a fleet that lost the store at once
@@ -110,6 +112,7 @@ class OtaController:
         self.artifacts = artifacts
         self.stop_event = stop
         self.policy = policy or OtaPolicy()
+        self.health = LifetimeWatch(self.policy.health)
         rate = self.policy.download_bytes_per_s
         # A burst of one chunk: the pace holds from the first byte.
         self._download_bandwidth = TokenBucket(rate, burst_bytes=CHUNK) if rate > 0 else None
@@ -282,7 +285,9 @@ class OtaController:
                     self._wakeup.wait(0.5)
                 desired, self._pending = self._pending, None
             if desired is None:
+                self._lifetime_health()
                 continue
+            self.health.reset()  # whatever the update does, the next window starts afresh
             try:
                 self.apply(desired)
             except Exception as exc:
@@ -459,6 +464,29 @@ class OtaController:
             return
         self.rollback(candidate, previous, problem, desired)
 
+    def _lifetime_health(self) -> None:
+        """The running model's error rate, window by window, after probation too."""
+        stats = self.line.stats
+        problem = self.health.check(stats.processed, stats.inference_errors, time.monotonic())
+        current = self.line.models.current
+        if problem is None or current is None:
+            return
+        state = self.store.state()
+        can_roll_back = (
+            self.health.policy.action == "rollback"
+            and not state.probation
+            and state.prior_good is not None
+            and self.store.has(state.prior_good)
+        )
+        log.warning(
+            "running model unhealthy",
+            extra={"version": current.version, "problem": problem, "rollback": can_roll_back},
+        )
+        if can_roll_back:
+            self.rollback(current, None, f"unhealthy after probation: {problem}", None, proven=True)
+        else:
+            self.report(OtaState.ACTIVE, reason=f"unhealthy: {problem}"[:500])
+
     def _remember_proven(self, model: ActiveModel | None) -> None:
         """Record the running model's line latency while it is proven (not on probation)."""
         if model is None or model.sha256 is None or self.store.state().probation:
@@ -503,8 +531,12 @@ class OtaController:
         previous: ActiveModel | None,
         reason: str,
         desired: DesiredState | None,
+        *,
+        proven: bool = False,
     ) -> None:
-        state = self.store.rollback()
+        """Back from ``candidate``: to ``previous`` (still loaded) or the store's fallback; a
+        ``proven`` candidate (past probation) goes back to the good version before it."""
+        state = self.store.retreat() if proven else self.store.rollback()
         fallback = previous
         if fallback is None and state.current is not None and self.store.has(state.current):
             fallback = self.loader(

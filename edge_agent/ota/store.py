@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -38,6 +38,9 @@ class StoreState:
     boot_attempts: int = 0
     # Versions that failed here: never installed again (unless explicitly rolled back to).
     rejected: tuple[int, ...] = ()
+    # The good version before the current one, kept on disk: where the lifetime health
+    # watch rolls back to once the current version has left probation.
+    prior_good: int | None = None
 
 
 def fsync_dir(path: Path) -> None:
@@ -143,7 +146,7 @@ class ModelStore:
     def discard(self, version: int) -> None:
         """Delete a refused version's files (never the current or the fallback version)."""
         state = self.state()
-        if version in (state.current, state.previous_good):
+        if version in (state.current, state.previous_good, state.prior_good):
             return
         shutil.rmtree(self.version_dir(version), ignore_errors=True)
 
@@ -177,13 +180,22 @@ class ModelStore:
         fallback = state.current if state.current != version else state.previous_good
         if state.probation and state.previous_good is not None:
             fallback = state.previous_good  # never fall back to an unproven version
-        new = StoreState(version, fallback, True, 0, state.rejected)
+        new = replace(
+            state, current=version, previous_good=fallback, probation=True, boot_attempts=0
+        )
         self._write(new)
         return new
 
     def mark_good(self) -> StoreState:
         state = self.state()
-        new = StoreState(state.current, state.current, False, 0, state.rejected)
+        prior = state.previous_good if state.previous_good != state.current else state.prior_good
+        new = replace(
+            state,
+            previous_good=state.current,
+            probation=False,
+            boot_attempts=0,
+            prior_good=prior,
+        )
         self._write(new)
         self.prune()
         return new
@@ -194,36 +206,50 @@ class ModelStore:
         rejected = state.rejected
         if state.current is not None and state.current != state.previous_good:
             rejected = tuple(sorted({*rejected, state.current}))[-50:]
-        new = StoreState(state.previous_good, state.previous_good, False, 0, rejected)
+        new = replace(
+            state,
+            current=state.previous_good,
+            probation=False,
+            boot_attempts=0,
+            rejected=rejected,
+        )
+        self._write(new)
+        return new
+
+    def retreat(self) -> StoreState:
+        """A proven version turned bad on the line: back to the good version before it
+        (``prior_good``), and the current one is rejected."""
+        state = self.state()
+        if state.prior_good is None or state.current is None:
+            raise ModelStoreError("no earlier good version on this box to go back to")
+        new = replace(
+            state,
+            current=state.prior_good,
+            previous_good=state.prior_good,
+            probation=False,
+            boot_attempts=0,
+            rejected=tuple(sorted({*state.rejected, state.current}))[-50:],
+            prior_good=None,
+        )
         self._write(new)
         return new
 
     def clear_rejection(self, version: int) -> None:
         state = self.state()
-        self._write(
-            StoreState(
-                state.current,
-                state.previous_good,
-                state.probation,
-                state.boot_attempts,
-                tuple(v for v in state.rejected if v != version),
-            )
-        )
+        self._write(replace(state, rejected=tuple(v for v in state.rejected if v != version)))
 
     def record_boot(self) -> StoreState:
         """Count a start of the current version while it is on probation."""
         state = self.state()
         if not state.probation:
             return state
-        new = StoreState(
-            state.current, state.previous_good, True, state.boot_attempts + 1, state.rejected
-        )
+        new = replace(state, boot_attempts=state.boot_attempts + 1)
         self._write(new)
         return new
 
     def prune(self) -> None:
         state = self.state()
-        keep = {v for v in (state.current, state.previous_good) if v is not None}
+        keep = {v for v in (state.current, state.previous_good, state.prior_good) if v is not None}
         installed = sorted(
             (int(p.name) for p in self.versions.iterdir() if p.name.isdigit()), reverse=True
         )

@@ -64,6 +64,7 @@ def write_agent_config(
     group: str | None = None,
     broker_port: int | None = None,
     v1_busy_nodes: int = 0,
+    health_interval_s: float = 60.0,
 ) -> Path:
     """An agent config on the synthetic line with OTA on, v1 shipped with its manifest."""
     keys = tmp_path / "keys"
@@ -91,7 +92,8 @@ storage: {{enabled: true, bucket: {plane.bucket}, endpoint_url: '{s3_server.endp
            access_key_id: testing, secret_access_key: testing}}
 ota: {{enabled: true, model_name: line-detector,
        trusted_keys: {{release-1: {keys / "release-1.pub"}}},
-       probation_s: {probation}, download_retry_s: 0.3}}
+       probation_s: {probation}, download_retry_s: 0.3,
+       health_interval_s: {health_interval_s}, health_min_frames: 10}}
 """
     )
     return config
@@ -107,6 +109,7 @@ def start_agent(
     device: str = DEVICE,
     group: str | None = None,
     v1_busy_nodes: int = 0,
+    health_interval_s: float = 60.0,
 ) -> Agent:
     config = write_agent_config(
         tmp_path,
@@ -117,6 +120,7 @@ def start_agent(
         device=device,
         group=group,
         v1_busy_nodes=v1_busy_nodes,
+        health_interval_s=health_interval_s,
     )
     agent = Agent(load_config(config))
     agent.start()
@@ -405,6 +409,52 @@ def test_signed_rollback_may_downgrade(
         v2 = plane.upload(good, 2)
         plane.send(DEVICE, plane.desired(v2, action=DesiredAction.ROLLBACK))
         plane.wait_active(2)
+    finally:
+        agent.stop()
+
+
+def test_a_model_that_fails_after_probation_is_rolled_back(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    """Probation passed; then the line changes and the model fails on it. It used to run on
+    with its errors: the lifetime watch rolls back to the previous good version."""
+    agent = start_agent(tmp_path, plane, s3_server, health_interval_s=1.0)
+    try:
+        good = brightness_detector(tmp_path / "good.onnx", names=list(CLASS_NAMES))
+        fragile = brightness_detector(
+            tmp_path / "fragile.onnx", nan_when_dark=True, names=list(CLASS_NAMES)
+        )
+        plane.send(DEVICE, plane.desired(plane.upload(good, 2)))
+        plane.wait_active(2)
+        plane.send(DEVICE, plane.desired(plane.upload(fragile, 3)))
+        plane.wait_active(3)
+        source = agent.cameras[0].source
+        assert isinstance(source, SyntheticSource)
+        source.set_drift("lighting")  # a lamp fails: v3 outputs NaN from now on
+        report = plane.wait_report(lambda r: r.ota_state is OtaState.ROLLED_BACK)
+        assert "unhealthy after probation: inference errors" in report.reason
+        assert running(agent) == 2
+    finally:
+        agent.stop()
+
+
+def test_with_no_version_to_go_back_to_the_watch_reports(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    agent = start_agent(tmp_path, plane, s3_server, health_interval_s=1.0)
+    try:
+        fragile = brightness_detector(
+            tmp_path / "fragile.onnx", nan_when_dark=True, names=list(CLASS_NAMES)
+        )
+        plane.send(DEVICE, plane.desired(plane.upload(fragile, 2)))
+        plane.wait_active(2)
+        source = agent.cameras[0].source
+        assert isinstance(source, SyntheticSource)
+        source.set_drift("lighting")
+        report = plane.wait_report(
+            lambda r: r.ota_state is OtaState.ACTIVE and r.reason.startswith("unhealthy:")
+        )
+        assert report.running_version == 2 and running(agent) == 2
     finally:
         agent.stop()
 
