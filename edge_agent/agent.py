@@ -70,6 +70,8 @@ from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
 
+SPOOL_DISK_LOW = "spool disk below its free-space floor: new hard examples are dropped"
+
 
 def build_source(camera: SyntheticCamera | StreamCamera) -> FrameSource:
     if isinstance(camera, SyntheticCamera):
@@ -177,13 +179,22 @@ class Agent:
         self.spool: Spool | None = None
         self.mining: HardExamplePolicy | None = None
         self.uploader: Uploader | None = None
-        if config.mining.enabled or config.storage.enabled:
+        self._degraded: list[str] = []
+        mining = config.mining.enabled
+        if mining and not config.storage.enabled and not config.mining.spool_without_storage:
+            mining = False
+            self._degraded.append(
+                "hard-example mining is off: storage is disabled, so nothing would upload "
+                "the examples (enable storage, or set mining.spool_without_storage)"
+            )
+            log.warning(self._degraded[-1])
+        if mining or config.storage.enabled:
             self.spool = Spool(
                 config.state_dir / "spool",
                 quota_bytes=config.spool.quota_bytes,
                 min_free_bytes=config.spool.min_free_bytes,
             )
-        if config.mining.enabled and self.spool is not None:
+        if mining and self.spool is not None:
             self.mining = HardExamplePolicy(
                 build_samplers(config.mining),
                 self.spool,
@@ -400,6 +411,8 @@ class Agent:
             problems.append("pipeline not running")
         if self.mqtt is not None and not self.mqtt.connected.is_set():
             problems.append("mqtt not connected")
+        if self.spool is not None and self.spool.disk_low:
+            problems.append(SPOOL_DISK_LOW)
         return problems
 
     def status(self) -> AgentStatus:
@@ -478,6 +491,10 @@ class Agent:
                 published=self.mqtt.stats.published,
                 dropped=self.mqtt.stats.dropped,
             ),
+            degraded=[
+                *self._degraded,
+                *([SPOOL_DISK_LOW] if self.spool is not None and self.spool.disk_low else []),
+            ],
         )
 
     def metrics_text(self) -> bytes:

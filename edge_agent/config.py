@@ -220,6 +220,10 @@ class RandomSamplerSection(SamplerSection):
 
 class MiningSection(_Section):
     enabled: bool = True
+    # Without storage nothing uploads what is mined, and the spool fills toward its quota for
+    # nobody: mining is off then, unless examples should be kept (to enable storage later, or
+    # to collect the spool by hand).
+    spool_without_storage: bool = False
     queue_size: int = Field(default=16, ge=1, le=1024)
     dedup_max_distance: int = Field(default=4, ge=0, le=64)
     dedup_history: int = Field(default=64, ge=1, le=10_000)

@@ -76,6 +76,16 @@ class _StatusCollector(Collector):
                 if kind == "counter"
                 else GaugeMetricFamily(name, doc, value=value)
             )
+        yield GaugeMetricFamily(
+            "linefleet_spool_disk_low",
+            "1 while the spool's disk is at its free-space floor (new examples dropped)",
+            value=1.0 if status.spool and status.spool.disk_low else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "linefleet_degraded",
+            "Number of ways the agent works less than configured (see /status degraded)",
+            value=float(len(status.degraded)),
+        )
         upload_errors = CounterMetricFamily(
             "linefleet_upload_errors", "Upload errors by kind", labels=["kind"]
         )

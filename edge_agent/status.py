@@ -75,6 +75,7 @@ class SpoolStatus(_View):
     rejected: int
     uploaded: int
     failures: int
+    disk_low: bool
 
 
 class UploaderStatus(_View):
@@ -114,6 +115,8 @@ class AgentStatus(_View):
     uploader: UploaderStatus | None
     mining: MiningStatus | None
     mqtt: MqttStatus | None
+    # What works less than configured, in words (mining off without storage, disk full ...).
+    degraded: list[str]
 
     def heartbeat(self, sent_at: datetime) -> Heartbeat:
         """The periodic heartbeat for the fleet: a summary of this status."""

@@ -14,6 +14,7 @@ keys are idempotent, so a retry after a crash overwrites rather than duplicates.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 import threading
@@ -45,6 +46,8 @@ CREATE INDEX IF NOT EXISTS examples_due ON examples (next_attempt_at, priority D
 CREATE INDEX IF NOT EXISTS examples_evict ON examples (priority, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+log = logging.getLogger(__name__)
 
 
 class SpoolError(EdgeAgentError):
@@ -80,6 +83,8 @@ class SpoolStats:
     rejected: int
     uploaded: int
     failures: int
+    # The disk is at its free-space floor: every new example is dropped until space returns.
+    disk_low: bool = False
 
 
 class Spool:
@@ -93,6 +98,7 @@ class Spool:
         self.directory = directory
         self.quota_bytes = quota_bytes
         self.min_free_bytes = min_free_bytes
+        self.disk_low = False
         self._lock = threading.Lock()
         self._has_work = threading.Condition(self._lock)
         try:
@@ -148,7 +154,16 @@ class Spool:
             except OSError:
                 free = 0
             if free - size < self.min_free_bytes:
+                if not self.disk_low:  # once per episode, not once per dropped example
+                    self.disk_low = True
+                    log.warning(
+                        "spool disk at its free-space floor: hard examples are dropped",
+                        extra={"free_bytes": free, "min_free_bytes": self.min_free_bytes},
+                    )
                 return self._reject(f"only {free} bytes free on the spool's disk")
+            if self.disk_low:
+                self.disk_low = False
+                log.info("spool disk has room again", extra={"free_bytes": free})
             try:
                 with self._transaction() as db:
                     evicted = self._make_room(db, size, priority)
@@ -271,6 +286,7 @@ class Spool:
                 rejected=self._counter("rejected"),
                 uploaded=self._counter("uploaded"),
                 failures=self._counter("failures"),
+                disk_low=self.disk_low,
             )
 
     def last_error(self) -> str:

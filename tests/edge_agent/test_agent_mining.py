@@ -34,6 +34,7 @@ state_dir: {tmp_path / "state"}
 storage: {storage}
 spool: {spool}
 mining:
+  spool_without_storage: true
   random: {{probability: 0.5, per_minute: 1000}}
   confidence_band: {{enabled: false}}
   count_anomaly: {{enabled: false}}
@@ -165,3 +166,39 @@ def test_shadow_model_feeds_the_disagreement_sampler(tmp_path: Path) -> None:
         agent.stop()
     # Two different models (64 vs 96 px cells) disagree on a busy belt.
     assert status["mining"]["triggered"].get("disagreement", 0) > 0
+
+
+def test_a_full_disk_is_said_once_and_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the disk's free-space floor every example used to be dropped silently while
+    /readyz said ready: now a log line (once), /status, /readyz and a metric say so."""
+    floor = "{min_free_bytes: 1000000000000000}"  # more than any disk has free
+    agent = Agent(load_config(config_file(tmp_path, "{enabled: false}", floor)))
+    agent.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and agent.status().spool.rejected < 5:  # type: ignore[union-attr]
+            time.sleep(0.1)
+        status = agent.status()
+        assert status.spool is not None and status.spool.rejected >= 5 and status.spool.disk_low
+        assert any("free-space floor" in d for d in status.degraded)
+        assert any("free-space floor" in p for p in agent.readiness())
+        assert "linefleet_spool_disk_low 1.0" in agent.metrics_text().decode()
+    finally:
+        agent.stop()
+    said = [r for r in caplog.records if "free-space floor" in r.getMessage()]
+    assert len(said) == 1, "once per episode, not once per dropped example"
+
+
+def test_without_storage_mining_is_off_and_says_why(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "{enabled: false}")
+    path.write_text(path.read_text().replace("  spool_without_storage: true\n", ""))
+    agent = Agent(load_config(path))
+    agent.start()
+    try:
+        status = agent.status()
+        assert status.mining is None and status.spool is None
+        assert any("mining is off: storage is disabled" in d for d in status.degraded)
+    finally:
+        agent.stop()
