@@ -217,6 +217,7 @@ class Agent:
                 bandwidth_bytes_s=config.storage.bandwidth_bytes_per_s,
                 backoff_initial_s=config.storage.backoff_initial_s,
                 backoff_max_s=config.storage.backoff_max_s,
+                probe_interval_s=config.storage.probe_interval_s,
             )
         self.store: ModelStore | None = None
         self.ota: OtaController | None = None

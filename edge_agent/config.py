@@ -163,6 +163,9 @@ class StorageSection(S3Section):
     read_timeout_s: float = Field(default=30.0, gt=0, le=600)
     backoff_initial_s: float = Field(default=1.0, gt=0, le=600)
     backoff_max_s: float = Field(default=300.0, gt=0, le=86400)
+    # While uploads are paused by the backoff, the store is asked this often whether it
+    # answers again (a HEAD on the bucket); uploads resume as soon as it does.
+    probe_interval_s: float = Field(default=5.0, gt=0, le=3600)
 
 
 class SpoolSection(_Section):

@@ -14,6 +14,7 @@ keys are idempotent, so a retry after a crash overwrites rather than duplicates.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import shutil
 import sqlite3
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from edge_agent.errors import EdgeAgentError
 
@@ -87,6 +89,21 @@ class SpoolStats:
     disk_low: bool = False
 
 
+def _exclusive_lock(path: Path) -> IO[bytes]:
+    """Hold ``path`` locked for this process's life: two agents on one spool would upload
+    each other's leased examples twice. The kernel drops the lock when the process dies."""
+    handle = path.open("ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise SpoolError(
+            f"the spool in {path.parent} is in use by another process (another agent with the "
+            "same state_dir?)"
+        ) from exc
+    return handle
+
+
 class Spool:
     def __init__(
         self,
@@ -103,6 +120,7 @@ class Spool:
         self._has_work = threading.Condition(self._lock)
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            self._lock_file = _exclusive_lock(directory / "spool.lock")
             self._db = sqlite3.connect(
                 directory / "spool.sqlite3", isolation_level=None, check_same_thread=False
             )
@@ -114,6 +132,11 @@ class Spool:
         except (sqlite3.Error, OSError) as exc:
             raise SpoolError(f"cannot open the spool in {directory}: {exc}") from exc
         self._bytes = self._scalar("SELECT COALESCE(SUM(size_bytes), 0) FROM examples")
+        # Leases belong to the process that took them, and this process holds the spool alone
+        # (the lock above): whatever is still leased was in flight when the last one died
+        # (kill -9, power loss). It is due now, not when a fixed lease would have run out.
+        with self._transaction() as db:
+            db.execute("UPDATE examples SET leased_until = 0 WHERE leased_until > 0")
 
     # ----------------------------------------------------------------- helpers
     def _scalar(self, sql: str, *params: object) -> int:
@@ -272,6 +295,18 @@ class Spool:
         with self._lock:
             self._has_work.notify_all()
 
+    def retry_now(self) -> int:
+        """The store is back: every example waiting out a retry delay is due now."""
+        with self._lock:
+            with self._transaction() as db:
+                db.execute(
+                    "UPDATE examples SET next_attempt_at = 0 "
+                    "WHERE next_attempt_at > 0 AND leased_until = 0"
+                )
+                changed = int(db.execute("SELECT changes()").fetchone()[0])
+            self._has_work.notify_all()
+        return changed
+
     # ----------------------------------------------------------------- housekeeping
     def stats(self) -> SpoolStats:
         with self._lock:
@@ -306,3 +341,4 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._lock_file.close()  # releases the flock

@@ -30,6 +30,10 @@ from shared.object_keys import validate_object_key
 log = logging.getLogger(__name__)
 
 
+# Failures that mean the store is not answering (as opposed to refusing this request).
+OUTAGE_KINDS = frozenset({"network", "server", "throttled", "other"})
+
+
 def classify(exc: Exception) -> str:
     if isinstance(exc, ClientError):
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -86,6 +90,7 @@ class Uploader:
         bandwidth_bytes_s: float = 0.0,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 300.0,
+        probe_interval_s: float = 5.0,
         lease_s: float = 120.0,
         client: Any | None = None,
     ) -> None:
@@ -98,11 +103,21 @@ class Uploader:
         self.backoff_max_s = backoff_max_s
         # How long an example stays claimed; after a crash it is retried once this passes.
         self.lease_s = lease_s
+        # While paused, one worker asks the store every probe_interval_s whether it answers
+        # again; when it does, the pause and every example's wait end at once, so uploads
+        # resume seconds after an outage instead of when a grown backoff runs out.
+        self.probe_interval_s = probe_interval_s
         self.stats = UploaderStats()
         self._rng = random.Random()
         self._breaker_lock = threading.Lock()
         self._consecutive_failures = 0
         self._paused_until = 0.0  # monotonic
+        # Bumped at each escalation: failures of requests sent before it are the same outage
+        # seen by other workers, and do not double the backoff again.
+        self._generation = 0
+        self._next_probe = 0.0  # monotonic
+        self._probing = False
+        self._outage = False  # the last failure was the store not answering (not auth ...)
         self._threads = [
             threading.Thread(target=self._loop, name=f"uploader-{i}", daemon=True)
             for i in range(concurrency)
@@ -126,11 +141,16 @@ class Uploader:
         with self._breaker_lock:
             return self._paused_until - time.monotonic()
 
-    def _record_failure(self) -> float:
-        """One more failure in a row: pause every worker; returns the delay."""
+    def _record_failure(self, generation: int, kind: str) -> float:
+        """A failure of a request sent in ``generation``: pause every worker; returns the
+        delay. Only the first failure of a generation escalates the backoff, so N workers
+        failing together count as one failure, not N doublings."""
         with self._breaker_lock:
-            delay = self.retry_delay(self._consecutive_failures)
-            self._consecutive_failures += 1
+            self._outage = kind in OUTAGE_KINDS
+            if generation == self._generation:
+                self._consecutive_failures += 1
+                self._generation += 1
+            delay = self.retry_delay(self._consecutive_failures - 1)
             self._paused_until = max(self._paused_until, time.monotonic() + delay)
             return delay
 
@@ -138,12 +158,53 @@ class Uploader:
         with self._breaker_lock:
             self._consecutive_failures = 0
             self._paused_until = 0.0
+            self._generation += 1
+
+    def _current_generation(self) -> int:
+        with self._breaker_lock:
+            return self._generation
+
+    def _claim_probe(self) -> bool:
+        """True for the one worker whose turn it is to probe the store. Only after an outage:
+        a probe cannot tell whether wrong credentials or a refused request are fixed, so those
+        wait out their backoff."""
+        with self._breaker_lock:
+            now = time.monotonic()
+            if not self._outage or self._probing or now < self._next_probe:
+                return False
+            self._probing = True
+            self._next_probe = now + self.probe_interval_s
+            return True
+
+    def probe(self) -> bool:
+        """Does the store answer? Any S3 answer but a server error counts (a 403 from HEAD
+        with put-only credentials is the store answering); a connection error does not."""
+        try:
+            self.client.head_bucket(Bucket=self.target.bucket)
+        except ClientError as exc:
+            return classify(exc) not in ("server", "throttled")
+        except (BotoCoreError, OSError):
+            return False
+        return True
+
+    def _probe_while_paused(self) -> None:
+        if not self._claim_probe():
+            return
+        try:
+            if self.probe():
+                log.info("object store answers again: uploads resume")
+                self._record_success()
+                self.spool.retry_now()
+        finally:
+            with self._breaker_lock:
+                self._probing = False
 
     def _loop(self) -> None:
         while not self.stop_event.is_set():
             pause = self._pause_remaining()
             if pause > 0:
-                self.stop_event.wait(min(pause, 1.0))
+                self._probe_while_paused()
+                self.stop_event.wait(min(pause, self.probe_interval_s, 1.0))
                 continue
             item = self.spool.lease(lease_s=self.lease_s, wait_s=1.0)
             if item is None:
@@ -165,6 +226,7 @@ class Uploader:
             (f"{item.key_base}.json", item.sidecar.encode(), "application/json"),
         )
         size = sum(len(body) for _, body, _ in objects)
+        generation = self._current_generation()
         if not self.bandwidth.consume(size, self.stop_event):
             self.spool.fail(item.id, "agent stopping", 0.0)
             return False
@@ -175,7 +237,7 @@ class Uploader:
                 )
         except (ClientError, BotoCoreError, OSError) as exc:
             kind = classify(exc)
-            delay = self._record_failure()
+            delay = self._record_failure(generation, kind)
             message = str(exc).splitlines()[0][:200]
             self.stats.failure(kind, message)
             self.spool.fail(item.id, f"{kind}: {message}", delay)

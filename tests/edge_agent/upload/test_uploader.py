@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from edge_agent.bandwidth import TokenBucket
-from edge_agent.upload.spool import Spool
+from edge_agent.upload.spool import Spool, SpoolError
 from edge_agent.upload.uploader import Uploader
 from shared.infra.s3 import S3Target
 from testing.local_services import NanioS3Process, free_port
@@ -118,6 +118,47 @@ def test_store_outage_then_back_every_example_exactly_once(
     assert set(keys) == expected
 
 
+def test_uploads_resume_when_the_store_answers_not_when_the_backoff_runs_out(
+    tmp_path: Path, store: tuple[NanioS3Process, Any]
+) -> None:
+    """A 30 s backoff after the first failure; the store is back after ~3 s. The probe finds
+    it and uploads resume at once (each worker used to double the shared backoff too)."""
+    server, client = store
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    stop = threading.Event()
+    uploader = Uploader(
+        spool,
+        target(server),
+        stop,
+        concurrency=2,
+        backoff_initial_s=30.0,
+        backoff_max_s=300.0,
+        probe_interval_s=0.5,
+    )
+    uploader.start()
+    try:
+        server.stop()
+        expected = fill(spool, 5, prefix="outage")
+        assert wait_for(lambda: uploader.stats.failed >= 1)
+        time.sleep(3.0)
+        server.start()
+        back = time.monotonic()
+        assert wait_for(lambda: spool.stats().depth == 0, timeout=10)
+        assert time.monotonic() - back < 10
+        assert set(listed(client)) >= expected
+    finally:
+        stop.set()
+        uploader.join()
+
+
+def test_a_second_agent_cannot_open_the_same_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    with pytest.raises(SpoolError, match="in use by another process"):
+        Spool(tmp_path / "spool", min_free_bytes=0)
+    spool.close()
+    Spool(tmp_path / "spool", min_free_bytes=0).close()  # free once the first one closed
+
+
 def test_wrong_credentials_are_auth_errors_with_backoff(
     tmp_path: Path, store: tuple[NanioS3Process, Any]
 ) -> None:
@@ -140,14 +181,14 @@ def test_wrong_credentials_are_auth_errors_with_backoff(
 UPLOADER_CHILD = """
 import sys, threading, time
 from pathlib import Path
-from edge_agent.upload.spool import Spool
+from edge_agent.upload.spool import Spool, SpoolError
 from edge_agent.upload.uploader import Uploader
 from shared.infra.s3 import S3Target
 spool = Spool(Path(sys.argv[1]), min_free_bytes=0)
 target = S3Target(bucket=sys.argv[3], endpoint_url=sys.argv[2], access_key_id=sys.argv[4],
                        secret_access_key=sys.argv[5])
 stop = threading.Event()
-Uploader(spool, target, stop, concurrency=2, bandwidth_bytes_s=400_000, lease_s=3.0).start()
+Uploader(spool, target, stop, concurrency=2, bandwidth_bytes_s=400_000, lease_s=120.0).start()
 time.sleep(600)
 """
 
@@ -169,7 +210,7 @@ def test_sigkill_mid_upload_then_restart(tmp_path: Path, store: tuple[NanioS3Pro
             server.access_key,
             server.secret_key,
         ],
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3])),
     )
     try:
         assert wait_for(lambda: len(listed(client)) >= 9, timeout=30), "some uploads happened"
@@ -180,10 +221,14 @@ def test_sigkill_mid_upload_then_restart(tmp_path: Path, store: tuple[NanioS3Pro
     assert len(listed(client)) < len(expected), "killed mid-way"
     spool = Spool(spool_dir, min_free_bytes=0)
     stop = threading.Event()
-    # The killed process's leases (3 s) expire, then its examples are retried.
+    # The killed process held 120 s leases; they belonged to it, so its examples in flight
+    # are due as soon as the spool is opened again (they used to wait out the lease).
+    restarted = time.monotonic()
     uploader = Uploader(spool, target(server), stop, concurrency=2)
     uploader.start()
-    assert wait_for(lambda: spool.stats().depth == 0, timeout=180)
+    assert wait_for(lambda: spool.stats().depth == 0, timeout=60)
+    drained_s = time.monotonic() - restarted
+    assert drained_s < 60, drained_s
     stop.set()
     uploader.join()
     keys = listed(client)
