@@ -20,7 +20,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.data.dataset import BuildRequest, DatasetBuilder
 from cloud_trainer.data.labeling import make_label_source
-from cloud_trainer.errors import EmptySelectionError, RegistryError, TrainerConfigError
+from cloud_trainer.errors import (
+    EmptySelectionError,
+    RegistryError,
+    StorageError,
+    TrainerConfigError,
+)
 from cloud_trainer.release.evaluate import evaluate_onnx
 from cloud_trainer.release.export import ExportResult, export_and_check
 from cloud_trainer.release.gate import GateVerdict, judge
@@ -59,6 +64,7 @@ class RunReport(BaseModel):
     model_name: str
     status: RunStatus = RunStatus.FAILED
     reason: str = ""
+    failed_stage: str | None = None  # the step that failed first, when the run failed
     started_at: AwareDatetime
     finished_at: AwareDatetime | None = None
     stage_seconds: dict[str, float] = Field(default_factory=dict)
@@ -171,6 +177,10 @@ class Stages:
         started = time.monotonic()
         try:
             yield
+        except BaseException:
+            if self.report.failed_stage is None:
+                self.report.failed_stage = name
+            raise
         finally:
             seconds = round(time.monotonic() - started, 3)
             self.report.stage_seconds[name] = seconds
@@ -203,16 +213,28 @@ class Retrainer:
         except EmptySelectionError as exc:
             report.status, report.reason = RunStatus.SKIPPED, str(exc)
         except LinefleetError as exc:
-            report.status, report.reason = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
+            stage = f"[{report.failed_stage}] " if report.failed_stage else ""
+            report.status = RunStatus.FAILED
+            report.reason = f"{stage}{type(exc).__name__}: {exc}"
         finally:
             report.finished_at = utc_now()
-            self.store.put(
-                report_key(report.run_id),
-                json.dumps(report.model_dump(mode="json"), indent=1).encode(),
-                content_type="application/json",
-            )
+            self._save_report(report)
         self.announce(f"run {report.run_id}: {report.status} ({report.reason})")
         return report
+
+    def _save_report(self, report: RunReport) -> None:
+        """The report goes to the bucket; when the bucket is what failed, it stays in the
+        work directory and the run's own failure (the first one) is what the caller sees."""
+        body = json.dumps(report.model_dump(mode="json"), indent=1).encode()
+        local = self.work_dir / "runs" / report.run_id / "report.json"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(body)
+        try:
+            self.store.put(report_key(report.run_id), body, content_type="application/json")
+        except StorageError as exc:
+            self.announce(f"report kept in {local}: the bucket refused it ({exc})")
+            if report.status is not RunStatus.FAILED:
+                raise
 
     def _run(self, report: RunReport) -> None:
         config, line = self.config, self.config.model_line
@@ -220,8 +242,9 @@ class Retrainer:
         if config.training.backend == "local":  # fail before building anything
             resolve_device(config.training.device, require_gpu=config.training.require_gpu)
         stages = Stages(report, self.announce)
-        production_entry = self.registry.latest_published()
-        production = self.registry.manifest(production_entry.version)
+        with stages.stage("production model"):  # the first read of the bucket
+            production_entry = self.registry.latest_published()
+            production = self.registry.manifest(production_entry.version)
         report.parent_version = production.version
         if production.weights is None:
             raise RegistryError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from cloud_trainer.training.finetune import TrainSpec, save_spec
 from shared.signing import SigningKey, Verifier
 from shared.topics import Topics
 from testing.fleet_simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
-from testing.local_services import MosquittoProcess, MotoS3Process
+from testing.local_services import MosquittoProcess, MotoS3Process, NanioS3Process, free_port
 from testing.synthetic_examples import upload_examples
 from tests.cloud_trainer.conftest import config_data
 from tests.cloud_trainer.fleet.test_rollout import KEY, MODEL, publish_versions
@@ -168,3 +169,55 @@ def test_serve_runs_triggers_and_controller_and_stops_on_sigterm(
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.parametrize("fault", ["endpoint_down", "missing_bucket", "wrong_credentials"])
+def test_retrain_blames_the_step_that_failed_first(
+    fault: str,
+    s3_server: MotoS3Process,
+    nanio: NanioS3Process,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The bucket is unusable: the report used to blame writing report.json, hiding the
+    step that failed first. Now it names that step; the report stays in the work dir."""
+    key_file = tmp_path / "trainer.key"
+    key_file.write_bytes(KEY.private_pem())
+    storage: dict[str, Any] = {
+        "bucket": "never-created",
+        "connect_timeout_s": 1.0,
+        "read_timeout_s": 2.0,
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+    }
+    if fault == "endpoint_down":
+        storage["endpoint_url"] = f"http://127.0.0.1:{free_port()}"
+    elif fault == "missing_bucket":
+        storage["endpoint_url"] = s3_server.endpoint_url
+    else:
+        storage |= {"endpoint_url": nanio.endpoint_url, "access_key_id": nanio.access_key}
+        storage["secret_access_key"] = "not-the-secret"
+    config = tmp_path / "trainer.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "storage": storage,
+                "signing": {"key_id": KEY.key_id, "key_file": str(key_file)},
+                "work_dir": str(tmp_path / "work"),
+            }
+        )
+    )
+    assert main(["retrain", "--config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["status"] == "failed" and report["failed_stage"] == "production model"
+    assert report["reason"].startswith("[production model] ")
+    assert "report.json" not in report["reason"]
+    expected = {
+        "endpoint_down": "Could not connect",
+        "missing_bucket": "bucket 'never-created' does not exist",
+        "wrong_credentials": "denied",
+    }[fault]
+    assert expected.lower() in report["reason"].lower(), report["reason"]
+    kept = tmp_path / "work" / "runs" / report["run_id"] / "report.json"
+    assert kept.is_file() and f"report kept in {kept}" in err
