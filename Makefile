@@ -16,12 +16,12 @@ system-deps:
 $(DEV_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[trainer,skypilot,dev]'
+	$(PY) -m pip install -q -e '.[trainer,skypilot,dev,edge-openvino]'
 	@# ultralytics pulls opencv-python (GUI build, needs libGL) into the same cv2/ folder as
 	@# the headless build: keep only the headless one.
 	$(PY) -m pip uninstall -q -y opencv-python opencv-python-headless
 	$(PY) -m pip install -q --no-deps opencv-python-headless
-	YOLO_CONFIG_DIR=$(abspath $(VENV))/ultralytics-config $(PY) -c 'import cv2, torch, ultralytics, onnxruntime, sky'
+	YOLO_CONFIG_DIR=$(abspath $(VENV))/ultralytics-config $(PY) -c 'import cv2, torch, ultralytics, onnxruntime, openvino, sky'
 	@touch $@
 
 setup: system-deps $(DEV_STAMP)

@@ -102,7 +102,7 @@ class RawOrt:
         )
         info = runner.info
         self.provider = info.provider
-        self.session = runner._session  # the bare session: no validation, no decoding
+        self.session = runner._backend.session  # the bare session: no validation, no decoding
         self.input_name = info.input_name
         self.blobs: list[NDArray[np.floating]] = []
         for path in frames[0]:

@@ -97,6 +97,9 @@ def runner_options(config: AgentConfig) -> RunnerOptions:
         max_detections=m.max_detections,
         trt_cache_dir=m.trt_cache_dir,
         thread_spinning=m.thread_spinning,
+        runtime=m.runtime,
+        openvino_device=m.openvino_device,
+        openvino_precision=m.openvino_precision,
     )
 
 

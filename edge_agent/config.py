@@ -131,6 +131,13 @@ class ModelSection(_Section):
     # in edge_agent.inference.runner.session_options). On: the lowest median model latency
     # on a box that does nothing else.
     thread_spinning: bool = False
+    # The runtime that runs the model; pre/post-processing is the agent's own either way.
+    # "openvino" (x86 boxes; pip install 'linefleet[edge-openvino]') compiles the same ONNX
+    # file with OpenVINO: measured in benchmarks/runtimes.py against onnxruntime.
+    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    openvino_device: str = Field(default="CPU", pattern=r"^[A-Z][A-Z0-9_.:,]{0,40}$")
+    # "auto": OpenVINO's choice (bf16 on CPUs that have it); "f32" pins full precision.
+    openvino_precision: Literal["auto", "f32", "bf16", "f16"] = "auto"
 
 
 class MqttSection(MqttConnectionSection):

@@ -1,9 +1,9 @@
 """ONNX detection: letterbox, onnxruntime session, YOLO decoding and NMS."""
 
+from edge_agent.inference.backend import RUNTIMES, CancelToken, Runtime
 from edge_agent.inference.decode import decode_nms_in_graph, decode_yolo_raw, nms
 from edge_agent.inference.preprocess import Letterbox, letterbox
 from edge_agent.inference.runner import (
-    CancelToken,
     InferenceRunner,
     ModelInfo,
     RunnerOptions,
@@ -11,11 +11,13 @@ from edge_agent.inference.runner import (
 )
 
 __all__ = [
+    "RUNTIMES",
     "CancelToken",
     "InferenceRunner",
     "Letterbox",
     "ModelInfo",
     "RunnerOptions",
+    "Runtime",
     "decode_nms_in_graph",
     "decode_yolo_raw",
     "intra_op_threads",

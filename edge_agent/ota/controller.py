@@ -23,7 +23,6 @@ from edge_agent import __version__
 from edge_agent.bandwidth import TokenBucket
 from edge_agent.errors import EdgeAgentError
 from edge_agent.frame_path import ActiveModel
-from edge_agent.inference.runner import CPU
 from edge_agent.ota.download import (
     CHUNK,
     DownloadError,
@@ -423,7 +422,7 @@ class OtaController:
         # on a GPU first runs allocate, tune or build engines, so one runs as model work.
         try:
             candidate = self.loader(path, manifest, warm_up=False)
-            if candidate.runner.provider != CPU:
+            if not candidate.runner.on_cpu:
                 self.line.call_between_batches(
                     lambda cancel: candidate.runner.warm_up(1, cancel=cancel)
                 )

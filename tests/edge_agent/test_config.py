@@ -103,7 +103,7 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_thread_spinning_is_off_unless_configured(tmp_path: Path) -> None:
     from edge_agent.agent import runner_options
-    from edge_agent.inference.runner import session_options
+    from edge_agent.inference.ort_backend import session_options
 
     assert runner_options(load_config(None)).thread_spinning is False
     spinning = load_config(write(tmp_path, "model: {thread_spinning: true}\n"))

@@ -28,8 +28,9 @@ from edge_agent.inference import (
     letterbox,
     nms,
 )
+from edge_agent.inference.ort_backend import CPU, select_providers
 from edge_agent.inference.preprocess import letterbox_image
-from edge_agent.inference.runner import CPU, parse_class_names, select_providers
+from edge_agent.inference.runner import parse_class_names
 from shared.detections import Detections
 from tests.edge_agent.onnx_models import (
     brightness_detector,
@@ -270,14 +271,14 @@ def test_a_gpu_provider_that_cannot_start_leaves_the_runner_on_cpu_quietly(
     monkeypatch.setattr(ort, "InferenceSession", session)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", CPU])
     options = RunnerOptions(providers=("CUDAExecutionProvider", CPU))
-    with caplog.at_level(logging.WARNING, logger="edge_agent.inference.runner"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.inference.ort_backend"):
         runner = InferenceRunner(detector, options)
     assert runner.info.provider == CPU
     assert calls == [(["CUDAExecutionProvider", CPU], 0), ([CPU], 0)]
     (warning,) = [r for r in caplog.records if r.getMessage() == "provider failed, using CPU"]
     assert "no CUDA-capable device" in warning.reason  # type: ignore[attr-defined]
     assert capsys.readouterr().out == ""
-    assert getattr(runner._session, "_enable_fallback", False) is False  # no silent switch
+    assert getattr(runner._backend.session, "_enable_fallback", False) is False  # no silent switch
     (det,) = runner.detect([square_image(32, 16)])
     assert det.class_id.tolist() == [0]
     # A model CPU refuses too is refused, not retried forever.

@@ -1,0 +1,120 @@
+"""OpenVINO behind the runner's one interface: same checks, same pre/post-processing, the
+same detections as onnxruntime; cancellable; a missing runtime is an error, not a fallback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.config import load_config
+from edge_agent.errors import ModelIncompatibleError, ModelLoadError, RunCancelledError
+from edge_agent.inference import CancelToken, InferenceRunner, RunnerOptions
+from shared.synth import LineConfig, SyntheticLine
+from tests.edge_agent.onnx_models import brightness_detector
+
+NAMES = ("bolt", "nut", "washer", "bracket", "defect")
+OPENVINO = RunnerOptions(runtime="openvino", openvino_precision="f32", intra_op_threads=2)
+
+
+def test_detections_match_onnxruntime_on_the_synthetic_line(tmp_path: Path) -> None:
+    model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES), size=320)
+    reference = InferenceRunner(model)
+    candidate = InferenceRunner(model, OPENVINO)
+    assert candidate.provider == "OpenVINO:CPU:f32" and candidate.on_cpu
+    assert candidate.info.class_names == NAMES, "names read from the ONNX metadata"
+    assert candidate.info == reference.info.__class__(
+        **{**reference.info.__dict__, "provider": candidate.provider}
+    )
+    line = SyntheticLine(LineConfig(width=640, height=480, seed=3))
+    frames = [line.next_frame().image for _ in range(6)]
+    for got, want in zip(candidate.detect(frames), reference.detect(frames), strict=True):
+        assert len(got) == len(want) > 0
+        # Equal scores may come out of NMS in either order: compare as sorted rows.
+        rows = [
+            np.column_stack([d.class_id, d.xyxy.round(2), d.confidence.round(4)])
+            for d in (got, want)
+        ]
+        ordered = [r[np.lexsort(r.T[::-1])] for r in rows]
+        np.testing.assert_allclose(ordered[0], ordered[1], atol=0.01)
+
+
+def test_a_run_can_be_cancelled_and_the_model_goes_on(tmp_path: Path) -> None:
+    slow = InferenceRunner(brightness_detector(tmp_path / "slow.onnx", busy_nodes=300), OPENVINO)
+    blob = np.full((1, 3, 64, 64), 0.5, dtype=np.float32)
+    expected = slow.run(blob)
+    token = CancelToken()
+    timer = threading.Timer(0.002, token.cancel)
+    timer.start()
+    with pytest.raises(RunCancelledError):
+        slow.run(blob, cancel=token)
+    timer.join()
+    already = CancelToken()
+    already.cancel()
+    with pytest.raises(RunCancelledError):
+        slow.warm_up(1, cancel=already)
+    np.testing.assert_allclose(slow.run(blob, cancel=CancelToken()), expected, rtol=1e-5)
+
+
+def test_the_same_refusals_as_onnxruntime(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match=r"OpenVINO refused junk\.onnx"):
+        InferenceRunner(junk, OPENVINO)
+    nan = brightness_detector(tmp_path / "nan.onnx", poison_nan=True, names=list(NAMES))
+    with pytest.raises(Exception, match="NaN"):
+        InferenceRunner(nan, OPENVINO)
+    model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES))
+    with pytest.raises(ModelIncompatibleError, match="manifest says 96x96"):
+        InferenceRunner(model, OPENVINO, expected_input=(96, 96))
+
+
+def test_a_missing_runtime_is_an_error_not_a_fallback(tmp_path: Path) -> None:
+    model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES))
+    script = (
+        "import sys; sys.modules['openvino'] = None\n"
+        "from pathlib import Path\n"
+        "from edge_agent.inference import InferenceRunner, RunnerOptions\n"
+        "from edge_agent.errors import ModelLoadError\n"
+        "try:\n"
+        f"    InferenceRunner(Path({str(model)!r}), RunnerOptions(runtime='openvino'))\n"
+        "except ModelLoadError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "pip install 'linefleet[edge-openvino]'" in done.stdout
+
+
+def test_an_agent_runs_the_line_on_openvino_and_says_so(tmp_path: Path) -> None:
+    model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES))
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"""
+device: {{id: edge-ov, fleet: test}}
+cameras: [{{kind: synthetic, id: cam0, width: 320, height: 320, fps: 30}}]
+model: {{path: {model}, runtime: openvino, openvino_precision: f32}}
+mqtt: {{enabled: false}}
+api: {{enabled: false}}
+state_dir: {tmp_path / "state"}
+"""
+    )
+    agent = Agent(load_config(config))
+    agent.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and agent.status().pipeline.processed < 20:
+            time.sleep(0.05)
+        status = agent.status()
+        assert status.pipeline.processed >= 20 and status.pipeline.inference_errors == 0
+        assert status.model is not None and status.model.provider == "OpenVINO:CPU:f32"
+        assert agent.heartbeat().provider == "OpenVINO:CPU:f32"
+    finally:
+        agent.stop()
