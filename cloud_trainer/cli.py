@@ -224,6 +224,11 @@ def _serve(args: argparse.Namespace) -> int:
     from cloud_trainer.retrain import Retrainer  # noqa: PLC0415
     from cloud_trainer.triggers import RetrainTriggers  # noqa: PLC0415
 
+    # First of all: a SIGTERM while the control plane is still starting (connecting, taking in
+    # the retained fleet state) stops it cleanly too, instead of killing it mid-way.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     config = _config(args)
     store = _store(config)
     retrainer = Retrainer(config, store, announce=_progress_line, on_epoch=_print_epoch)
@@ -237,9 +242,6 @@ def _serve(args: argparse.Namespace) -> int:
 
         api = plane.serve_api(ModelRegistry(store, config.model_line.name), store)
         print(f"dashboard: http://{config.fleet.api.host}:{api.port}/", file=sys.stderr)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     if scheduler is not None:
         scheduler.start()
         print(f"retrain triggers: {[job.id for job in scheduler.get_jobs()]}", file=sys.stderr)

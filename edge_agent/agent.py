@@ -393,13 +393,12 @@ class Agent:
         """Stop what was started, newest first (the API before the pipeline it serves, MQTT
         last so the final reports and the offline message go out)."""
         self.stop_event.set()
-        if not self._started:
-            return
-        notify("STOPPING=1")
-        self._stops.close()
-        if self.spool is not None:
+        if self._started:
+            notify("STOPPING=1")
+            self._stops.close()
+            log.info("agent stopped")
+        if self.spool is not None:  # opened at construction: released even if never started
             self.spool.close()
-        log.info("agent stopped")
 
     # ----------------------------------------------------------------- views
     def alive(self) -> bool:

@@ -78,6 +78,7 @@ def test_retrain_publishes_a_signed_gated_model_with_its_report(
     assert "epoch   2/2" in out.err and "[train]" in out.err  # progress on the terminal
     assert report.status == "published" and report.published_version == 2
     assert set(report.stage_seconds) == {
+        "production model",
         "select",
         "build",
         "train",
