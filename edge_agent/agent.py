@@ -10,7 +10,6 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -50,11 +49,9 @@ from edge_agent.status import (
     DeviceStatus,
     MiningStatus,
     ModelStatus,
-    ModelStoreStatus,
     MqttStatus,
     OtaStatus,
     PipelineStatus,
-    SpoolStatus,
     UploaderStatus,
 )
 from edge_agent.systemd_notify import notify, watchdog_interval_s
@@ -463,9 +460,9 @@ class Agent:
             else OtaStatus(
                 state=self.ota.state,
                 reason=self.ota.last_reason,
-                store=ModelStoreStatus(**asdict(self.store.state())),
+                store=self.store.state(),
             ),
-            spool=None if self.spool is None else SpoolStatus(**asdict(self.spool.stats())),
+            spool=None if self.spool is None else self.spool.stats(),
             uploader=None
             if self.uploader is None
             else UploaderStatus(

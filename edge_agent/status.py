@@ -8,6 +8,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from edge_agent.ota.store import StoreState
+from edge_agent.upload.spool import SpoolStats
 from shared.messages import CameraHealth, CameraState, Heartbeat, OtaState
 
 
@@ -51,31 +53,10 @@ class CameraStatus(_View):
     last_error: str
 
 
-class ModelStoreStatus(_View):
-    current: int | None
-    previous_good: int | None
-    probation: bool
-    boot_attempts: int
-    rejected: tuple[int, ...]
-    prior_good: int | None
-
-
 class OtaStatus(_View):
     state: OtaState
     reason: str
-    store: ModelStoreStatus
-
-
-class SpoolStatus(_View):
-    depth: int
-    bytes: int
-    oldest_age_s: float
-    accepted: int
-    evicted: int
-    rejected: int
-    uploaded: int
-    failures: int
-    disk_low: bool
+    store: StoreState  # the model store's own state record
 
 
 class UploaderStatus(_View):
@@ -111,7 +92,7 @@ class AgentStatus(_View):
     pipeline: PipelineStatus
     cameras: dict[str, CameraStatus]
     ota: OtaStatus | None
-    spool: SpoolStatus | None
+    spool: SpoolStats | None  # the spool's own figures
     uploader: UploaderStatus | None
     mining: MiningStatus | None
     mqtt: MqttStatus | None
