@@ -112,6 +112,7 @@ class OtaController:
         self.stop_event = stop
         self.policy = policy or OtaPolicy()
         self.health = LifetimeWatch(self.policy.health)
+        self._proven_recorded: set[str] = set()
         rate = self.policy.download_bytes_per_s
         # A burst of one chunk: the pace holds from the first byte.
         self._download_bandwidth = TokenBucket(rate, burst_bytes=CHUNK) if rate > 0 else None
@@ -267,7 +268,6 @@ class OtaController:
             return
         if problem is None:
             self.store.mark_good()
-            self._remember_proven(current)
             self.report(OtaState.ACTIVE)
         else:
             self.rollback(current, None, problem, None)
@@ -284,6 +284,7 @@ class OtaController:
                     self._wakeup.wait(0.5)
                 desired, self._pending = self._pending, None
             if desired is None:
+                self._remember_proven()
                 self._lifetime_health()
                 continue
             self.health.reset()  # whatever the update does, the next window starts afresh
@@ -432,7 +433,6 @@ class OtaController:
             self._save_sequence(desired.sequence)
             return
         previous = self.line.models.current
-        self._remember_proven(previous)
         proven_latency_s = (
             self.store.proven_latency_s(manifest.artifact.sha256)
             if desired.action is DesiredAction.ROLLBACK
@@ -456,7 +456,6 @@ class OtaController:
         self._save_sequence(desired.sequence)
         if problem is None:
             self.store.mark_good()
-            self._remember_proven(candidate)
             if previous is not None:
                 previous.runner.close()
             self.report(OtaState.ACTIVE, desired=desired)
@@ -486,13 +485,18 @@ class OtaController:
         else:
             self.report(OtaState.ACTIVE, reason=f"unhealthy: {problem}"[:500])
 
-    def _remember_proven(self, model: ActiveModel | None) -> None:
-        """Record the running model's line latency while it is proven (not on probation)."""
-        if model is None or model.sha256 is None or self.store.state().probation:
+    def _remember_proven(self) -> None:
+        """Record the running model's latency on this line once it is proven (not on
+        probation), for a later signed rollback to it. Done in the idle loop, once per model:
+        the disk write stays out of the swap, where the line's frames are timed."""
+        model = self.line.models.current
+        if model is None or model.sha256 is None or model.sha256 in self._proven_recorded:
             return
         latency_s = self.line.stats.single_frame_infer_s()
-        if latency_s is not None:
-            self.store.record_proven(model.sha256, latency_s)
+        if latency_s is None or self.store.state().probation:
+            return
+        self.store.record_proven(model.sha256, latency_s)
+        self._proven_recorded.add(model.sha256)
 
     def _watch_probation(
         self, previous: ActiveModel | None, proven_latency_s: float | None = None
