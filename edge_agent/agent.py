@@ -7,9 +7,11 @@ everything within a few seconds, and any part that dies sets it so systemd resta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -33,6 +35,7 @@ from edge_agent.inference import (
     RunnerOptions,
     intra_op_threads,
 )
+from edge_agent.inference.selection import RuntimeChoice, choose_runtime
 from edge_agent.metrics import AgentMetrics
 from edge_agent.ota.controller import OtaController, OtaPolicy
 from edge_agent.ota.health import HealthPolicy
@@ -94,25 +97,48 @@ def runner_options(config: AgentConfig) -> RunnerOptions:
         max_detections=m.max_detections,
         trt_cache_dir=m.trt_cache_dir,
         thread_spinning=m.thread_spinning,
-        runtime=m.runtime,
+        # "auto": onnxruntime until the agent has chosen (edge_agent.inference.selection)
+        runtime="onnxruntime" if m.runtime == "auto" else m.runtime,
         openvino_device=m.openvino_device,
         openvino_precision=m.openvino_precision,
     )
 
 
-def load_model(path: Path, options: RunnerOptions, manifest: ModelManifest | None) -> ActiveModel:
-    """Load and warm up a model; the manifest (if any) pins classes, input size and format."""
+def _runner_factory(
+    path: Path, manifest: ModelManifest | None
+) -> Callable[[RunnerOptions], InferenceRunner]:
+    """Builds the model's runner for given options; the manifest (if any) pins classes, input
+    size and format."""
     if manifest is None:
-        runner = InferenceRunner(path, options)
-        return ActiveModel(runner, path.stem, None)
-    runner = InferenceRunner(
+        return lambda options: InferenceRunner(path, options)
+    return lambda options: InferenceRunner(
         path,
         options,
         class_names=tuple(manifest.class_names),
         expected_input=(manifest.input.height, manifest.input.width),
         output_format=manifest.output_format,
     )
+
+
+def _active(runner: InferenceRunner, path: Path, manifest: ModelManifest | None) -> ActiveModel:
+    if manifest is None:
+        return ActiveModel(runner, path.stem, None)
     return ActiveModel(runner, manifest.model_name, manifest.version, manifest.artifact.sha256)
+
+
+def load_model(path: Path, options: RunnerOptions, manifest: ModelManifest | None) -> ActiveModel:
+    """Load and warm up a model in the runtime ``options`` names."""
+    return _active(_runner_factory(path, manifest)(options), path, manifest)
+
+
+def load_model_choosing_runtime(
+    path: Path, options: RunnerOptions, manifest: ModelManifest | None, min_agreement: float
+) -> tuple[ActiveModel, RuntimeChoice]:
+    """Load the model in the fastest installed runtime that agrees with onnxruntime fp32."""
+    runner, choice = choose_runtime(
+        _runner_factory(path, manifest), options, min_agreement=min_agreement
+    )
+    return _active(runner, path, manifest), choice
 
 
 def read_local_manifest(model_path: Path) -> ModelManifest | None:
@@ -133,6 +159,10 @@ class Agent:
         self.started_mono = time.monotonic()
         self._started = False
         self._stops = contextlib.ExitStack()
+        # The runner options models load with; with model.runtime "auto", the runtime chosen
+        # when the first model loads (edge_agent.inference.selection), kept for OTA candidates.
+        self.runner_options = runner_options(config)
+        self.runtime_choice: RuntimeChoice | None = None
         self.metrics = AgentMetrics()
         self.hub = FrameHub()
         self.models = ModelSlot()
@@ -240,7 +270,7 @@ class Agent:
                 topics=self.topics,
                 store=self.store,
                 verifier=Verifier.from_pem_files(dict(config.ota.trusted_keys)),
-                loader=CandidateLoader(runner_options(config), load_model),
+                loader=CandidateLoader(self.runner_options, load_model),
                 artifacts=ArtifactSource(
                     make_s3_client(config.storage.target()), config.storage.bucket
                 )
@@ -285,10 +315,8 @@ class Agent:
             if state.current is None or not self.store.has(state.current):
                 return False
             try:
-                model = load_model(
-                    self.store.model_path(state.current),
-                    runner_options(self.config),
-                    self.store.manifest(state.current),
+                model = self._load_line_model(
+                    self.store.model_path(state.current), self.store.manifest(state.current)
                 )
             except (ModelLoadError, EdgeAgentError) as exc:
                 log.error("stored model unusable: rolling back", extra={"error": str(exc)})
@@ -299,6 +327,20 @@ class Agent:
             return True
         return False
 
+    def _load_line_model(self, path: Path, manifest: ModelManifest | None) -> ActiveModel:
+        """The model the line runs; with ``model.runtime: auto`` the first one loaded picks
+        the runtime, and every later one (OTA candidates too) loads in it."""
+        if self.config.model.runtime != "auto" or self.runtime_choice is not None:
+            return load_model(path, self.runner_options, manifest)
+        model, choice = load_model_choosing_runtime(
+            path, self.runner_options, manifest, self.config.model.runtime_min_agreement
+        )
+        self.runtime_choice = choice
+        self.runner_options = dataclasses.replace(self.runner_options, runtime=choice.chosen)
+        if self.ota is not None:
+            self.ota.loader = CandidateLoader(self.runner_options, load_model)
+        return model
+
     def load_configured_model(self) -> None:
         if self.load_stored_model():
             return
@@ -306,7 +348,7 @@ class Agent:
         if path is None:
             log.warning("no model configured; waiting for one over OTA")
             return
-        model = load_model(path, runner_options(self.config), read_local_manifest(path))
+        model = self._load_line_model(path, read_local_manifest(path))
         self.models.swap(model)
         log.info(
             "model loaded",
@@ -322,7 +364,7 @@ class Agent:
         path = self.config.model.shadow_path
         if path is None or self.mining is None:
             return
-        shadow = load_model(path, runner_options(self.config), read_local_manifest(path))
+        shadow = load_model(path, self.runner_options, read_local_manifest(path))
         for sampler in self.mining.samplers:
             if isinstance(sampler, DisagreementSampler):
                 sampler.shadow = shadow.runner
@@ -429,6 +471,7 @@ class Agent:
                 name=model.name,
                 version=model.version,
                 provider=model.runner.provider,
+                runtime_choice=self.runtime_choice,
                 input=(model.runner.info.input_height, model.runner.info.input_width),
                 classes=list(model.class_names),
             ),

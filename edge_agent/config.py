@@ -134,7 +134,10 @@ class ModelSection(_Section):
     # The runtime that runs the model; pre/post-processing is the agent's own either way.
     # "openvino" (x86 boxes; pip install 'linefleet[edge-openvino]') compiles the same ONNX
     # file with OpenVINO: measured in benchmarks/runtimes.py against onnxruntime.
-    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    # "auto": each installed runtime loads the model and runs probe frames; the fastest whose
+    # detections agree with onnxruntime fp32 (runtime_min_agreement of the boxes) runs it.
+    runtime: Literal["onnxruntime", "openvino", "auto"] = "onnxruntime"
+    runtime_min_agreement: float = Field(default=0.95, gt=0.0, le=1.0)
     openvino_device: str = Field(default="CPU", pattern=r"^[A-Z][A-Z0-9_.:,]{0,40}$")
     # "auto": OpenVINO's choice (bf16 on CPUs that have it); "f32" pins full precision.
     openvino_precision: Literal["auto", "f32", "bf16", "f16"] = "auto"

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from edge_agent.inference.selection import RuntimeChoice
 from edge_agent.ota.store import StoreState
 from edge_agent.upload.spool import SpoolStats
 from shared.messages import CameraHealth, CameraState, Heartbeat, OtaState
@@ -29,6 +30,8 @@ class ModelStatus(_View):
     provider: str
     input: tuple[int, int]  # height, width
     classes: list[str]
+    # With model.runtime "auto": each installed runtime's trial and the one chosen.
+    runtime_choice: RuntimeChoice | None = None
 
 
 class PipelineStatus(_View):

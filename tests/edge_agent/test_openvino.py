@@ -15,7 +15,8 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.errors import ModelIncompatibleError, ModelLoadError, RunCancelledError
-from edge_agent.inference import CancelToken, InferenceRunner, RunnerOptions
+from edge_agent.inference import CancelToken, InferenceRunner, RunnerOptions, selection
+from edge_agent.inference.selection import choose_runtime
 from shared.synth import LineConfig, SyntheticLine
 from tests.edge_agent.onnx_models import brightness_detector
 
@@ -116,5 +117,86 @@ state_dir: {tmp_path / "state"}
         assert status.pipeline.processed >= 20 and status.pipeline.inference_errors == 0
         assert status.model is not None and status.model.provider == "OpenVINO:CPU:f32"
         assert agent.heartbeat().provider == "OpenVINO:CPU:f32"
+    finally:
+        agent.stop()
+
+
+def test_auto_picks_the_fastest_runtime_that_agrees(tmp_path: Path) -> None:
+    model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES), size=320)
+    runner, choice = choose_runtime(
+        lambda options: InferenceRunner(model, options), RunnerOptions()
+    )
+    trials = {t.runtime: t for t in choice.trials}
+    assert set(trials) == {"onnxruntime", "openvino"}
+    assert all(t.refused is None and t.agreement == 1.0 for t in trials.values())
+    latencies = {name: t.latency_ms for name, t in trials.items()}
+    assert choice.chosen == min(latencies, key=lambda n: latencies[n] or 0.0)
+    assert runner.provider == trials[choice.chosen].device
+
+
+def test_auto_refuses_a_runtime_that_disagrees_or_cannot_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES), size=320)
+    # A runtime whose output differs from the reference's (here: a coarser model behind it),
+    # and one that fails on the probe frames.
+    coarse = brightness_detector(tmp_path / "coarse.onnx", names=list(NAMES), size=64)
+    failing = brightness_detector(tmp_path / "nan.onnx", names=list(NAMES), nan_when_dark=True)
+
+    def disagreeing(options: RunnerOptions) -> InferenceRunner:
+        return InferenceRunner(model if options.runtime == "onnxruntime" else coarse, options)
+
+    runner, choice = choose_runtime(disagreeing, RunnerOptions())
+    trials = {t.runtime: t for t in choice.trials}
+    assert choice.chosen == "onnxruntime" and runner.provider == "CPUExecutionProvider"
+    refused = trials["openvino"].refused
+    assert refused is not None and "agree" in refused, refused
+
+    def nan_on_the_line(options: RunnerOptions) -> InferenceRunner:
+        return InferenceRunner(model if options.runtime == "onnxruntime" else failing, options)
+
+    # Dark probe frames: the second model passes its warm-up (grey) and fails on them.
+    monkeypatch.setattr(selection, "probe_images", lambda h, w: [np.zeros((h, w, 3), np.uint8)] * 3)
+    _, choice = choose_runtime(nan_on_the_line, RunnerOptions())
+    failed = next(t for t in choice.trials if t.runtime == "openvino")
+    assert choice.chosen == "onnxruntime" and "NaN" in (failed.refused or "")
+
+    def broken(options: RunnerOptions) -> InferenceRunner:
+        if options.runtime == "openvino":
+            raise ModelLoadError("OpenVINO refused det.onnx on CPU: unsupported op")
+        return InferenceRunner(model, options)
+
+    _, choice = choose_runtime(broken, RunnerOptions())
+    assert choice.chosen == "onnxruntime"
+    assert "unsupported op" in (
+        next(t for t in choice.trials if t.runtime == "openvino").refused or ""
+    )
+
+
+def test_an_agent_on_auto_reports_its_choice(tmp_path: Path) -> None:
+    model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES))
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"""
+device: {{id: edge-auto, fleet: test}}
+cameras: [{{kind: synthetic, id: cam0, width: 320, height: 320, fps: 30}}]
+model: {{path: {model}, runtime: auto}}
+mqtt: {{enabled: false}}
+api: {{enabled: false}}
+state_dir: {tmp_path / "state"}
+"""
+    )
+    agent = Agent(load_config(config))
+    agent.start()
+    try:
+        status = agent.status()
+        assert status.model is not None and status.model.runtime_choice is not None
+        choice = status.model.runtime_choice
+        assert {t.runtime for t in choice.trials} == {"onnxruntime", "openvino"}
+        chosen = next(t for t in choice.trials if t.runtime == choice.chosen)
+        assert status.model.provider == chosen.device
+        assert agent.runner_options.runtime == choice.chosen, "OTA candidates load in it too"
+        dumped = status.model_dump(mode="json")["model"]["runtime_choice"]
+        assert dumped["chosen"] == choice.chosen
     finally:
         agent.stop()
