@@ -3,9 +3,10 @@
     desired ─▶ verifying ─▶ downloading ─▶ staged (loaded, smoke-checked on live frames)
             ─▶ active (swapped, on probation) ─▶ active (good) | rolled_back
 
-MQTT callbacks only parse and hand over the newest desired state; all slow work happens in
-the worker, so the network thread never blocks. Whatever fails, the running model keeps
-running and the retained ``reported`` message says why.
+The listener (:mod:`edge_agent.ota.listener`) only parses and hands over the newest desired
+state from the MQTT callback; all slow work happens in this worker, so the network thread
+never blocks. Whatever fails, the running model keeps running and the retained ``reported``
+message says why.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from edge_agent.ota.download import (
     download_artifact,
 )
 from edge_agent.ota.health import HealthPolicy, LifetimeWatch
+from edge_agent.ota.listener import DesiredListener
 from edge_agent.ota.parts import ArtifactSource, CandidateLoader, OtaTarget, RunningLine
 from edge_agent.ota.smoke import RecentFrames, SmokeCheck
 from edge_agent.ota.store import ModelStore, atomic_write
@@ -39,7 +41,6 @@ from edge_agent.ota.verify import (
     StaleDesiredError,
     verify_desired,
 )
-from shared.errors import PayloadError
 from shared.infra.mqtt_link import MqttLink
 from shared.manifest import ModelManifest
 from shared.messages import (
@@ -48,8 +49,6 @@ from shared.messages import (
     OtaState,
     ReportedState,
     ReportSequence,
-    TargetScope,
-    parse_payload,
     utc_now,
 )
 from shared.signing import Verifier
@@ -127,15 +126,16 @@ class OtaController:
         self.state = OtaState.IDLE
         self.last_reason = ""
         self._last_report = _Report(OtaState.IDLE, "", None, False)
-        self._desired: dict[str, DesiredState] = {}
-        self._pending: DesiredState | None = None
-        self._wakeup = threading.Condition()
+        self.listener = DesiredListener(
+            topics,
+            target.device_id,
+            target.group,
+            on_bad_message=lambda reason: self.report(OtaState.FAILED, reason=reason),
+        )
         self._sequence_path = store.root / "ota.json"
         self._last_sequence = self._load_sequence()
         self._report_sequence = ReportSequence()
         self._thread = threading.Thread(target=self._loop, name="ota", daemon=True)
-        self._device_topic = topics.device(target.device_id, Channel.DESIRED)
-        self._group_topic = topics.group_desired(target.group) if target.group else None
 
     # ----------------------------------------------------------------- persistence
     def _load_sequence(self) -> int:
@@ -150,69 +150,17 @@ class OtaController:
 
     # ----------------------------------------------------------------- MQTT side
     def start(self) -> None:
-        self.link.add_handler(self.on_message)
-        self.link.subscribe(self._device_topic, qos=1)
-        if self._group_topic:
-            self.link.subscribe(self._group_topic, qos=1)
+        self.link.add_handler(self.listener.on_message)
+        for topic in self.listener.topics:
+            self.link.subscribe(topic, qos=1)
         # Report the initial state before the worker can change it: reporting `self.state`
         # after starting the worker raced with a resumed probation and claimed "active".
         self.report(OtaState.IDLE)
         self._thread.start()
 
     def join(self, timeout: float = 5.0) -> None:
-        with self._wakeup:
-            self._wakeup.notify_all()
+        self.listener.wake()
         self._thread.join(timeout)
-
-    def on_message(self, topic: str, payload: bytes, _retained: bool) -> None:
-        if topic not in (self._device_topic, self._group_topic):
-            return
-        if not payload:
-            # A cleared retained message: no desired state on this topic any more. Clearing the
-            # device's own falls back to its group's at once, as it would after a restart.
-            self._desired.pop(topic, None)
-            self._hand_over_effective()
-            return
-        try:
-            desired = parse_payload(DesiredState, payload)
-            self._check_addressed(topic, desired)
-        except PayloadError as exc:
-            # Whatever stood on this topic is replaced by something we cannot use. That is the
-            # device's failure only if this topic decided what it runs: garbage on the group
-            # topic does not touch a device that follows its own desired state.
-            deciding = self._deciding_topic()
-            self._desired.pop(topic, None)
-            log.warning("desired state refused", extra={"topic": topic, "error": str(exc)})
-            if topic in (self._device_topic, deciding):
-                self.report(OtaState.FAILED, reason=f"bad desired message: {exc}"[:500])
-            return
-        self._desired[topic] = desired
-        self._hand_over_effective()
-
-    def _deciding_topic(self) -> str | None:
-        """The topic whose desired state this device follows: its own wins over its group's."""
-        if self._device_topic in self._desired:
-            return self._device_topic
-        if self._group_topic is not None and self._group_topic in self._desired:
-            return self._group_topic
-        return None
-
-    def _hand_over_effective(self) -> None:
-        topic = self._deciding_topic()
-        if topic is None:
-            return
-        with self._wakeup:
-            self._pending = self._desired[topic]
-            self._wakeup.notify_all()
-
-    def _check_addressed(self, topic: str, desired: DesiredState) -> None:
-        """A desired state must name the target its topic stands for (the signature, checked
-        later, then proves who named it)."""
-        on_device_topic = topic == self._device_topic
-        scope = TargetScope.DEVICE if on_device_topic else TargetScope.GROUP
-        target_id = self.target.device_id if on_device_topic else self.target.group
-        if desired.target.scope is not scope or desired.target.id != target_id:
-            raise PayloadError(f"a desired state for {desired.target} on the topic {topic}")
 
     # ----------------------------------------------------------------- reporting
     def report(
@@ -279,10 +227,7 @@ class OtaController:
         # staging fits there (measured in benchmarks/ota_swap.py).
         self._resume_probation()
         while not self.stop_event.is_set():
-            with self._wakeup:
-                if self._pending is None:
-                    self._wakeup.wait(0.5)
-                desired, self._pending = self._pending, None
+            desired = self.listener.take(0.5)
             if desired is None:
                 self._remember_proven()
                 self._lifetime_health()
@@ -297,8 +242,7 @@ class OtaController:
                 )
 
     def _superseded(self) -> bool:
-        with self._wakeup:
-            return self._pending is not None
+        return self.listener.superseded()
 
     def apply(self, desired: DesiredState) -> None:
         current = self.line.models.current
