@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from cloud_trainer.release.evaluate import MetricsAccumulator  # noqa: E402
 from edge_agent.inference import InferenceRunner, RunnerOptions, letterbox  # noqa: E402
-from shared.detections import count_matches  # noqa: E402
+from edge_agent.inference.selection import agreement  # noqa: E402
 from shared.synth import CLASS_NAMES, LineConfig, SyntheticLine  # noqa: E402
 
 CONTENDERS: dict[str, RunnerOptions] = {
@@ -104,12 +104,6 @@ def accuracy(
     return result.map50, result.per_class_recall.get("defect", 0.0), outputs
 
 
-def agreement(a: list[Any], b: list[Any], iou: float = 0.9) -> float:
-    matched = sum(count_matches(x, y, iou) for x, y in zip(a, b, strict=True))
-    total = sum(max(len(x), len(y)) for x, y in zip(a, b, strict=True))
-    return 1.0 if total == 0 else matched / total
-
-
 def measure_size(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     line = SyntheticLine(LineConfig(width=640, height=640, seed=11))
     frames, truths = [], []
@@ -153,7 +147,7 @@ def measure_size(model: Path, args: argparse.Namespace) -> dict[str, Any]:
         outputs = entry.pop("_outputs")
         entry["speed_vs_ort"] = round(base_p50 / entry["run_p50_ms"], 3)
         entry["map50_delta_vs_ort"] = round(entry["map50"] - reference[0], 4)
-        entry["box_agreement_vs_ort_iou90"] = round(agreement(outputs, reference[1]), 4)
+        entry["box_agreement_vs_ort_iou90"] = round(agreement(outputs, reference[1], 0.9), 4)
     fastest = max(figures, key=lambda n: figures[n]["speed_vs_ort"])
     return {
         "model": model.name,

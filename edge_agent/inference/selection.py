@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.inference.backend import RUNTIMES, Runtime
+from edge_agent.inference.preprocess import letterbox
 from edge_agent.inference.runner import InferenceRunner, RunnerOptions
 from shared.detections import Detections, count_matches
 from shared.synth import LineConfig, SyntheticLine
@@ -65,13 +66,19 @@ def agreement(candidate: list[Detections], reference: list[Detections], iou: flo
     return 1.0 if total == 0 else matched / total
 
 
-def _median_run_ms(runner: InferenceRunner, blobs: list[NDArray[np.floating]], runs: int) -> float:
-    times = []
-    for i in range(runs):
-        started = time.perf_counter()
-        runner.run(blobs[i % len(blobs)])
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000.0
+def _median_runs_ms(
+    runners: dict[Runtime, InferenceRunner], blobs: list[NDArray[np.floating]], runs: int
+) -> dict[Runtime, float]:
+    """Median model run per runtime, measured in alternating slices of three runs, so a burst
+    of load on the box falls on all of them alike."""
+    times: dict[Runtime, list[float]] = {name: [] for name in runners}
+    for start in range(0, runs, 3):
+        for name, runner in runners.items():
+            for i in range(start, min(start + 3, runs)):
+                started = time.perf_counter()
+                runner.run(blobs[i % len(blobs)])
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) * 1000.0 for name, values in times.items()}
 
 
 def choose_runtime(
@@ -88,8 +95,6 @@ def choose_runtime(
     info = reference.info
     images = probe_images(info.input_height, info.input_width)
     expected = reference.detect(images)
-    from edge_agent.inference import letterbox  # noqa: PLC0415 - the package imports us
-
     blobs = [
         letterbox([image], info.input_height, info.input_width, dtype=info.input_dtype)[0]
         for image in images
@@ -125,7 +130,7 @@ def choose_runtime(
             continue
         runners[runtime] = runner
         agreements[runtime] = agreed
-    measured = {name: _median_run_ms(runner, blobs, runs) for name, runner in runners.items()}
+    measured = _median_runs_ms(runners, blobs, runs)
     for name, runner in runners.items():
         trials.append(
             RuntimeTrial(
