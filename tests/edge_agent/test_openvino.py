@@ -94,20 +94,25 @@ def test_a_missing_runtime_is_an_error_not_a_fallback(tmp_path: Path) -> None:
     assert "pip install 'linefleet[edge-openvino]'" in done.stdout
 
 
-def test_an_agent_runs_the_line_on_openvino_and_says_so(tmp_path: Path) -> None:
+def line_agent(tmp_path: Path, model_options: str) -> Agent:
+    """An agent on the synthetic line, MQTT and API off, with these ``model`` options."""
     model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES))
     config = tmp_path / "agent.yaml"
     config.write_text(
         f"""
 device: {{id: edge-ov, fleet: test}}
 cameras: [{{kind: synthetic, id: cam0, width: 320, height: 320, fps: 30}}]
-model: {{path: {model}, runtime: openvino, openvino_precision: f32}}
+model: {{path: {model}, {model_options}}}
 mqtt: {{enabled: false}}
 api: {{enabled: false}}
 state_dir: {tmp_path / "state"}
 """
     )
-    agent = Agent(load_config(config))
+    return Agent(load_config(config))
+
+
+def test_an_agent_runs_the_line_on_openvino_and_says_so(tmp_path: Path) -> None:
+    agent = line_agent(tmp_path, "runtime: openvino, openvino_precision: f32")
     agent.start()
     try:
         deadline = time.monotonic() + 20
@@ -174,19 +179,7 @@ def test_auto_refuses_a_runtime_that_disagrees_or_cannot_load(
 
 
 def test_an_agent_on_auto_reports_its_choice(tmp_path: Path) -> None:
-    model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES))
-    config = tmp_path / "agent.yaml"
-    config.write_text(
-        f"""
-device: {{id: edge-auto, fleet: test}}
-cameras: [{{kind: synthetic, id: cam0, width: 320, height: 320, fps: 30}}]
-model: {{path: {model}, runtime: auto}}
-mqtt: {{enabled: false}}
-api: {{enabled: false}}
-state_dir: {tmp_path / "state"}
-"""
-    )
-    agent = Agent(load_config(config))
+    agent = line_agent(tmp_path, "runtime: auto")
     agent.start()
     try:
         status = agent.status()
