@@ -25,6 +25,7 @@ from edge_agent.camera import (
     FrameHub,
     FrameSource,
     OpenCVSource,
+    PyAVSource,
     SyntheticSource,
 )
 from edge_agent.config import AgentConfig, StreamCamera, SyntheticCamera
@@ -78,6 +79,16 @@ def build_source(camera: SyntheticCamera | StreamCamera) -> FrameSource:
         return SyntheticSource(
             camera.line_config(),
             drift_schedule=[(s.after_frames, s.drift) for s in camera.drift_schedule],
+        )
+    if isinstance(camera.url, str) and camera.capture != "opencv":
+        return PyAVSource(
+            camera.url,
+            loop=camera.loop,
+            open_timeout_s=camera.open_timeout_s,
+            read_timeout_s=camera.read_timeout_s,
+            rtsp_transport=camera.rtsp_transport,
+            decode=camera.decode,
+            decode_threads=camera.decode_threads,
         )
     return OpenCVSource(
         camera.url,
@@ -176,6 +187,7 @@ class Agent:
                 fps_limit=cam.fps if isinstance(cam, SyntheticCamera) else cam.fps_limit,
                 stall_timeout_s=config.stall_timeout_s,
                 lossless=cam.buffer == "lossless",
+                auth_retry_s=cam.auth_retry_s if isinstance(cam, StreamCamera) else 60.0,
             )
             for cam in config.cameras
         ]
@@ -489,11 +501,15 @@ class Agent:
                     source=c.source.description,
                     state=c.state,
                     fps=round(c.stats.fps, 2),
+                    fps_in=round(c.stats.fps_in, 2),
                     frames_captured=c.stats.frames,
                     frames_dropped=self.hub.dropped.get(c.camera_id, 0),
-                    corrupt_frames=c.stats.corrupt_frames,
+                    corrupt_frames=c.stats.corrupt_frames + self.hub.unusable.get(c.camera_id, 0),
                     read_errors=c.stats.read_errors,
                     reconnects=c.stats.reconnects,
+                    stalls=c.stats.stalls,
+                    frame_age_ms_p50=round(stats.frame_age_ms(c.camera_id, 0.5), 2),
+                    frame_age_ms_p99=round(stats.frame_age_ms(c.camera_id, 0.99), 2),
                     last_error=c.stats.last_error,
                 )
                 for c in self.cameras

@@ -86,7 +86,20 @@ class StreamCamera(_Section):
     # "lossless" applies to files only: every frame is processed, read on demand.
     buffer: Literal["latest", "lossless"] = "latest"
     open_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # No data for this long on an open connection is a stall: the camera reconnects.
     read_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # "pyav" (FFmpeg's libraries) for streams and files, OpenCV for USB devices; "auto" picks
+    # that way (benchmarks/cameras.py and the README say why).
+    capture: Literal["auto", "pyav", "opencv"] = "auto"
+    # RTSP over TCP by default: UDP loses packets (and so whole GOPs) on a busy plant network.
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    # "keyframes": decode key frames only (inter frames are dropped before decoding) for a
+    # pipeline that needs no more than the camera's key-frame rate.
+    decode: Literal["all", "keyframes"] = "all"
+    # Threads per stream's decoder; one suits several 1080p streams on a small box.
+    decode_threads: int = Field(default=1, ge=0, le=16)
+    # Wait between tries while the camera refuses the credentials.
+    auth_retry_s: float = Field(default=60.0, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _url_fits_kind(self) -> StreamCamera:
@@ -96,6 +109,10 @@ class StreamCamera(_Section):
             raise ValueError("stream cameras need a URL like rtsp://host/path")
         if self.kind == "file" and not isinstance(self.url, str):
             raise ValueError("file cameras need a path")
+        if self.kind == "usb" and self.capture == "pyav":
+            raise ValueError("usb cameras are read through OpenCV: use capture auto or opencv")
+        if self.decode == "keyframes" and self.capture == "opencv":
+            raise ValueError("decode: keyframes needs capture pyav (or auto)")
         return self
 
 

@@ -39,3 +39,13 @@ class RunCancelledError(EdgeAgentError):
 
 class CameraError(EdgeAgentError):
     """A frame source could not be opened or read."""
+
+
+class CameraStallError(CameraError):
+    """The camera's connection is open but no frame came within the read timeout (a hung
+    encoder, a saturated link): reconnect."""
+
+
+class CameraAuthError(CameraError):
+    """The camera refused our credentials. Retrying at full speed would only fill its log and
+    may lock the account: fix the URL's user and password."""

@@ -84,7 +84,24 @@ class PipelineStats:
     _recent_infer: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     _recent_single: deque[float] = field(default_factory=lambda: deque(maxlen=32))
     _recent_done: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    # Per camera: how old each frame was when the pipeline took it (camera read -> pickup).
+    _frame_ages: dict[str, deque[float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record_frame_age(self, camera_id: str, age_s: float) -> None:
+        with self._lock:
+            ages = self._frame_ages.get(camera_id)
+            if ages is None:
+                ages = self._frame_ages[camera_id] = deque(maxlen=256)
+            ages.append(age_s)
+
+    def frame_age_ms(self, camera_id: str, quantile: float) -> float:
+        """A quantile of the recent frames' age at pickup, in ms (0 before any frame)."""
+        with self._lock:
+            values = list(self._frame_ages.get(camera_id, ()))
+        if not values:
+            return 0.0
+        return float(np.quantile(np.asarray(values), quantile) * 1000.0)
 
     def record_errors(self, frames: int) -> None:
         with self._lock:

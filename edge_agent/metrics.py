@@ -25,7 +25,14 @@ _PER_CAMERA = {
     "corrupt_frames": ("linefleet_camera_corrupt_frames_total", "Unusable frames", True),
     "read_errors": ("linefleet_camera_read_errors_total", "Read errors", True),
     "reconnects": ("linefleet_camera_reconnects_total", "Reconnects", True),
-    "fps": ("linefleet_camera_fps", "Capture rate", False),
+    "fps": ("linefleet_camera_fps", "Frames offered to the pipeline per second", False),
+    "fps_in": ("linefleet_camera_fps_in", "Frames read from the camera per second", False),
+    "stalls": ("linefleet_camera_stalls_total", "Stalls (no data on an open connection)", True),
+    "frame_age_ms_p99": (
+        "linefleet_camera_frame_age_p99_ms",
+        "Age of frames at pickup by the pipeline, 99th percentile",
+        False,
+    ),
 }
 _SPOOL = (
     ("depth", "gauge", "Hard examples waiting in the spool"),

@@ -278,6 +278,9 @@ class Pipeline:
             frames = self.hub.take(batch_size, timeout=0.1)
             if not frames:
                 continue
+            taken = time.monotonic()
+            for frame in frames:
+                self.stats.record_frame_age(frame.camera_id, taken - frame.captured_mono)
             self._make_way()  # early: the letterbox then runs beside no model work
             started = time.monotonic()
             batch = self._letterbox(frames, model)

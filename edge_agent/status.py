@@ -47,12 +47,17 @@ class PipelineStatus(_View):
 class CameraStatus(_View):
     source: str
     state: CameraState
-    fps: float
+    fps: float  # frames offered to the pipeline per second
+    fps_in: float  # frames read from the camera per second
     frames_captured: int
-    frames_dropped: int
+    frames_dropped: int  # replaced unread by a newer one (buffer: latest)
     corrupt_frames: int
     read_errors: int
     reconnects: int
+    stalls: int
+    # Age of a frame when the pipeline took it (read from the camera -> pickup).
+    frame_age_ms_p50: float
+    frame_age_ms_p99: float
     last_error: str
 
 
@@ -124,6 +129,11 @@ class AgentStatus(_View):
                     fps=c.fps,
                     dropped_frames=c.frames_dropped,
                     errors=c.read_errors + c.corrupt_frames,
+                    fps_in=c.fps_in,
+                    frame_age_ms_p99=c.frame_age_ms_p99,
+                    reconnects=c.reconnects,
+                    stalls=c.stalls,
+                    last_error=c.last_error[:300],
                 )
                 for camera_id, c in self.cameras.items()
             },

@@ -193,15 +193,26 @@ class CameraState(StrEnum):
 
 
 class CameraHealth(BaseModel):
+    """One camera in a heartbeat. Fields after ``errors`` came with heartbeat schema 2."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     state: CameraState
-    fps: float = Field(ge=0.0, le=10_000.0)
+    fps: float = Field(ge=0.0, le=10_000.0)  # offered to the pipeline
     dropped_frames: int = Field(default=0, ge=0)
     errors: int = Field(default=0, ge=0)
+    fps_in: float = Field(default=0.0, ge=0.0, le=10_000.0)  # read from the camera
+    frame_age_ms_p99: float = Field(default=0.0, ge=0.0)
+    reconnects: int = Field(default=0, ge=0)
+    stalls: int = Field(default=0, ge=0)
+    last_error: Annotated[str, StringConstraints(max_length=300)] = ""
 
 
 class Heartbeat(_Message):
+    """Schema 2 added the cameras' fps in, frame age, reconnects, stalls and last error; a
+    schema-1 heartbeat of an older agent still parses (those figures read as zero)."""
+
+    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]
     device_id: Identifier
     sent_at: AwareDatetime
     uptime_s: float = Field(ge=0.0)

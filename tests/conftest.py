@@ -16,6 +16,7 @@ import pytest
 from botocore.config import Config as BotoConfig
 
 from testing.local_services import MosquittoProcess, MotoS3Process, NanioS3Process, PostgresProcess
+from testing.rtsp_camera import RtspServer, encode_clip, rtsp_available
 
 
 def _announce(config: pytest.Config, message: str) -> None:
@@ -125,3 +126,35 @@ def nanio(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NanioS3Pro
 @pytest.fixture
 def nanio_client(nanio: NanioS3Process) -> Any:
     return make_s3_client(nanio.endpoint_url, nanio.access_key, nanio.secret_key, nanio.region)
+
+
+@pytest.fixture(scope="session")
+def rtsp_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Synthetic-line clips for the RTSP server: two resolutions of H.264 (a camera that
+    changes resolution mid-stream switches between them) and one of H.265."""
+    missing = rtsp_available()
+    if missing is not None:
+        pytest.fail(f"the RTSP test server cannot run: {missing}; `make test` installs it")
+    directory = tmp_path_factory.mktemp("rtsp-clips")
+    return {
+        "small": encode_clip(directory, width=320, height=240, frames=75),
+        "large": encode_clip(directory, width=480, height=360, frames=75, seed=1),
+        "h265": encode_clip(directory, width=320, height=240, frames=50, codec="h265"),
+    }
+
+
+@pytest.fixture
+def rtsp_server(rtsp_clips: dict[str, Path]) -> Iterator[Callable[..., RtspServer]]:
+    """Starts real RTSP servers (GStreamer) on free loopback ports; stops them after the test."""
+    started: list[RtspServer] = []
+
+    def make(mounts: dict[str, str] | None = None, **kwargs: Any) -> RtspServer:
+        chosen = mounts or {"cam": "small"}
+        server = RtspServer({name: rtsp_clips[clip] for name, clip in chosen.items()}, **kwargs)
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.kill()

@@ -1,7 +1,8 @@
 """Frame sources behind one interface, each driven by a :class:`CameraWorker` state machine."""
 
-from edge_agent.camera.frame import CameraState, Frame
+from edge_agent.camera.frame import CameraState, Frame, PendingFrame
 from edge_agent.camera.hub import FrameHub
+from edge_agent.camera.pyav_source import PyAVSource
 from edge_agent.camera.sources import FrameSource, OpenCVSource, SyntheticSource, redact_url
 from edge_agent.camera.worker import Backoff, CameraWorker
 
@@ -13,6 +14,8 @@ __all__ = [
     "FrameHub",
     "FrameSource",
     "OpenCVSource",
+    "PendingFrame",
+    "PyAVSource",
     "SyntheticSource",
     "redact_url",
 ]

@@ -20,8 +20,8 @@ from edge_agent.camera import (
     SyntheticSource,
     redact_url,
 )
+from edge_agent.camera.frame import normalise_image
 from edge_agent.camera.sources import Capture
-from edge_agent.camera.worker import normalise_image
 from edge_agent.errors import CameraError
 from shared.synth import LineConfig
 from tests.waiting import wait_for as _wait_for

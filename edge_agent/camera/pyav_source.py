@@ -1,0 +1,172 @@
+"""RTSP/HTTP streams and video files through FFmpeg's libraries (PyAV).
+
+Chosen over OpenCV's capture for streams and files because it lets the agent (measured in
+``benchmarks/cameras.py``, reasons in the README):
+
+- convert a frame to BGR only when the pipeline takes it (:class:`PendingFrame`);
+- set options per stream (RTSP over TCP, socket timeouts) instead of one process-wide
+  ``OPENCV_FFMPEG_CAPTURE_OPTIONS``;
+- tell a stall (no data within the read timeout), refused credentials and the end of a stream
+  apart, each by its own exception, and see which frames the decoder flagged as corrupt;
+- decode key frames only when the pipeline needs no more (``decode: keyframes``): inter frames
+  are dropped before they cost any decoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Literal, cast
+
+import av
+import av.error
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.camera.sources import Capture, FrameSource, LazyImage, redact_url
+from edge_agent.errors import CameraAuthError, CameraError, CameraStallError
+
+DecodeMode = Literal["all", "keyframes"]
+_AUTH_ERRORS = (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError)
+
+
+class PyAVSource(FrameSource):
+    """A stream (``rtsp://``, ``http://`` ...) or a video file, decoded by libavcodec.
+
+    ``read`` returns the decoded frame's image as a callable (converted on demand), or
+    ``None`` as the image for a frame skipped as corrupt: after a frame the decoder flags as
+    corrupt, or a packet it cannot decode, every frame up to the next key frame is skipped too,
+    because inter frames built on a damaged one carry its garbage (a sorter must not act on
+    smeared parts)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        loop: bool = False,
+        open_timeout_s: float = 10.0,
+        read_timeout_s: float = 10.0,
+        rtsp_transport: Literal["tcp", "udp"] = "tcp",
+        decode: DecodeMode = "all",
+        decode_threads: int = 1,
+    ) -> None:
+        self._url = url
+        self._loop = loop
+        self._open_timeout_s = open_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._rtsp_transport = rtsp_transport
+        self._decode = decode
+        self._decode_threads = decode_threads
+        self.is_file = "://" not in url
+        self.live = not self.is_file
+        self._container: av.container.InputContainer | None = None
+        self._frames: Iterator[Capture] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def description(self) -> str:
+        return redact_url(self._url)
+
+    def _options(self) -> dict[str, str]:
+        if self._url.startswith(("rtsp://", "rtsps://")):
+            return {"rtsp_transport": self._rtsp_transport, "allowed_media_types": "video"}
+        return {}
+
+    def open(self) -> None:
+        self.close()
+        try:
+            container = av.open(
+                self._url,
+                options=self._options(),
+                timeout=(self._open_timeout_s, self._read_timeout_s),
+            )
+        except _AUTH_ERRORS as exc:
+            raise CameraAuthError(
+                f"{self.description} refused the credentials ({self._reason(exc)}): "
+                "check the user and password in the camera URL"
+            ) from exc
+        except av.error.ExitError as exc:
+            raise CameraError(
+                f"{self.description} did not answer within {self._open_timeout_s:g} s"
+            ) from exc
+        except (av.FFmpegError, OSError) as exc:
+            raise CameraError(f"cannot open {self.description}: {self._reason(exc)}") from exc
+        if not container.streams.video:
+            container.close()
+            raise CameraError(f"{self.description} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_count = self._decode_threads
+        if self._decode == "keyframes":
+            stream.codec_context.skip_frame = "NONKEY"
+        with self._lock:
+            self._container = container
+            self._frames = self._decoded(container, stream)
+
+    def _reason(self, exc: BaseException) -> str:
+        """FFmpeg's message without the URL it quotes (it holds the credentials)."""
+        if isinstance(exc, av.FFmpegError):
+            return redact_url(exc.strerror or type(exc).__name__)
+        return redact_url(str(exc))
+
+    def _decoded(
+        self, container: av.container.InputContainer, stream: av.VideoStream
+    ) -> Iterator[Capture]:
+        waiting_for_key = False
+        while True:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the flush packet at the end of the stream
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    waiting_for_key = True
+                    yield None, None
+                    continue
+                for frame in frames:
+                    if frame.is_corrupt:
+                        waiting_for_key = True
+                    elif waiting_for_key and frame.key_frame:
+                        waiting_for_key = False
+                    if waiting_for_key:
+                        yield None, None
+                    else:
+                        yield _converter(frame), None
+            if not (self.is_file and self._loop):
+                return
+            container.seek(0)
+
+    def read(self) -> Capture | None:
+        frames = self._frames
+        if frames is None:
+            raise CameraError(f"{self.description} read before open")
+        try:
+            return next(frames)
+        except StopIteration:
+            if self.is_file:
+                return None
+            raise CameraError(f"{self.description} ended the stream") from None
+        except av.error.ExitError as exc:
+            raise CameraStallError(
+                f"no data from {self.description} for {self._read_timeout_s:g} s "
+                "(connection open, stream stalled)"
+            ) from exc
+        except (av.FFmpegError, OSError) as exc:
+            raise CameraError(f"{self.description} failed: {self._reason(exc)}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            container, self._container, self._frames = self._container, None, None
+        if container is not None:
+            # Closing a dead connection can fail: there is nothing left to release then.
+            with contextlib.suppress(av.FFmpegError, OSError):
+                container.close()
+
+
+def _converter(frame: av.VideoFrame) -> LazyImage:
+    """The frame's BGR conversion, run when (if) the pipeline takes the frame."""
+
+    def convert() -> NDArray[np.uint8]:
+        return cast(NDArray[np.uint8], frame.to_ndarray(format="bgr24"))
+
+    return convert

@@ -1,0 +1,247 @@
+"""Cameras against a real RTSP server (GStreamer's, fed with H.264/H.265 of the synthetic line):
+a camera that reboots, stalls with the connection open, changes resolution, sends damaged
+frames or refuses our credentials."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.camera import (
+    Backoff,
+    CameraState,
+    CameraWorker,
+    FrameHub,
+    PendingFrame,
+    PyAVSource,
+)
+from edge_agent.errors import CameraAuthError, CameraError
+from testing.rtsp_camera import RtspServer
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+QUICK = Backoff(initial_s=0.1, max_s=0.5, rng=random.Random(1))
+
+
+class CountingSource(PyAVSource):
+    """Counts connection attempts (to prove refused credentials are not retried at speed)."""
+
+    opens = 0
+
+    def open(self) -> None:
+        self.opens += 1
+        super().open()
+
+
+@pytest.fixture
+def run_camera() -> Iterator[Callable[..., tuple[CameraWorker, FrameHub]]]:
+    stops: list[threading.Event] = []
+    workers: list[CameraWorker] = []
+
+    def start(source: PyAVSource, **kwargs: object) -> tuple[CameraWorker, FrameHub]:
+        hub, stop = FrameHub(), threading.Event()
+        options: dict[str, object] = {"backoff": QUICK, **kwargs}
+        worker = CameraWorker("cam", source, hub, stop, **options)  # type: ignore[arg-type]
+        worker.start()
+        stops.append(stop)
+        workers.append(worker)
+        return worker, hub
+
+    yield start
+    for stop in stops:
+        stop.set()
+    for worker in workers:
+        worker.join(timeout=15)
+        assert not worker.is_alive(), "a camera thread did not stop"
+
+
+def states(worker: CameraWorker) -> list[CameraState]:
+    return [state for _, state, _ in worker.history]
+
+
+def in_order(history: list[CameraState], *expected: CameraState) -> bool:
+    """Whether ``expected`` occur in ``history`` in this order (others may come between)."""
+    remaining = iter(history)
+    return all(any(state is wanted for state in remaining) for wanted in expected)
+
+
+def take_one(hub: FrameHub, timeout: float = 5.0) -> list:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frames = hub.take(1, timeout=0.1)
+        if frames:
+            return frames
+    return []
+
+
+def test_streams_frames_at_the_cameras_pace_converted_only_when_taken(
+    rtsp_server: Callable[..., RtspServer], run_camera: Callable[..., tuple[CameraWorker, FrameHub]]
+) -> None:
+    server = rtsp_server()
+    worker, hub = run_camera(PyAVSource(server.url("cam")))
+    assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
+    # The slot holds a decoded frame that is not converted yet.
+    assert wait_for(lambda: hub.pending() == 1, timeout=5)
+    with hub._cond:
+        assert isinstance(hub._slots["cam"], PendingFrame)
+    frames = take_one(hub)
+    assert frames and frames[0].image.shape == (240, 320, 3)
+    assert frames[0].image.mean() > 10  # a real picture, not a black frame
+    time.sleep(2.2)
+    assert 20 <= worker.stats.fps_in <= 30  # the server sends 25 fps
+    assert worker.stats.corrupt_frames == 0 and worker.stats.read_errors == 0
+
+
+def test_a_camera_that_reboots_is_reconnected_with_backoff(
+    rtsp_server: Callable[..., RtspServer], run_camera: Callable[..., tuple[CameraWorker, FrameHub]]
+) -> None:
+    server = rtsp_server()
+    worker, hub = run_camera(PyAVSource(server.url("cam"), read_timeout_s=3))
+    assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
+    server.kill()
+    assert wait_for(lambda: worker.state is CameraState.RECONNECTING, timeout=5)
+    time.sleep(1.5)  # several refused attempts, spaced by the backoff
+    assert worker.state is CameraState.RECONNECTING
+    assert "connection refused" in worker.stats.last_error.lower()
+    server.start()
+    assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
+    before = worker.stats.frames
+    assert wait_for(lambda: worker.stats.frames > before + 10, timeout=5)
+    assert worker.stats.reconnects >= 1
+    assert in_order(
+        states(worker), CameraState.STREAMING, CameraState.RECONNECTING, CameraState.STREAMING
+    )
+    assert take_one(hub)
+
+
+def test_a_stall_with_the_connection_open_is_detected_within_the_read_timeout(
+    rtsp_server: Callable[..., RtspServer], run_camera: Callable[..., tuple[CameraWorker, FrameHub]]
+) -> None:
+    server = rtsp_server()
+    worker, _hub = run_camera(PyAVSource(server.url("cam"), read_timeout_s=1.5))
+    assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
+    stalled_at = time.monotonic()
+    server.stall("cam")
+    assert wait_for(lambda: worker.state is CameraState.STALLED, timeout=6)
+    detected_s = time.monotonic() - stalled_at
+    # The read timeout plus what the server had already queued (a few frames).
+    assert detected_s <= 1.5 + 2.0
+    assert worker.stats.stalls == 1
+    assert "stalled" in worker.stats.last_error
+    # The camera keeps trying while stalled; once frames flow again it streams.
+    server.resume("cam")
+    assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
+    assert in_order(
+        states(worker), CameraState.STALLED, CameraState.RECONNECTING, CameraState.STREAMING
+    )
+
+
+def test_a_resolution_change_mid_stream_is_followed(
+    rtsp_server: Callable[..., RtspServer],
+    run_camera: Callable[..., tuple[CameraWorker, FrameHub]],
+    rtsp_clips: dict[str, Path],
+) -> None:
+    server = rtsp_server()
+    worker, hub = run_camera(PyAVSource(server.url("cam")))
+    assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
+    assert take_one(hub)[0].image.shape == (240, 320, 3)
+    server.switch("cam", rtsp_clips["large"])
+
+    def larger() -> bool:
+        frames = hub.take(1, timeout=0.1)
+        return bool(frames) and frames[0].image.shape == (360, 480, 3)
+
+    assert wait_for(larger, timeout=5)
+    assert worker.stats.read_errors == 0 and worker.stats.reconnects == 0
+
+
+def test_damaged_frames_are_counted_and_skipped_until_the_next_key_frame(
+    rtsp_server: Callable[..., RtspServer], run_camera: Callable[..., tuple[CameraWorker, FrameHub]]
+) -> None:
+    server = rtsp_server()
+    worker, hub = run_camera(PyAVSource(server.url("cam")))
+    assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
+    server.corrupt("cam", 3)
+    assert wait_for(lambda: worker.stats.corrupt_frames > 0, timeout=5)
+    # It keeps streaming: damage is not a reason to reconnect.
+    before = worker.stats.frames
+    assert wait_for(lambda: worker.stats.frames > before + 25, timeout=5)
+    assert worker.state is CameraState.STREAMING
+    assert worker.stats.read_errors == 0 and worker.stats.reconnects == 0
+    assert worker.stats.corrupt_frames <= 25  # at most the rest of one GOP of 25
+    assert take_one(hub)
+
+
+def test_refused_credentials_give_a_clear_error_and_slow_retries(
+    rtsp_server: Callable[..., RtspServer], run_camera: Callable[..., tuple[CameraWorker, FrameHub]]
+) -> None:
+    server = rtsp_server(user="line", password="right-secret")
+    with pytest.raises(CameraAuthError, match="credentials") as caught:
+        PyAVSource(server.url("cam", password="wrong-secret")).open()
+    assert "wrong-secret" not in str(caught.value)
+    source = CountingSource(server.url("cam", password="wrong-secret"))
+    worker, _hub = run_camera(source, auth_retry_s=30.0)
+    assert wait_for(lambda: worker.state is CameraState.FAILED, timeout=10)
+    time.sleep(2.0)
+    assert source.opens == 1  # not hammering the camera (30 s between tries)
+    assert "credentials" in worker.stats.last_error
+    assert "wrong-secret" not in worker.stats.last_error
+    # With the right password the same server streams.
+    good, _ = run_camera(PyAVSource(server.url("cam")))
+    assert wait_for(lambda: good.state is CameraState.STREAMING, timeout=10)
+
+
+def test_latest_frame_semantics_keep_frames_fresh_for_a_slow_consumer(
+    rtsp_server: Callable[..., RtspServer], run_camera: Callable[..., tuple[CameraWorker, FrameHub]]
+) -> None:
+    server = rtsp_server()
+    worker, hub = run_camera(PyAVSource(server.url("cam")))
+    assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
+    time.sleep(1.5)  # past the burst of queued frames a new connection gets
+    ages: list[float] = []
+    for _ in range(15):
+        time.sleep(0.15)  # a model slower than the camera
+        for frame in hub.take(1, timeout=0.5):
+            ages.append(time.monotonic() - frame.captured_mono)
+    assert len(ages) >= 12
+    assert max(ages) < 0.040 + 0.030  # one frame interval plus conversion and scheduling
+    assert hub.dropped["cam"] > 0  # stale frames were replaced, not queued
+
+
+def test_keyframes_only_decoding_drops_inter_frames_before_decoding(
+    rtsp_server: Callable[..., RtspServer], run_camera: Callable[..., tuple[CameraWorker, FrameHub]]
+) -> None:
+    server = rtsp_server()
+    worker, hub = run_camera(PyAVSource(server.url("cam"), decode="keyframes"))
+    assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
+    time.sleep(1.0)
+    start_frames, started = worker.stats.frames_read, time.monotonic()
+    time.sleep(3.0)
+    rate = (worker.stats.frames_read - start_frames) / (time.monotonic() - started)
+    assert 0.5 <= rate <= 2.0  # one key frame a second (GOP 25 at 25 fps)
+    assert worker.stats.corrupt_frames == 0
+    assert take_one(hub)
+
+
+def test_h265_streams_decode(
+    rtsp_server: Callable[..., RtspServer], run_camera: Callable[..., tuple[CameraWorker, FrameHub]]
+) -> None:
+    server = rtsp_server({"cam": "h265"})
+    worker, hub = run_camera(PyAVSource(server.url("cam")))
+    assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
+    frames = take_one(hub)
+    assert frames and frames[0].image.shape == (240, 320, 3)
+
+
+def test_nothing_listening_is_a_clear_error() -> None:
+    source = PyAVSource("rtsp://user:secret@127.0.0.1:9/stream", open_timeout_s=1.0)
+    with pytest.raises(CameraError) as caught:
+        source.open()
+    assert "secret" not in str(caught.value)
+    assert "***@127.0.0.1:9" in str(caught.value)
