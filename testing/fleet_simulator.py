@@ -21,6 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from shared.errors import LinefleetError
 from shared.messages import (
+    CameraHealth,
+    CameraState,
     DesiredAction,
     DesiredState,
     DesiredTarget,
@@ -196,6 +198,11 @@ class SimulatedFleet:
             model_name=device.model_name,
             model_version=device.running_version,
             fps=fps,
+            cameras={
+                "cam0": CameraHealth(
+                    state=CameraState.STREAMING, fps=fps, fps_in=25.0, frame_age_ms_p99=12.0
+                )
+            },
         )
         device.client.publish(
             self.topics.device(device.device_id, Channel.HEARTBEAT), beat.to_payload(), 0, False

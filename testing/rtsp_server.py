@@ -112,11 +112,25 @@ class Mount:
         )
 
     def attach(self, media: GstRtspServer.RTSPMedia) -> None:
+        """Feed this media's appsrc while it plays, starting at a key frame. Frames pushed
+        while the media only prerolls would queue up in appsrc and reach the client seconds
+        late, a latency no camera has."""
         source = media.get_element().get_child_by_name("src")
+        media.connect("new-state", self._state_changed, source)
         with self.lock:
-            self.sources = [source]
-            # A newly attached client starts at a key frame, as a camera's next GOP.
-            self.position = self._next_key_frame(self.units, self.position)
+            # One key frame now: the payloader needs the parameter sets for the SDP.
+            key = self._next_key_frame(self.units, self.position)
+            source.emit("push-buffer", Gst.Buffer.new_wrapped(self.units[key]))
+
+    def _state_changed(
+        self, _media: GstRtspServer.RTSPMedia, state: int, source: Gst.Element
+    ) -> None:
+        with self.lock:
+            if state == Gst.State.PLAYING:
+                self.sources = [source]
+                self.position = self._next_key_frame(self.units, self.position)
+            elif source in self.sources:
+                self.sources = []
 
     def _next_key_frame(self, units: list[bytes], start: int) -> int:
         for offset in range(len(units)):

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     create_engine,
     event,
     inspect,
@@ -83,6 +84,8 @@ devices = Table(
     Column("inference_errors", Integer),
     Column("spool_depth", Integer),
     Column("uptime_s", Float),
+    # The last heartbeat's cameras, {camera_id: CameraHealth} as JSON.
+    Column("cameras", Text),
 )
 
 rollouts = Table(
@@ -150,10 +153,19 @@ def _add_probation(connection: Connection) -> None:
         )
 
 
+def _add_cameras(connection: Connection) -> None:
+    """Heartbeat schema 2 reports each camera's state, rates, frame age and last error; the
+    dashboard shows the last heartbeat's (a database made since migration 1 has the column)."""
+    columns = {c["name"] for c in inspect(connection).get_columns("devices")}
+    if "cameras" not in columns:
+        connection.execute(text("ALTER TABLE devices ADD COLUMN cameras TEXT"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "devices, rollouts, rollout_devices, counters", _create_all),
     (2, "64-bit sequence columns", _widen_sequences),
     (3, "devices.probation", _add_probation),
+    (4, "devices.cameras", _add_cameras),
 ]
 
 

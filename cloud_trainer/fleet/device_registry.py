@@ -21,13 +21,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from cloud_trainer.fleet.db import devices
 from cloud_trainer.fleet.states import IngestOutcome
 from shared.errors import ContractError
-from shared.messages import Heartbeat, OnlineStatus, OtaState, ReportedState, parse_payload
+from shared.messages import (
+    CameraHealth,
+    Heartbeat,
+    OnlineStatus,
+    OtaState,
+    ReportedState,
+    parse_payload,
+)
 from shared.topics import Channel, Scope, Topics
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,8 @@ class DeviceRow:
     fps: float | None
     heartbeat_model_version: int | None
     inference_errors: int | None
+    # The last heartbeat's cameras (empty before the first schema-2 heartbeat).
+    cameras: dict[str, CameraHealth]
 
     @classmethod
     def from_row(cls, row: Any, prefix: str = "") -> DeviceRow:
@@ -59,7 +69,22 @@ class DeviceRow:
         state = values["ota_state"]
         values["ota_state"] = OtaState(state) if state is not None else None
         values["probation"] = bool(values["probation"])
+        values["cameras"] = _cameras_from_column(values["cameras"])
         return cls(**values)
+
+
+_CAMERAS = TypeAdapter(dict[str, CameraHealth])
+
+
+def _cameras_from_column(stored: str | None) -> dict[str, CameraHealth]:
+    """The stored cameras; a value this version cannot read shows as none, never an error
+    (it was validated when the heartbeat came in)."""
+    if not stored:
+        return {}
+    try:
+        return _CAMERAS.validate_json(stored)
+    except ValidationError:
+        return {}
 
 
 MAX_DEFERRED = 100_000  # topics held while the database is down; about one per device channel
@@ -235,6 +260,7 @@ class FleetRegistry:
                 "inference_errors": message.inference_errors,
                 "spool_depth": message.spool_depth,
                 "uptime_s": message.uptime_s,
+                "cameras": _CAMERAS.dump_json(dict(message.cameras)).decode(),
                 "online": True,
             },
         )

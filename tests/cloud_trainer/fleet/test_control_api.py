@@ -122,6 +122,11 @@ def test_the_dashboard_shows_devices_examples_and_a_rollout_advancing(
         dom = dump_dom(page)
         for device in ("dev-000", "dev-001", "dev-002"):
             assert device in dom
+        # Each device's camera from its heartbeat: state, fps in/out, frame age.
+        wait_for(lambda: all(d.cameras for d in plane.registry.devices()), timeout=10)
+        dom = dump_dom(page)
+        assert dom.count('data-camera="cam0" data-state="streaming"') == 3
+        assert "cam0 streaming 25/" in dom and "age 12 ms" in dom
         assert dom.count("<img") == 2  # thumbnails of the uploaded hard examples
         auth = {"Authorization": f"Bearer {TOKEN}"}
         body = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,15 @@ from cloud_trainer.errors import TrainerConfigError, TrainerError
 from cloud_trainer.fleet.db import applied_migrations, devices, open_database, schema_migrations
 from cloud_trainer.fleet.device_registry import FleetRegistry
 from cloud_trainer.fleet.states import IngestOutcome
-from shared.messages import Heartbeat, OtaState, ReportedState, ReportSequence, utc_now
+from shared.messages import (
+    CameraHealth,
+    CameraState,
+    Heartbeat,
+    OtaState,
+    ReportedState,
+    ReportSequence,
+    utc_now,
+)
 from shared.topics import Channel, Topics
 from testing.local_services import PostgresProcess, free_port
 
@@ -33,7 +42,7 @@ def reported(device_id: str, sequence: int) -> bytes:
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_agent_sized_sequences_are_stored(database_url: str) -> None:
     engine = open_database(database_url)
-    assert applied_migrations(engine) == [1, 2, 3]
+    assert applied_migrations(engine) == [1, 2, 3, 4]
     registry = FleetRegistry(engine, "plant")
     topic = Topics("plant").device("box-1", Channel.REPORTED)
     sequence = ReportSequence().next()
@@ -42,7 +51,7 @@ def test_agent_sized_sequences_are_stored(database_url: str) -> None:
     device = registry.device("box-1")
     assert device is not None and device.reported_sequence == sequence
     open_database(database_url)  # opening again applies nothing twice
-    assert applied_migrations(engine) == [1, 2, 3]
+    assert applied_migrations(engine) == [1, 2, 3, 4]
 
 
 def test_a_postgres_database_from_migration_1_is_widened(postgres: PostgresProcess) -> None:
@@ -60,7 +69,7 @@ def test_a_postgres_database_from_migration_1_is_widened(postgres: PostgresProce
     assert old.deferred == 0
 
     engine = open_database(url)
-    assert applied_migrations(engine) == [1, 2, 3]
+    assert applied_migrations(engine) == [1, 2, 3, 4]
     with create_engine(url).connect() as connection:
         types = dict(
             connection.execute(
@@ -141,7 +150,7 @@ def test_a_database_from_before_probation_gains_the_column(database_url: str) ->
         connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 3))
     engine.dispose()
     engine = open_database(database_url)
-    assert applied_migrations(engine) == [1, 2, 3]
+    assert applied_migrations(engine) == [1, 2, 3, 4]
     registry = FleetRegistry(engine, "plant")
     topic = Topics("plant").device("box-1", Channel.REPORTED)
     report = ReportedState(
@@ -157,3 +166,45 @@ def test_a_database_from_before_probation_gains_the_column(database_url: str) ->
     assert registry.ingest(topic, report.to_payload()) == IngestOutcome.APPLIED
     device = registry.device("box-1")
     assert device is not None and device.probation and device.ota_state is OtaState.ACTIVE
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_database_from_before_camera_health_gains_the_column(database_url: str) -> None:
+    engine = open_database(database_url)
+    # Put the database back as migrations 1-3 left it, before heartbeats carried cameras.
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE devices DROP COLUMN cameras"))
+        connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 4))
+    engine.dispose()
+    engine = open_database(database_url)
+    assert applied_migrations(engine) == [1, 2, 3, 4]
+    registry = FleetRegistry(engine, "plant")
+    topic = Topics("plant").device("box-1", Channel.HEARTBEAT)
+    stalled = CameraHealth(
+        state=CameraState.STALLED,
+        fps=0.0,
+        fps_in=0.0,
+        frame_age_ms_p99=35.5,
+        reconnects=3,
+        stalls=2,
+        last_error="no data from rtsp://***@cam/1 for 10 s",
+    )
+    beat = Heartbeat(
+        device_id="box-1", sent_at=utc_now(), uptime_s=9.0, fps=12.5, cameras={"cam1": stalled}
+    )
+    assert registry.ingest(topic, beat.to_payload()) == IngestOutcome.APPLIED
+    device = registry.device("box-1")
+    assert device is not None and device.cameras == {"cam1": stalled}
+    # A schema-1 heartbeat of an older agent still counts; its cameras read as zeros.
+    legacy = {
+        "schema_version": 1,
+        "device_id": "box-1",
+        "sent_at": utc_now().isoformat(),
+        "uptime_s": 10.0,
+        "fps": 11.0,
+        "cameras": {"cam1": {"state": "streaming", "fps": 11.0}},
+    }
+    assert registry.ingest(topic, json.dumps(legacy).encode()) == IngestOutcome.APPLIED
+    device = registry.device("box-1")
+    assert device is not None and device.cameras["cam1"].state is CameraState.STREAMING
+    assert device.cameras["cam1"].fps_in == 0.0
