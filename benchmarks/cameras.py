@@ -11,8 +11,11 @@ connection's first burst count for every contender alike):
 - ``linefleet``: the agent's capture (``PyAVSource`` + ``CameraWorker`` + ``FrameHub``) with a
   consumer that takes every frame as it comes (a pipeline that asks for all of them), so every
   frame is also converted to BGR, which ffmpeg does not do;
+- ``linefleet_paced``: the same, with a consumer that asks each camera for ``--ask-fps``
+  frames a second (a model slower than the cameras): the rest are decoded, never converted;
 - ``opencv``: the same workers on OpenCV's capture (``OpenCVSource``, RTSP over TCP, OpenCV's
-  default decoder threads): the capture the agent used before.
+  default decoder threads): the capture the agent used before; ``opencv_paced`` with the
+  paced consumer (OpenCV converts every frame it reads, taken or not).
 
 Figures: frames delivered per second (all streams), CPU-seconds per decoded frame and its ratio
 to ffmpeg's, frame age at pickup (camera read -> taken by the consumer) p50/p99 in ``latest``
@@ -24,6 +27,7 @@ One JSON object is printed last. Say which machine a figure comes from.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -93,19 +97,31 @@ def run_ffmpeg(urls: list[str], slice_s: float) -> dict[str, float]:
     return {"frames": frames, "cpu_s": children_cpu_s() - cpu_before, "wall_s": slice_s}
 
 
-def run_workers(sources: list[FrameSource], slice_s: float) -> dict[str, Any]:
-    """Camera workers for ``slice_s``; a consumer takes every frame (and so converts it)."""
+def run_workers(
+    sources: list[FrameSource], slice_s: float, ask_fps: float | None = None
+) -> dict[str, Any]:
+    """Camera workers for ``slice_s``; a consumer takes every frame (and so converts it), or
+    with ``ask_fps`` the newest frame of each camera that many times a second (a model
+    slower than the cameras)."""
     hub, stop = FrameHub(), threading.Event()
     workers = [CameraWorker(f"cam{i}", s, hub, stop) for i, s in enumerate(sources)]
     ages: list[float] = []
     delivered: list[float] = []
 
+    arrivals: dict[str, list[float]] = {}
+
     def consume() -> None:
+        next_due = time.monotonic()
         while not stop.is_set():
+            if ask_fps is not None:
+                next_due += 1 / ask_fps
+                if stop.wait(max(0.0, next_due - time.monotonic())):
+                    break
             for frame in hub.take(len(sources), timeout=0.1):
                 now = time.monotonic()
                 ages.append(now - frame.captured_mono)
                 delivered.append(now)
+                arrivals.setdefault(frame.camera_id, []).append(frame.captured_mono)
 
     consumer = threading.Thread(target=consume, daemon=True)
     started = time.monotonic()
@@ -135,6 +151,14 @@ def run_workers(sources: list[FrameSource], slice_s: float) -> dict[str, Any]:
         "read_fps": (read_at_end - read_at_warm) / (ended - warm),
         "ages": steady_ages,
         "errors": sum(w.stats.read_errors + w.stats.corrupt_frames for w in workers),
+        # Gaps between frames of one camera as they came out of the decoder: the stream's own
+        # jitter (server, network, scheduling), which bounds a frame's age from below.
+        "gaps": [
+            b - a
+            for times in arrivals.values()
+            for a, b in itertools.pairwise(times)
+            if warm <= a <= ended
+        ],
     }
 
 
@@ -180,6 +204,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--slice-s", type=float, default=15.0)
     parser.add_argument("--read-timeout-s", type=float, default=10.0)
+    parser.add_argument(
+        "--ask-fps", type=float, default=10.0, help="per camera, for the paced consumer"
+    )
     parser.add_argument("--clips-dir", type=Path, default=Path("/tmp/linefleet-bench-clips"))
     parser.add_argument("--quick", action="store_true", help="1 round of 8 s slices")
     args = parser.parse_args()
@@ -194,13 +221,25 @@ def main() -> None:
     )
     mounts = {f"cam{i}": clip for i in range(args.streams)}
     os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"
-    slices: dict[str, list[dict[str, Any]]] = {"ffmpeg": [], "linefleet": [], "opencv": []}
+    slices: dict[str, list[dict[str, Any]]] = {
+        "ffmpeg": [],
+        "linefleet": [],
+        "linefleet_paced": [],
+        "opencv": [],
+        "opencv_paced": [],
+    }
     with RtspServer(mounts) as server:
         urls = [server.url(name) for name in mounts]
         for round_index in range(args.rounds):
             slices["ffmpeg"].append(run_ffmpeg(urls, args.slice_s))
             slices["linefleet"].append(run_workers([PyAVSource(u) for u in urls], args.slice_s))
+            slices["linefleet_paced"].append(
+                run_workers([PyAVSource(u) for u in urls], args.slice_s, args.ask_fps)
+            )
             slices["opencv"].append(run_workers([OpenCVSource(u) for u in urls], args.slice_s))
+            slices["opencv_paced"].append(
+                run_workers([OpenCVSource(u) for u in urls], args.slice_s, args.ask_fps)
+            )
             print(
                 f"[round {round_index}] "
                 + json.dumps({k: _brief(v[-1]) for k, v in slices.items()}),
@@ -212,7 +251,13 @@ def main() -> None:
     def per_frame(name: str) -> float:
         return statistics.median(s["cpu_s"] / max(s["frames"], 1) for s in slices[name])
 
-    ffmpeg_cpu = per_frame("ffmpeg")
+    def vs_ffmpeg(name: str) -> float:
+        """Median over rounds of the ratio to ffmpeg's slice of the same round."""
+        return statistics.median(
+            (ours["cpu_s"] / max(ours["frames"], 1)) / (floor["cpu_s"] / max(floor["frames"], 1))
+            for ours, floor in zip(slices[name], slices["ffmpeg"], strict=True)
+        )
+
     ours = slices["linefleet"]
     ages = np.asarray([a for s in ours for a in s["ages"]]) * 1000.0
     summary = {
@@ -231,14 +276,35 @@ def main() -> None:
             statistics.median(s["delivered_fps"] for s in ours) / (25 * args.streams), 3
         ),
         "cpu_ms_per_frame": {name: round(per_frame(name) * 1000, 3) for name in slices},
-        "cpu_per_frame_vs_ffmpeg": round(per_frame("linefleet") / ffmpeg_cpu, 3),
-        "opencv_cpu_per_frame_vs_ffmpeg": round(per_frame("opencv") / ffmpeg_cpu, 3),
+        "cpu_per_frame_vs_ffmpeg": round(vs_ffmpeg("linefleet"), 3),
+        "opencv_cpu_per_frame_vs_ffmpeg": round(vs_ffmpeg("opencv"), 3),
+        # A pipeline that asks each camera for ask_fps frames: the others are decoded (they
+        # must be: inter frames) but never converted.
+        "paced": {
+            "ask_fps_per_camera": args.ask_fps,
+            "delivered_fps": round(
+                statistics.median(s["delivered_fps"] for s in slices["linefleet_paced"]), 2
+            ),
+            "cpu_per_frame_vs_ffmpeg": round(vs_ffmpeg("linefleet_paced"), 3),
+            "opencv_cpu_per_frame_vs_ffmpeg": round(vs_ffmpeg("opencv_paced"), 3),
+            "frame_age_p99_ms": round(
+                float(
+                    np.percentile(
+                        [a * 1000 for s in slices["linefleet_paced"] for a in s["ages"]], 99
+                    )
+                ),
+                2,
+            ),
+        },
         "opencv_delivered_fps": round(
             statistics.median(s["delivered_fps"] for s in slices["opencv"]), 2
         ),
         "frame_age_p50_ms": round(float(np.percentile(ages, 50)), 2),
         "frame_age_p99_ms": round(float(np.percentile(ages, 99)), 2),
         "frame_age_p99_intervals": round(float(np.percentile(ages, 99)) / 40.0, 2),
+        "arrival_gap_p99_ms": round(
+            float(np.percentile([g * 1000 for s in ours for g in s["gaps"]], 99)), 2
+        ),
         "read_timeout_s": args.read_timeout_s,
         "stall_detect_s": round(stall["stall_detect_s"], 2),
         "stall_recovery_s": round(stall["stall_recovery_s"], 2),

@@ -53,7 +53,9 @@ class PendingFrame:
 
     Converting a 1080p YUV frame to BGR costs about a quarter of decoding it (measured:
     1.7 vs 6 ms on the 2-core EPYC). With ``buffer: latest`` a newer frame replaces an unread
-    one, so converting in the camera thread would pay for frames nobody looks at."""
+    one, so converting in the camera thread would pay for frames nobody looks at. The hub
+    hands each pending frame to one taker, so it is converted at most once, by one thread
+    (PyAV's per-frame converter must not be shared between threads)."""
 
     camera_id: str
     sequence: int

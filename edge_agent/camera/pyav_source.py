@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Literal, cast
 
@@ -122,7 +123,14 @@ class PyAVSource(FrameSource):
     ) -> Iterator[Capture]:
         waiting_for_key = False
         while True:
+            asked = time.monotonic()
             for packet in container.demux(stream):
+                if self.live and time.monotonic() - asked >= self._read_timeout_s:
+                    # The read timeout fired: FFmpeg's RTSP demuxer then hands out the frame
+                    # it held back (it waits for the next one to know a frame is complete)
+                    # and only the read after that fails, a second timeout later. Measured:
+                    # a stall took twice the read timeout to detect without this.
+                    raise self._stalled()
                 if packet.size == 0:
                     continue  # the flush packet at the end of the stream
                 try:
@@ -130,6 +138,7 @@ class PyAVSource(FrameSource):
                 except av.error.InvalidDataError:
                     waiting_for_key = True
                     yield None, None
+                    asked = time.monotonic()
                     continue
                 for frame in frames:
                     if frame.is_corrupt:
@@ -140,6 +149,7 @@ class PyAVSource(FrameSource):
                         yield None, None
                     else:
                         yield _converter(frame), None
+                asked = time.monotonic()
             if not (self.is_file and self._loop):
                 return
             container.seek(0)
@@ -155,12 +165,15 @@ class PyAVSource(FrameSource):
                 return None
             raise CameraError(f"{self.description} ended the stream") from None
         except av.error.ExitError as exc:
-            raise CameraStallError(
-                f"no data from {self.description} for {self._read_timeout_s:g} s "
-                "(connection open, stream stalled)"
-            ) from exc
+            raise self._stalled() from exc
         except (av.FFmpegError, OSError) as exc:
             raise CameraError(f"{self.description} failed: {self._reason(exc)}") from exc
+
+    def _stalled(self) -> CameraStallError:
+        return CameraStallError(
+            f"no data from {self.description} for {self._read_timeout_s:g} s "
+            "(connection open, stream stalled)"
+        )
 
     def close(self) -> None:
         with self._lock:

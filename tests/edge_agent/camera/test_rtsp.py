@@ -9,9 +9,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from edge_agent.agent import Agent
 from edge_agent.camera import (
     Backoff,
     CameraState,
@@ -20,8 +23,11 @@ from edge_agent.camera import (
     PendingFrame,
     PyAVSource,
 )
+from edge_agent.config import load_config
 from edge_agent.errors import CameraAuthError, CameraError
+from shared.messages import utc_now
 from testing.rtsp_camera import RtspServer
+from tests.edge_agent.onnx_models import brightness_detector
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -130,8 +136,9 @@ def test_a_stall_with_the_connection_open_is_detected_within_the_read_timeout(
     server.stall("cam")
     assert wait_for(lambda: worker.state is CameraState.STALLED, timeout=6)
     detected_s = time.monotonic() - stalled_at
-    # The read timeout plus what the server had already queued (a few frames).
-    assert detected_s <= 1.5 + 2.0
+    # The read timeout, not twice it (FFmpeg's demuxer hands out a held-back frame when the
+    # timeout fires; the source counts that as the stall).
+    assert 1.4 <= detected_s <= 1.5 + 0.8
     assert worker.stats.stalls == 1
     assert "stalled" in worker.stats.last_error
     # The camera keeps trying while stalled; once frames flow again it streams.
@@ -245,3 +252,53 @@ def test_nothing_listening_is_a_clear_error() -> None:
         source.open()
     assert "secret" not in str(caught.value)
     assert "***@127.0.0.1:9" in str(caught.value)
+
+
+def test_the_agent_reports_each_cameras_rates_age_and_stalls(
+    rtsp_server: Callable[..., RtspServer], tmp_path: Path
+) -> None:
+    server = rtsp_server(user="line", password="hunter2")
+    model = brightness_detector(
+        tmp_path / "model.onnx", names=["bolt", "nut", "washer", "bracket", "defect"]
+    )
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"""
+device: {{id: edge-rtsp, fleet: test}}
+cameras:
+  - {{kind: stream, id: line1, url: "{server.url("cam")}", read_timeout_s: 1.5}}
+model: {{path: {model}}}
+mqtt: {{enabled: false}}
+api: {{port: 0}}
+logging: {{json_format: false}}
+state_dir: {tmp_path / "state"}
+"""
+    )
+    agent = Agent(load_config(config))
+    agent.start()
+    try:
+        assert agent.api is not None
+        base = f"http://127.0.0.1:{agent.api.port}"
+
+        def camera() -> dict[str, Any]:
+            status: dict[str, Any] = httpx.get(f"{base}/status", timeout=5).json()
+            return dict(status["cameras"]["line1"])
+
+        assert wait_for(lambda: camera()["fps_in"] > 20, timeout=15)
+        streaming = camera()
+        assert streaming["state"] == "streaming" and streaming["fps"] > 20
+        # Frames are picked up fresh: well inside two frame intervals at p99.
+        assert 0 < streaming["frame_age_ms_p99"] < 80
+        assert "hunter2" not in streaming["source"]
+        beat = agent.status().heartbeat(utc_now()).cameras["line1"]
+        assert beat.fps_in > 20 and beat.frame_age_ms_p99 > 0
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        assert 'linefleet_camera_fps_in{camera="line1"}' in metrics
+        server.stall("cam")
+        assert wait_for(lambda: camera()["stalls"] >= 1, timeout=10)
+        stalled = camera()
+        assert "stalled" in stalled["last_error"] and "hunter2" not in stalled["last_error"]
+        server.resume("cam")
+        assert wait_for(lambda: camera()["state"] == "streaming", timeout=15)
+    finally:
+        agent.stop()
