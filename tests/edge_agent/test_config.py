@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.agent import build_source
+from edge_agent.camera import OpenCVSource, PyAVSource
 from edge_agent.cli import main
 from edge_agent.config import StreamCamera, SyntheticCamera, load_config
 from edge_agent.errors import ConfigError
@@ -63,6 +65,14 @@ def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ("mqtt: {port: 70000}\n", "mqtt.port"),
         ("model: {providers: [MagicProvider]}\n", "model.providers.0"),
         ("cameras: []\n", "cameras"),
+        ("cameras: [{kind: usb, id: a, url: 0, capture: pyav}]\n", "read through OpenCV"),
+        (
+            "cameras: [{kind: stream, id: a, url: 'rtsp://c/1', capture: opencv, "
+            "decode: keyframes}]\n",
+            "decode: keyframes needs capture pyav",
+        ),
+        ("cameras: [{kind: stream, id: a, url: 'rtsp://c/1', rtsp_transport: http}]\n", "tcp"),
+        ("cameras: [{kind: stream, id: a, url: 'rtsp://c/1', auth_retry_s: 0}]\n", "auth_retry"),
     ],
 )
 def test_invalid_configs_name_the_location(tmp_path: Path, text: str, expected: str) -> None:
@@ -111,3 +121,12 @@ def test_thread_spinning_is_off_unless_configured(tmp_path: Path) -> None:
     key = "session.intra_op.allow_spinning"
     assert session_options(2).get_session_config_entry(key) == "0"
     assert session_options(2, spinning=True).get_session_config_entry(key) == "1"
+
+
+def test_stream_cameras_get_the_pyav_capture_and_usb_cameras_opencv() -> None:
+    stream = StreamCamera(kind="stream", id="a", url="rtsp://c/1", decode="keyframes")
+    assert isinstance(build_source(stream), PyAVSource)
+    assert isinstance(build_source(StreamCamera(kind="file", id="f", url="clip.mp4")), PyAVSource)
+    assert isinstance(build_source(StreamCamera(kind="usb", id="u", url=0)), OpenCVSource)
+    pinned = StreamCamera(kind="stream", id="b", url="rtsp://c/1", capture="opencv")
+    assert isinstance(build_source(pinned), OpenCVSource)

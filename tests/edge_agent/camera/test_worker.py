@@ -17,6 +17,7 @@ from edge_agent.camera import (
     FrameHub,
     FrameSource,
     OpenCVSource,
+    PyAVSource,
     SyntheticSource,
     redact_url,
 )
@@ -142,24 +143,34 @@ def test_synthetic_source_paced_and_labelled() -> None:
     assert frame.truth is not None and frame.image.shape == (320, 320, 3)
 
 
-def test_video_file_source_ends_or_loops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("capture", [OpenCVSource, PyAVSource])
+def test_video_file_source_ends_or_loops(tmp_path: Path, capture: type[FrameSource]) -> None:
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
     for i in range(5):
         writer.write(np.full((48, 64, 3), i * 40, np.uint8))
     writer.release()
-    worker, _hub, stop = run_worker(OpenCVSource(str(path)))
+    worker, hub, stop = run_worker(capture(str(path)), lossless=True)  # type: ignore[call-arg]
+    seen: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(seen) < 5 and time.monotonic() < deadline:
+        seen += [int(frame.image.mean()) for frame in hub.take(1, timeout=0.1)]
     assert wait_for(lambda: worker.state is CameraState.ENDED)
     assert worker.stats.frames == 5
-    looping, _hub2, stop2 = run_worker(OpenCVSource(str(path), loop=True))
+    # Every frame in order, decoded to the picture that was written (MJPEG is lossy).
+    assert [round(value / 40) for value in seen] == [0, 1, 2, 3, 4]
+    looping, _hub2, stop2 = run_worker(capture(str(path), loop=True))  # type: ignore[call-arg]
     assert wait_for(lambda: looping.stats.frames > 12)
     stop.set()
     stop2.set()
 
 
-def test_missing_file_and_unreachable_stream_fail_to_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize("capture", [OpenCVSource, PyAVSource])
+def test_missing_file_and_unreachable_stream_fail_to_open(
+    tmp_path: Path, capture: type[FrameSource]
+) -> None:
     with pytest.raises(CameraError, match="cannot open"):
-        OpenCVSource(str(tmp_path / "absent.mp4")).open()
+        capture(str(tmp_path / "absent.mp4")).open()  # type: ignore[call-arg]
     source = OpenCVSource("rtsp://user:secret@127.0.0.1:9/stream", open_timeout_s=0.5)
     with pytest.raises(CameraError) as info:
         source.open()
