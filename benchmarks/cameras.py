@@ -209,6 +209,9 @@ def main() -> None:
     )
     parser.add_argument("--clips-dir", type=Path, default=Path("/tmp/linefleet-bench-clips"))
     parser.add_argument("--quick", action="store_true", help="1 round of 8 s slices")
+    parser.add_argument(
+        "--hwaccel", default=None, help="decode linefleet's streams on e.g. cuda (a GPU box)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.slice_s = 1, 8.0
@@ -234,7 +237,9 @@ def main() -> None:
             slices["ffmpeg"].append(run_ffmpeg(urls, args.slice_s))
             slices["linefleet"].append(run_workers([PyAVSource(u) for u in urls], args.slice_s))
             slices["linefleet_paced"].append(
-                run_workers([PyAVSource(u) for u in urls], args.slice_s, args.ask_fps)
+                run_workers(
+                    [PyAVSource(u, hwaccel=args.hwaccel) for u in urls], args.slice_s, args.ask_fps
+                )
             )
             slices["opencv"].append(run_workers([OpenCVSource(u) for u in urls], args.slice_s))
             slices["opencv_paced"].append(
@@ -266,6 +271,7 @@ def main() -> None:
             "cores": len(os.sched_getaffinity(0)),
         },
         "streams": args.streams,
+        "hwaccel": args.hwaccel or "none",
         "resolution": f"{args.width}x{args.height}",
         "source_fps": 25,
         "bitrate": args.bitrate,

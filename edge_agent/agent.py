@@ -89,6 +89,7 @@ def build_source(camera: SyntheticCamera | StreamCamera) -> FrameSource:
             rtsp_transport=camera.rtsp_transport,
             decode=camera.decode,
             decode_threads=camera.decode_threads,
+            hwaccel=None if camera.hwaccel == "none" else camera.hwaccel,
         )
     return OpenCVSource(
         camera.url,

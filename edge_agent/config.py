@@ -98,6 +98,8 @@ class StreamCamera(_Section):
     decode: Literal["all", "keyframes"] = "all"
     # Threads per stream's decoder; one suits several 1080p streams on a small box.
     decode_threads: int = Field(default=1, ge=0, le=16)
+    # Hardware decoding through FFmpeg (PyAV's wheels carry cuda, qsv, drm); none: software.
+    hwaccel: Literal["none", "cuda", "qsv", "drm"] = "none"
     # Wait between tries while the camera refuses the credentials.
     auth_retry_s: float = Field(default=60.0, ge=1, le=3600)
 
@@ -111,8 +113,8 @@ class StreamCamera(_Section):
             raise ValueError("file cameras need a path")
         if self.kind == "usb" and self.capture == "pyav":
             raise ValueError("usb cameras are read through OpenCV: use capture auto or opencv")
-        if self.decode == "keyframes" and self.capture == "opencv":
-            raise ValueError("decode: keyframes needs capture pyav (or auto)")
+        if self.capture == "opencv" and (self.decode == "keyframes" or self.hwaccel != "none"):
+            raise ValueError("decode: keyframes and hwaccel need capture pyav (or auto)")
         return self
 
 

@@ -9,7 +9,9 @@ Chosen over OpenCV's capture for streams and files because it lets the agent (me
 - tell a stall (no data within the read timeout), refused credentials and the end of a stream
   apart, each by its own exception, and see which frames the decoder flagged as corrupt;
 - decode key frames only when the pipeline needs no more (``decode: keyframes``): inter frames
-  are dropped before they cost any decoding.
+  are dropped before they cost any decoding;
+- decode on the GPU where the box has one (``hwaccel: cuda``; frames come back to system
+  memory for the pipeline).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Literal, cast
 import av
 import av.error
 import numpy as np
+from av.codec.hwaccel import HWAccel
 from numpy.typing import NDArray
 
 from edge_agent.camera.sources import Capture, FrameSource, LazyImage, redact_url
@@ -51,6 +54,7 @@ class PyAVSource(FrameSource):
         rtsp_transport: Literal["tcp", "udp"] = "tcp",
         decode: DecodeMode = "all",
         decode_threads: int = 1,
+        hwaccel: str | None = None,
     ) -> None:
         self._url = url
         self._loop = loop
@@ -59,6 +63,7 @@ class PyAVSource(FrameSource):
         self._rtsp_transport = rtsp_transport
         self._decode = decode
         self._decode_threads = decode_threads
+        self._hwaccel = hwaccel
         self.is_file = "://" not in url
         self.live = not self.is_file
         self._container: av.container.InputContainer | None = None
@@ -89,6 +94,7 @@ class PyAVSource(FrameSource):
                 self._url,
                 options=self._options(),
                 timeout=(self._open_timeout_s, self._read_timeout_s),
+                hwaccel=HWAccel(self._hwaccel) if self._hwaccel else None,
             )
         except _AUTH_ERRORS as exc:
             raise CameraAuthError(
@@ -100,6 +106,12 @@ class PyAVSource(FrameSource):
                 f"{self.description} did not answer within {self._open_timeout_s:g} s"
             ) from exc
         except (av.FFmpegError, OSError) as exc:
+            if self._hwaccel:
+                raise CameraError(
+                    f"cannot open {self.description} with hardware decoding "
+                    f"'{self._hwaccel}' ({self._reason(exc)}): is the device there and its "
+                    "driver loaded? Without it, set hwaccel: none"
+                ) from exc
             raise CameraError(f"cannot open {self.description}: {self._reason(exc)}") from exc
         if not container.streams.video:
             container.close()

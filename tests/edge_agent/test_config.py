@@ -69,7 +69,7 @@ def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         (
             "cameras: [{kind: stream, id: a, url: 'rtsp://c/1', capture: opencv, "
             "decode: keyframes}]\n",
-            "decode: keyframes needs capture pyav",
+            "decode: keyframes and hwaccel need capture pyav",
         ),
         ("cameras: [{kind: stream, id: a, url: 'rtsp://c/1', rtsp_transport: http}]\n", "tcp"),
         ("cameras: [{kind: stream, id: a, url: 'rtsp://c/1', auth_retry_s: 0}]\n", "auth_retry"),

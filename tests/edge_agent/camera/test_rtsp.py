@@ -302,3 +302,12 @@ state_dir: {tmp_path / "state"}
         assert wait_for(lambda: camera()["state"] == "streaming", timeout=15)
     finally:
         agent.stop()
+
+
+def test_hardware_decoding_missing_on_the_box_is_a_clear_error(
+    rtsp_server: Callable[..., RtspServer],
+) -> None:
+    """This machine has no GPU: asking for CUDA decoding names the cause and the way out."""
+    server = rtsp_server()
+    with pytest.raises(CameraError, match=r"hardware decoding 'cuda'.*hwaccel: none"):
+        PyAVSource(server.url("cam"), hwaccel="cuda").open()
