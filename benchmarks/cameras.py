@@ -9,13 +9,15 @@ connection's first burst count for every contender alike):
 - ``ffmpeg``: ``ffmpeg -threads 1 -rtsp_transport tcp -i URL -f null -``, one process per
   stream: libavcodec decoding and nothing else, single-threaded (its cheapest CPU per frame);
 - ``linefleet``: the agent's capture (``PyAVSource`` + ``CameraWorker`` + ``FrameHub``) with a
-  consumer that takes every frame as it comes (a pipeline that asks for all of them), so every
-  frame is also converted to BGR, which ffmpeg does not do;
+  consumer that takes every frame as it comes (a pipeline that asks for all of them) and makes
+  the model's 640x640 canvas of it as the pipeline does (``letterbox_frame``: from the YUV
+  planes), work that ffmpeg's null output does not do;
 - ``linefleet_paced``: the same, with a consumer that asks each camera for ``--ask-fps``
   frames a second (a model slower than the cameras): the rest are decoded, never converted;
-- ``opencv``: the same workers on OpenCV's capture (``OpenCVSource``, RTSP over TCP, OpenCV's
-  default decoder threads): the capture the agent used before; ``opencv_paced`` with the
-  paced consumer (OpenCV converts every frame it reads, taken or not).
+- ``opencv``: the same workers and canvas on OpenCV's capture (``OpenCVSource``, RTSP over
+  TCP, OpenCV's default decoder threads; the canvas from its BGR frame): the capture the
+  agent used before; ``opencv_paced`` with the paced consumer (OpenCV converts every frame
+  it reads, taken or not).
 
 Figures: frames delivered per second (all streams), CPU-seconds per decoded frame and its ratio
 to ffmpeg's, frame age at pickup (camera read -> taken by the consumer) p50/p99 in ``latest``
@@ -54,6 +56,7 @@ from edge_agent.camera import (  # noqa: E402
     OpenCVSource,
     PyAVSource,
 )
+from edge_agent.pipeline import letterbox_frame  # noqa: E402
 from testing.rtsp_camera import RtspServer, encode_clip, rtsp_available  # noqa: E402
 
 WARMUP_S = 2.0  # connection, probing and the first burst: excluded from the rates
@@ -98,7 +101,7 @@ def run_ffmpeg(urls: list[str], slice_s: float) -> dict[str, float]:
 
 
 def run_workers(
-    sources: list[FrameSource], slice_s: float, ask_fps: float | None = None
+    sources: list[FrameSource], slice_s: float, ask_fps: float | None = None, imgsz: int = 640
 ) -> dict[str, Any]:
     """Camera workers for ``slice_s``; a consumer takes every frame (and so converts it), or
     with ``ask_fps`` the newest frame of each camera that many times a second (a model
@@ -118,6 +121,8 @@ def run_workers(
                 if stop.wait(max(0.0, next_due - time.monotonic())):
                     break
             for frame in hub.take(len(sources), timeout=0.1):
+                # What the pipeline does with a frame before the model: its canvas.
+                letterbox_frame(frame, imgsz, imgsz)
                 now = time.monotonic()
                 ages.append(now - frame.captured_mono)
                 delivered.append(now)

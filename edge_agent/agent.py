@@ -505,7 +505,7 @@ class Agent:
                     fps_in=round(c.stats.fps_in, 2),
                     frames_captured=c.stats.frames,
                     frames_dropped=self.hub.dropped.get(c.camera_id, 0),
-                    corrupt_frames=c.stats.corrupt_frames + self.hub.unusable.get(c.camera_id, 0),
+                    corrupt_frames=c.stats.corrupt_frames,
                     read_errors=c.stats.read_errors,
                     reconnects=c.stats.reconnects,
                     stalls=c.stats.stalls,

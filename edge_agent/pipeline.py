@@ -52,7 +52,13 @@ from edge_agent.frame_path import (
     PipelineStats,
     Sink,
 )
-from edge_agent.inference import CancelToken, Letterbox, letterbox
+from edge_agent.inference import (
+    CancelToken,
+    Letterbox,
+    blob_from_canvases,
+    letterbox_i420,
+    letterbox_image,
+)
 from edge_agent.live_trial import LiveTrial
 from shared.detections import Detections
 
@@ -107,6 +113,18 @@ class _Batch:
     order: int = 0  # prepare's sequence: finish emits batches in this order
     raw: NDArray[np.floating] | None = None  # None after a failed inference
     decoded: list[Detections] | None = None  # already decoded (a candidate's, on trial)
+
+
+def letterbox_frame(frame: Frame, height: int, width: int) -> tuple[NDArray[np.uint8], Letterbox]:
+    """The model's canvas for a frame. A decoded camera picture is letterboxed from its YUV
+    planes and never converted at full size unless a sink asks for the image
+    (:func:`~edge_agent.inference.letterbox_i420`); anything else from its BGR image."""
+    planes = frame.i420()
+    if planes is not None:
+        fitted = letterbox_i420(planes, height, width)
+        if fitted is not None:
+            return fitted
+    return letterbox_image(frame.image, height, width)
 
 
 class Pipeline:
@@ -294,9 +312,12 @@ class Pipeline:
 
     def _letterbox(self, frames: list[Frame], model: ActiveModel) -> _Batch:
         info = model.runner.info
-        blob, boxes = letterbox(
-            [f.image for f in frames], info.input_height, info.input_width, dtype=info.input_dtype
-        )
+        canvases, boxes = [], []
+        for frame in frames:
+            canvas, mapping = letterbox_frame(frame, info.input_height, info.input_width)
+            canvases.append(canvas)
+            boxes.append(mapping)
+        blob = blob_from_canvases(canvases, dtype=info.input_dtype)
         return _Batch(frames, blob, boxes, model, [{} for _ in frames])
 
     def _after_batch(self) -> None:

@@ -1,6 +1,6 @@
 """Frame sources behind one interface, each driven by a :class:`CameraWorker` state machine."""
 
-from edge_agent.camera.frame import CameraState, Frame, PendingFrame
+from edge_agent.camera.frame import CameraState, DecodedPicture, Frame, I420Planes
 from edge_agent.camera.hub import FrameHub
 from edge_agent.camera.pyav_source import PyAVSource
 from edge_agent.camera.sources import FrameSource, OpenCVSource, SyntheticSource, redact_url
@@ -10,11 +10,12 @@ __all__ = [
     "Backoff",
     "CameraState",
     "CameraWorker",
+    "DecodedPicture",
     "Frame",
     "FrameHub",
     "FrameSource",
+    "I420Planes",
     "OpenCVSource",
-    "PendingFrame",
     "PyAVSource",
     "SyntheticSource",
     "redact_url",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
 from datetime import datetime
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -13,7 +13,10 @@ from numpy.typing import NDArray
 from shared.detections import Detections
 from shared.messages import CameraState
 
-__all__ = ["CameraState", "Frame", "PendingFrame", "normalise_image"]
+__all__ = ["CameraState", "DecodedPicture", "Frame", "I420Planes", "normalise_image"]
+
+#: The Y, U and V planes of a YUV 4:2:0 picture (U and V at half width and height).
+I420Planes = tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]]
 
 
 def normalise_image(image: NDArray[np.uint8] | None) -> NDArray[np.uint8] | None:
@@ -31,14 +34,92 @@ def normalise_image(image: NDArray[np.uint8] | None) -> NDArray[np.uint8] | None
     return None
 
 
-@dataclass(frozen=True, slots=True)
+class DecodedPicture(Protocol):
+    """A decoded video picture, converted to BGR only if someone asks for it.
+
+    Converting a 1080p YUV picture to BGR costs about a quarter of decoding it (1.7 vs 6 ms
+    on the 2-core EPYC); the model needs a small letterboxed copy, which the pipeline makes
+    from the YUV planes directly (:func:`edge_agent.inference.letterbox_i420`), and a newer
+    frame replaces an unread one. So most frames are never converted at full size."""
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    def bgr(self) -> NDArray[np.uint8]:
+        """The full picture as BGR HxWx3 uint8."""
+
+    def i420(self) -> I420Planes:
+        """Views of the picture's Y, U and V planes (no copy)."""
+
+
 class Frame:
-    camera_id: str
-    sequence: int  # per camera, from 0, never reused within a run
-    image: NDArray[np.uint8]  # BGR HxWx3
-    captured_at: datetime  # wall clock, for people and object keys
-    captured_mono: float  # time.monotonic(), for latencies
-    truth: Detections | None = None  # exact labels, synthetic line only
+    """One camera frame: its pixels (BGR, or a decoded picture converted on first use), when
+    it was read, and for the synthetic line its exact labels. Immutable once made."""
+
+    __slots__ = (
+        "_image",
+        "_lock",
+        "_picture",
+        "camera_id",
+        "captured_at",
+        "captured_mono",
+        "sequence",
+        "truth",
+    )
+
+    def __init__(
+        self,
+        camera_id: str,
+        sequence: int,  # per camera, from 0, never reused within a run
+        image: NDArray[np.uint8] | None,  # BGR HxWx3, or None with a picture
+        captured_at: datetime,  # wall clock, for people and object keys
+        captured_mono: float,  # time.monotonic(), for latencies
+        *,
+        truth: Detections | None = None,  # exact labels, synthetic line only
+        picture: DecodedPicture | None = None,
+    ) -> None:
+        if image is None and picture is None:
+            raise ValueError("a frame needs an image or a decoded picture")
+        self.camera_id = camera_id
+        self.sequence = sequence
+        self.captured_at = captured_at
+        self.captured_mono = captured_mono
+        self.truth = truth
+        self._image = image
+        self._picture = picture
+        # Several threads may ask for the image (pipeline, mining); PyAV's converter must
+        # not run twice at once on one picture, and converting twice would be waste.
+        self._lock = threading.Lock()
+
+    @property
+    def image(self) -> NDArray[np.uint8]:
+        """BGR HxWx3 uint8, converted from the decoded picture the first time it is asked."""
+        image = self._image
+        if image is not None:
+            return image
+        with self._lock:
+            if self._image is None:
+                assert self._picture is not None
+                self._image = self._picture.bgr()
+            return self._image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) without converting anything."""
+        if self._image is not None:
+            return int(self._image.shape[0]), int(self._image.shape[1])
+        assert self._picture is not None
+        return self._picture.height, self._picture.width
+
+    def i420(self) -> I420Planes | None:
+        """The YUV planes while the frame has not been converted to BGR, else ``None``
+        (then the BGR image is there already, and is the cheaper source)."""
+        if self._image is not None or self._picture is None:
+            return None
+        return self._picture.i420()
 
     @property
     def frame_id(self) -> str:
@@ -46,29 +127,6 @@ class Frame:
         stamp = self.captured_at.strftime("%Y%m%dT%H%M%S%f")[:-3]
         return f"{self.camera_id}-{stamp}-{self.sequence:08d}"
 
-
-@dataclass(frozen=True, slots=True)
-class PendingFrame:
-    """A decoded frame whose BGR image is made only when the pipeline takes it.
-
-    Converting a 1080p YUV frame to BGR costs about a quarter of decoding it (measured:
-    1.7 vs 6 ms on the 2-core EPYC). With ``buffer: latest`` a newer frame replaces an unread
-    one, so converting in the camera thread would pay for frames nobody looks at. The hub
-    hands each pending frame to one taker, so it is converted at most once, by one thread
-    (PyAV's per-frame converter must not be shared between threads)."""
-
-    camera_id: str
-    sequence: int
-    convert: Callable[[], NDArray[np.uint8] | None]
-    captured_at: datetime
-    captured_mono: float
-
-    def realise(self) -> Frame | None:
-        """The frame with its image, ``None`` if the image is unusable."""
-        try:
-            image = normalise_image(self.convert())
-        except Exception:  # noqa: BLE001 - a broken decoder output must not stop the pipeline
-            return None
-        if image is None:
-            return None
-        return Frame(self.camera_id, self.sequence, image, self.captured_at, self.captured_mono)
+    def __repr__(self) -> str:
+        height, width = self.size
+        return f"Frame({self.frame_id}, {width}x{height})"

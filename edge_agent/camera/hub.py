@@ -4,9 +4,8 @@ A slow model skips stale frames instead of building a backlog: each camera has o
 a newer frame replaces an unread one and is counted as dropped. Non-live sources (files)
 may instead put losslessly: the reader waits for room, so it reads on demand. The consumer takes the
 newest frame of up to N cameras at once (for batching), round-robin so no camera starves.
-
-A slot may hold a :class:`PendingFrame` (decoded, not yet converted to BGR): ``take`` converts it,
-outside the lock, so only frames the pipeline uses pay for the conversion.
+A frame replaced unread costs no colour conversion: a decoded picture is converted only when
+someone asks for its image (see :class:`DecodedPicture`).
 """
 
 from __future__ import annotations
@@ -14,31 +13,24 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from edge_agent.camera.frame import Frame, PendingFrame
+from edge_agent.camera.frame import Frame
 
 
 class FrameHub:
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._slots: OrderedDict[str, Frame | PendingFrame | None] = OrderedDict()
+        self._slots: OrderedDict[str, Frame | None] = OrderedDict()
         self.dropped: dict[str, int] = {}
         self.delivered: dict[str, int] = {}
-        # Pending frames whose conversion gave no usable image (counted as corrupt).
-        self.unusable: dict[str, int] = {}
 
     def register(self, camera_id: str) -> None:
         with self._cond:
             self._slots.setdefault(camera_id, None)
             self.dropped.setdefault(camera_id, 0)
             self.delivered.setdefault(camera_id, 0)
-            self.unusable.setdefault(camera_id, 0)
 
     def put(
-        self,
-        frame: Frame | PendingFrame,
-        *,
-        lossless: bool = False,
-        stop: threading.Event | None = None,
+        self, frame: Frame, *, lossless: bool = False, stop: threading.Event | None = None
     ) -> bool:
         """Offer a frame. ``lossless`` waits for the unread one to be taken instead of
         replacing it (for files, where every frame matters and reading is on demand).
@@ -59,7 +51,7 @@ class FrameHub:
         with self._cond:
             if not any(f is not None for f in self._slots.values()) and timeout:
                 self._cond.wait(timeout)
-            taken: list[Frame | PendingFrame] = []
+            taken: list[Frame] = []
             for camera_id in list(self._slots):
                 frame = self._slots[camera_id]
                 if frame is None:
@@ -73,22 +65,7 @@ class FrameHub:
                     break
             if taken:
                 self._cond.notify_all()  # lossless producers wait for room
-        return self._realise(taken)
-
-    def _realise(self, taken: list[Frame | PendingFrame]) -> list[Frame]:
-        frames: list[Frame] = []
-        for item in taken:
-            if isinstance(item, Frame):
-                frames.append(item)
-                continue
-            frame = item.realise()
-            if frame is None:
-                with self._cond:
-                    self.unusable[item.camera_id] += 1
-                    self.delivered[item.camera_id] -= 1
-                continue
-            frames.append(frame)
-        return frames
+            return taken
 
     def pending(self) -> int:
         """Frames waiting to be taken."""

@@ -3,7 +3,8 @@
 Chosen over OpenCV's capture for streams and files because it lets the agent (measured in
 ``benchmarks/cameras.py``, reasons in the README):
 
-- convert a frame to BGR only when the pipeline takes it (:class:`PendingFrame`);
+- hand over decoded YUV pictures, converted to BGR only if someone asks
+  (:class:`DecodedPicture`; the model's letterbox is made from the YUV planes);
 - set options per stream (RTSP over TCP, socket timeouts) instead of one process-wide
   ``OPENCV_FFMPEG_CAPTURE_OPTIONS``;
 - tell a stall (no data within the read timeout), refused credentials and the end of a stream
@@ -28,7 +29,8 @@ import numpy as np
 from av.codec.hwaccel import HWAccel
 from numpy.typing import NDArray
 
-from edge_agent.camera.sources import Capture, FrameSource, LazyImage, redact_url
+from edge_agent.camera.frame import I420Planes
+from edge_agent.camera.sources import Capture, FrameSource, redact_url
 from edge_agent.errors import CameraAuthError, CameraError, CameraStallError
 
 DecodeMode = Literal["all", "keyframes"]
@@ -160,7 +162,7 @@ class PyAVSource(FrameSource):
                     if waiting_for_key:
                         yield None, None
                     else:
-                        yield _converter(frame), None
+                        yield _picture(frame), None
                 asked = time.monotonic()
             if not (self.is_file and self._loop):
                 return
@@ -196,10 +198,47 @@ class PyAVSource(FrameSource):
                 container.close()
 
 
-def _converter(frame: av.VideoFrame) -> LazyImage:
-    """The frame's BGR conversion, run when (if) the pipeline takes the frame."""
+_YUV420 = frozenset({"yuv420p", "yuvj420p"})
 
-    def convert() -> NDArray[np.uint8]:
-        return cast(NDArray[np.uint8], frame.to_ndarray(format="bgr24"))
 
-    return convert
+class AVPicture:
+    """A decoded PyAV frame in YUV 4:2:0 as a :class:`DecodedPicture`."""
+
+    __slots__ = ("_frame",)
+
+    def __init__(self, frame: av.VideoFrame) -> None:
+        self._frame = frame
+
+    @property
+    def width(self) -> int:
+        return int(self._frame.width)
+
+    @property
+    def height(self) -> int:
+        return int(self._frame.height)
+
+    def bgr(self) -> NDArray[np.uint8]:
+        return cast(NDArray[np.uint8], self._frame.to_ndarray(format="bgr24"))
+
+    def i420(self) -> I420Planes:
+        y, u, v = self._frame.planes
+        height, width = self.height, self.width
+        return (
+            _plane(y, height, width),
+            _plane(u, (height + 1) // 2, (width + 1) // 2),
+            _plane(v, (height + 1) // 2, (width + 1) // 2),
+        )
+
+
+def _plane(plane: av.video.plane.VideoPlane, rows: int, columns: int) -> NDArray[np.uint8]:
+    """A view of a plane without its row padding (lines are aligned, e.g. to 64 bytes)."""
+    buffer = np.frombuffer(cast(bytes, plane), np.uint8)  # the plane exports its buffer
+    return buffer.reshape(-1, plane.line_size)[:rows, :columns]
+
+
+def _picture(frame: av.VideoFrame) -> AVPicture | NDArray[np.uint8]:
+    """YUV 4:2:0 (what cameras send) stays a lazy picture; any other layout is converted
+    now, in the camera thread, where a failure counts as a corrupt frame."""
+    if frame.format.name in _YUV420:
+        return AVPicture(frame)
+    return cast(NDArray[np.uint8], frame.to_ndarray(format="bgr24"))

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_agent.camera.frame import DecodedPicture
 from edge_agent.errors import CameraError
 from shared.detections import Detections
 from shared.synth import LineConfig, SyntheticLine
 
-#: A decoded image converted to BGR only when called (see :class:`PendingFrame`).
-LazyImage = Callable[[], NDArray[np.uint8] | None]
-#: (image, exact labels): the image ``None`` for a frame the source skipped as corrupt.
-Capture = tuple[NDArray[np.uint8] | LazyImage | None, Detections | None]
+#: (image or decoded picture, exact labels): ``None`` for a frame the source skipped as corrupt.
+Capture = tuple[NDArray[np.uint8] | DecodedPicture | None, Detections | None]
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
 
 

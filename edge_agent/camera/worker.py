@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.camera.frame import CameraState, Frame, PendingFrame, normalise_image
+from edge_agent.camera.frame import CameraState, DecodedPicture, Frame, normalise_image
 from edge_agent.camera.hub import FrameHub
-from edge_agent.camera.sources import FrameSource, LazyImage
+from edge_agent.camera.sources import FrameSource
 from edge_agent.errors import CameraAuthError, CameraError, CameraStallError
 from shared.detections import Detections
 
@@ -196,7 +196,7 @@ class CameraWorker(threading.Thread):
             rate_in.tick(now)
             self.stats.fps_in = rate_in.value
             raw = capture[0]
-            image = raw if raw is None or callable(raw) else normalise_image(raw)
+            image = raw if raw is None or not isinstance(raw, np.ndarray) else normalise_image(raw)
             if image is None:
                 self.stats.corrupt_frames += 1
                 if now - last_good > self.stall_timeout_s:
@@ -228,20 +228,13 @@ class CameraWorker(threading.Thread):
         return False
 
     def _package(
-        self, image: NDArray[np.uint8] | LazyImage, truth: Detections | None, now: float
-    ) -> Frame | PendingFrame:
-        """A normalised image becomes a frame; a lazy one a frame converted when taken."""
+        self, image: NDArray[np.uint8] | DecodedPicture, truth: Detections | None, now: float
+    ) -> Frame:
+        """An image becomes a frame as it is; a decoded picture one converted when asked."""
         captured_at = datetime.now(UTC)
-        if callable(image):
-            return PendingFrame(self.camera_id, self._sequence, image, captured_at, now)
-        return Frame(
-            camera_id=self.camera_id,
-            sequence=self._sequence,
-            image=image,
-            captured_at=captured_at,
-            captured_mono=now,
-            truth=truth,
-        )
+        if isinstance(image, np.ndarray):
+            return Frame(self.camera_id, self._sequence, image, captured_at, now, truth=truth)
+        return Frame(self.camera_id, self._sequence, None, captured_at, now, picture=image)
 
     def _record_error(self, message: str) -> None:
         self.stats.last_error = message[:300]

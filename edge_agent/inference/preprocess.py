@@ -48,28 +48,99 @@ class Letterbox:
         return Detections(boxes, detections.confidence, detections.class_id)
 
 
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    new_w: int
+    new_h: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+
+def _fit(src_h: int, src_w: int, height: int, width: int) -> _Fit:
+    """Ultralytics' rounding: the resized size and the centred padding."""
+    scale = min(height / src_h, width / src_w)
+    new_w, new_h = round(src_w * scale), round(src_h * scale)
+    dw, dh = (width - new_w) / 2, (height - new_h) / 2
+    return _Fit(new_w, new_h, round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1))
+
+
+def _pad(image: NDArray[np.uint8], fit: _Fit) -> NDArray[np.uint8]:
+    if fit.top or fit.bottom or fit.left or fit.right:
+        return cast(
+            NDArray[np.uint8],
+            cv2.copyMakeBorder(
+                image,
+                fit.top,
+                fit.bottom,
+                fit.left,
+                fit.right,
+                cv2.BORDER_CONSTANT,
+                value=(PAD_VALUE,) * 3,
+            ),
+        )
+    return image
+
+
+def _mapping(fit: _Fit, src_h: int, src_w: int) -> Letterbox:
+    return Letterbox(fit.new_w / src_w, fit.new_h / src_h, fit.left, fit.top, src_w, src_h)
+
+
 def letterbox_image(
     image: NDArray[np.uint8], height: int, width: int
 ) -> tuple[NDArray[np.uint8], Letterbox]:
     """The padded BGR canvas and the mapping (ultralytics' rounding, centred padding)."""
     src_h, src_w = image.shape[:2]
-    scale = min(height / src_h, width / src_w)
-    new_w, new_h = round(src_w * scale), round(src_h * scale)
-    dw, dh = (width - new_w) / 2, (height - new_h) / 2
-    top, left = round(dh - 0.1), round(dw - 0.1)
-    bottom, right = round(dh + 0.1), round(dw + 0.1)
-    if (new_w, new_h) != (src_w, src_h):
-        image = cast(
-            NDArray[np.uint8], cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        )
-    if top or bottom or left or right:
+    fit = _fit(src_h, src_w, height, width)
+    if (fit.new_w, fit.new_h) != (src_w, src_h):
         image = cast(
             NDArray[np.uint8],
-            cv2.copyMakeBorder(
-                image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
-            ),
+            cv2.resize(image, (fit.new_w, fit.new_h), interpolation=cv2.INTER_LINEAR),
         )
-    return image, Letterbox(new_w / src_w, new_h / src_h, left, top, src_w, src_h)
+    return _pad(image, fit), _mapping(fit, src_h, src_w)
+
+
+def letterbox_i420(
+    planes: tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]],
+    height: int,
+    width: int,
+) -> tuple[NDArray[np.uint8], Letterbox] | None:
+    """The padded BGR canvas made from a decoded YUV 4:2:0 picture: the planes are resized
+    first and converted at the model's size. From 1080p to 320 this costs 0.4 ms instead of
+    1.7-2.6 ms for converting the whole picture and resizing it (2-core EPYC); the canvas
+    differs by less than one grey level on average, so it is not bit-identical to
+    ultralytics' path, which converts first. ``None`` when the resized size is odd (4:2:0
+    needs even sides): use :func:`letterbox_image` on the BGR image then."""
+    y, u, v = planes
+    src_h, src_w = y.shape[:2]
+    fit = _fit(src_h, src_w, height, width)
+    if fit.new_w % 2 or fit.new_h % 2:
+        return None
+    half = (fit.new_w // 2, fit.new_h // 2)
+    parts: list[NDArray[np.uint8]] = [y, u, v]
+    if (fit.new_w, fit.new_h) != (src_w, src_h):
+        sizes = ((fit.new_w, fit.new_h), half, half)
+        parts = [
+            cast(NDArray[np.uint8], cv2.resize(p, size, interpolation=cv2.INTER_LINEAR))
+            for p, size in zip(parts, sizes, strict=True)
+        ]
+    i420 = np.concatenate([np.ascontiguousarray(p).ravel() for p in parts])
+    bgr = cv2.cvtColor(i420.reshape(fit.new_h * 3 // 2, fit.new_w), cv2.COLOR_YUV2BGR_I420)
+    return _pad(cast(NDArray[np.uint8], bgr), fit), _mapping(fit, src_h, src_w)
+
+
+def blob_from_canvases(
+    canvases: list[NDArray[np.uint8]], *, dtype: type = np.float32
+) -> NDArray[np.floating]:
+    """Letterboxed BGR canvases -> NCHW RGB tensor in [0, 1]."""
+    blob = cast(NDArray[np.floating], cv2.dnn.blobFromImages(canvases, swapRB=True))
+    # Divide (as ultralytics does) rather than multiply by 1/255: the two differ by one ulp
+    # for some pixels, enough to flip boxes that sit exactly at a threshold.
+    np.divide(blob, np.float32(255.0), out=blob)
+    if dtype is not np.float32:
+        blob = blob.astype(dtype)
+    return blob
 
 
 def letterbox(
@@ -84,10 +155,4 @@ def letterbox(
         canvas, mapping = letterbox_image(image, height, width)
         canvases.append(canvas)
         boxes.append(mapping)
-    blob = cast(NDArray[np.floating], cv2.dnn.blobFromImages(canvases, swapRB=True))
-    # Divide (as ultralytics does) rather than multiply by 1/255: the two differ by one ulp
-    # for some pixels, enough to flip boxes that sit exactly at a threshold.
-    np.divide(blob, np.float32(255.0), out=blob)
-    if dtype is not np.float32:
-        blob = blob.astype(dtype)
-    return blob, boxes
+    return blob_from_canvases(canvases, dtype=dtype), boxes

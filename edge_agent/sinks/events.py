@@ -56,7 +56,7 @@ def build_event(result: DetectionResult, device_id: str) -> DetectionEvent:
         detections = detections[keep]
     names = result.model.class_names
     frame = result.frame
-    height, width = frame.image.shape[:2]
+    height, width = frame.size
     return DetectionEvent(
         device_id=device_id,
         camera_id=frame.camera_id,

@@ -135,7 +135,7 @@ class HardExamplePolicy:
             self.stats.errors += 1
             return None
         frame = item.frame
-        height, width = frame.image.shape[:2]
+        height, width = frame.size
         keys = hard_example_keys(self.fleet, self.device_id, frame.captured_at, frame.frame_id)
         key_base = keys.image.removesuffix(".jpg")
         names = item.class_names

@@ -20,7 +20,6 @@ from edge_agent.camera import (
     CameraState,
     CameraWorker,
     FrameHub,
-    PendingFrame,
     PyAVSource,
 )
 from edge_agent.config import load_config
@@ -86,19 +85,22 @@ def take_one(hub: FrameHub, timeout: float = 5.0) -> list:  # type: ignore[type-
     return []
 
 
-def test_streams_frames_at_the_cameras_pace_converted_only_when_taken(
+def test_streams_frames_at_the_cameras_pace_converted_only_when_asked(
     rtsp_server: Callable[..., RtspServer], run_camera: Callable[..., tuple[CameraWorker, FrameHub]]
 ) -> None:
     server = rtsp_server()
     worker, hub = run_camera(PyAVSource(server.url("cam")))
     assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
-    # The slot holds a decoded frame that is not converted yet.
-    assert wait_for(lambda: hub.pending() == 1, timeout=5)
-    with hub._cond:
-        assert isinstance(hub._slots["cam"], PendingFrame)
     frames = take_one(hub)
-    assert frames and frames[0].image.shape == (240, 320, 3)
-    assert frames[0].image.mean() > 10  # a real picture, not a black frame
+    assert frames
+    (frame,) = frames
+    # A decoded picture, not converted to BGR until someone asks for the image.
+    planes = frame.i420()
+    assert planes is not None and frame.size == (240, 320)
+    assert [p.shape for p in planes] == [(240, 320), (120, 160), (120, 160)]
+    assert frame.image.shape == (240, 320, 3)
+    assert frame.image.mean() > 10  # a real picture, not a black frame
+    assert frame.i420() is None  # converted once, kept
     time.sleep(2.2)
     assert 20 <= worker.stats.fps_in <= 30  # the server sends 25 fps
     assert worker.stats.corrupt_frames == 0 and worker.stats.read_errors == 0
