@@ -10,8 +10,8 @@ connection's first burst count for every contender alike):
   stream: libavcodec decoding and nothing else, single-threaded (its cheapest CPU per frame);
 - ``linefleet``: the agent's capture (``PyAVSource`` + ``CameraWorker`` + ``FrameHub``) with a
   consumer that takes every frame as it comes (a pipeline that asks for all of them) and makes
-  the model's 640x640 canvas of it as the pipeline does (``letterbox_frame``: from the YUV
-  planes), work that ffmpeg's null output does not do;
+  the model's canvas of it as the pipeline does (``letterbox_frame``, from the YUV planes;
+  ``--imgsz``, 320 as the bootstrap model), work that ffmpeg's null output does not do;
 - ``linefleet_paced``: the same, with a consumer that asks each camera for ``--ask-fps``
   frames a second (a model slower than the cameras): the rest are decoded, never converted;
 - ``opencv``: the same workers and canvas on OpenCV's capture (``OpenCVSource``, RTSP over
@@ -215,6 +215,9 @@ def main() -> None:
     parser.add_argument("--clips-dir", type=Path, default=Path("/tmp/linefleet-bench-clips"))
     parser.add_argument("--quick", action="store_true", help="1 round of 8 s slices")
     parser.add_argument(
+        "--imgsz", type=int, default=320, help="the model input the canvas is made for"
+    )
+    parser.add_argument(
         "--hwaccel", default=None, help="decode linefleet's streams on e.g. cuda (a GPU box)"
     )
     args = parser.parse_args()
@@ -243,12 +246,19 @@ def main() -> None:
             slices["linefleet"].append(run_workers([PyAVSource(u) for u in urls], args.slice_s))
             slices["linefleet_paced"].append(
                 run_workers(
-                    [PyAVSource(u, hwaccel=args.hwaccel) for u in urls], args.slice_s, args.ask_fps
+                    [PyAVSource(u, hwaccel=args.hwaccel) for u in urls],
+                    args.slice_s,
+                    args.ask_fps,
+                    imgsz=args.imgsz,
                 )
             )
-            slices["opencv"].append(run_workers([OpenCVSource(u) for u in urls], args.slice_s))
+            slices["opencv"].append(
+                run_workers([OpenCVSource(u) for u in urls], args.slice_s, imgsz=args.imgsz)
+            )
             slices["opencv_paced"].append(
-                run_workers([OpenCVSource(u) for u in urls], args.slice_s, args.ask_fps)
+                run_workers(
+                    [OpenCVSource(u) for u in urls], args.slice_s, args.ask_fps, imgsz=args.imgsz
+                )
             )
             print(
                 f"[round {round_index}] "
@@ -277,6 +287,7 @@ def main() -> None:
         },
         "streams": args.streams,
         "hwaccel": args.hwaccel or "none",
+        "imgsz": args.imgsz,
         "resolution": f"{args.width}x{args.height}",
         "source_fps": 25,
         "bitrate": args.bitrate,
