@@ -40,8 +40,8 @@ _AUTH_ERRORS = (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError)
 class PyAVSource(FrameSource):
     """A stream (``rtsp://``, ``http://`` ...) or a video file, decoded by libavcodec.
 
-    ``read`` returns the decoded frame's image as a callable (converted on demand), or
-    ``None`` as the image for a frame skipped as corrupt: after a frame the decoder flags as
+    ``read`` returns the decoded picture (YUV, converted to BGR only if asked), or ``None``
+    as the image for a frame skipped as corrupt: after a frame the decoder flags as
     corrupt, or a packet it cannot decode, every frame up to the next key frame is skipped too,
     because inter frames built on a damaged one carry its garbage (a sorter must not act on
     smeared parts)."""

@@ -149,6 +149,7 @@ class CameraWorker(threading.Thread):
                     break
                 continue
             ended = self._stream()
+            self.stats.fps = self.stats.fps_in = 0.0  # no frames until the next stream
             self.source.close()
             if ended:
                 self._set_state(CameraState.ENDED, "end of source")

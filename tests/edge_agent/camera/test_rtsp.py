@@ -143,6 +143,7 @@ def test_a_stall_with_the_connection_open_is_detected_within_the_read_timeout(
     assert 1.4 <= detected_s <= 1.5 + 0.8
     assert worker.stats.stalls == 1
     assert "stalled" in worker.stats.last_error
+    assert wait_for(lambda: worker.stats.fps_in == 0.0, timeout=2)  # not the last rate
     # The camera keeps trying while stalled; once frames flow again it streams.
     server.resume("cam")
     assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
