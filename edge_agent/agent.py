@@ -90,6 +90,7 @@ def build_source(camera: SyntheticCamera | StreamCamera) -> FrameSource:
             decode=camera.decode,
             decode_threads=camera.decode_threads,
             hwaccel=None if camera.hwaccel == "none" else camera.hwaccel,
+            max_pixels=camera.max_pixels,
         )
     return OpenCVSource(
         camera.url,

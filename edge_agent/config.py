@@ -100,6 +100,9 @@ class StreamCamera(_Section):
     decode_threads: int = Field(default=1, ge=0, le=16)
     # Hardware decoding through FFmpeg (PyAV's wheels carry cuda, qsv, drm); none: software.
     hwaccel: Literal["none", "cuda", "qsv", "drm"] = "none"
+    # Largest picture the decoder accepts (8K by default): a camera, or whatever answers at
+    # its address, cannot make the agent allocate gigabytes with a forged picture size.
+    max_pixels: int = Field(default=8192 * 4320, ge=256, le=2**31 - 1)
     # Wait between tries while the camera refuses the credentials.
     auth_retry_s: float = Field(default=60.0, ge=1, le=3600)
 

@@ -57,6 +57,7 @@ class PyAVSource(FrameSource):
         decode: DecodeMode = "all",
         decode_threads: int = 1,
         hwaccel: str | None = None,
+        max_pixels: int = 8192 * 4320,
     ) -> None:
         self._url = url
         self._loop = loop
@@ -66,6 +67,7 @@ class PyAVSource(FrameSource):
         self._decode = decode
         self._decode_threads = decode_threads
         self._hwaccel = hwaccel
+        self._max_pixels = max_pixels
         self.is_file = "://" not in url
         self.live = not self.is_file
         self._container: av.container.InputContainer | None = None
@@ -119,6 +121,17 @@ class PyAVSource(FrameSource):
             container.close()
             raise CameraError(f"{self.description} has no video stream")
         stream = container.streams.video[0]
+        declared = stream.codec_context.width * stream.codec_context.height
+        if declared > self._max_pixels:
+            container.close()
+            raise CameraError(
+                f"{self.description} sends {stream.codec_context.width}x"
+                f"{stream.codec_context.height}, above the camera's max_pixels "
+                f"({self._max_pixels}): lower the camera's resolution or raise max_pixels"
+            )
+        # The decoder refuses larger pictures too, so a stream that declares a small size
+        # and then sends parameter sets for a huge one cannot make it allocate gigabytes.
+        stream.codec_context.options = {"max_pixels": str(self._max_pixels)}
         stream.thread_count = self._decode_threads
         if self._decode == "keyframes":
             stream.codec_context.skip_frame = "NONKEY"

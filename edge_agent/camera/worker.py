@@ -201,6 +201,9 @@ class CameraWorker(threading.Thread):
             if image is None:
                 self.stats.corrupt_frames += 1
                 if now - last_good > self.stall_timeout_s:
+                    self._record_error(
+                        f"only corrupt or undecodable frames for {self.stall_timeout_s:g} s"
+                    )
                     self._set_state(CameraState.STALLED, "only corrupt frames")
                     self.stats.stalls += 1
                     return False

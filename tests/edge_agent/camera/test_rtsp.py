@@ -314,3 +314,26 @@ def test_hardware_decoding_missing_on_the_box_is_a_clear_error(
     server = rtsp_server()
     with pytest.raises(CameraError, match=r"hardware decoding 'cuda'.*hwaccel: none"):
         PyAVSource(server.url("cam"), hwaccel="cuda").open()
+
+
+def test_pictures_above_max_pixels_are_refused_at_open_and_mid_stream(
+    rtsp_server: Callable[..., RtspServer],
+    run_camera: Callable[..., tuple[CameraWorker, FrameHub]],
+    rtsp_clips: dict[str, Path],
+) -> None:
+    """A camera (or whatever answers at its address) cannot make the decoder allocate
+    arbitrary pictures: a declared size above max_pixels is refused when opening, and
+    parameter sets for a larger picture mid-stream make undecodable frames, not a crash."""
+    server = rtsp_server({"cam": "large"})
+    with pytest.raises(CameraError, match=r"sends 480x360, above the camera's max_pixels"):
+        PyAVSource(server.url("cam"), max_pixels=320 * 240).open()
+    small = rtsp_server({"cam": "small"})
+    worker, hub = run_camera(
+        PyAVSource(small.url("cam"), max_pixels=320 * 240), stall_timeout_s=2.0
+    )
+    assert wait_for(lambda: worker.state is CameraState.STREAMING, timeout=10)
+    assert take_one(hub)
+    small.switch("cam", rtsp_clips["large"])
+    assert wait_for(lambda: worker.stats.corrupt_frames > 10, timeout=10)
+    assert wait_for(lambda: worker.stats.stalls >= 1, timeout=10)
+    assert "undecodable" in worker.stats.last_error
