@@ -198,6 +198,8 @@ class SimulatedFleet:
             model_name=device.model_name,
             model_version=device.running_version,
             fps=fps,
+            latency_ms_p50=8.0,
+            latency_ms_p99=15.0,
             cameras={
                 "cam0": CameraHealth(
                     state=CameraState.STREAMING, fps=fps, fps_in=25.0, frame_age_ms_p99=12.0

@@ -84,7 +84,11 @@ devices = Table(
     Column("inference_errors", Integer),
     Column("spool_depth", Integer),
     Column("uptime_s", Float),
-    # The last heartbeat's cameras, {camera_id: CameraHealth} as JSON.
+    # From the last heartbeat: the runtime running the model (e.g. "OpenVINO:CPU:bf16"), its
+    # latency, and the cameras, {camera_id: CameraHealth} as JSON.
+    Column("provider", String(64)),
+    Column("latency_ms_p50", Float),
+    Column("latency_ms_p99", Float),
     Column("cameras", Text),
 )
 
@@ -153,19 +157,29 @@ def _add_probation(connection: Connection) -> None:
         )
 
 
-def _add_cameras(connection: Connection) -> None:
-    """Heartbeat schema 2 reports each camera's state, rates, frame age and last error; the
-    dashboard shows the last heartbeat's (a database made since migration 1 has the column)."""
+_HEARTBEAT_HEALTH = {
+    "provider": "VARCHAR(64)",
+    "latency_ms_p50": "FLOAT",
+    "latency_ms_p99": "FLOAT",
+    "cameras": "TEXT",
+}
+
+
+def _add_heartbeat_health(connection: Connection) -> None:
+    """The dashboard shows each device's runtime, latency and cameras (heartbeat schema 2
+    added the cameras' rates, frame age and last error); a database made by migration 1
+    before that lacks the columns (one made since has them already)."""
     columns = {c["name"] for c in inspect(connection).get_columns("devices")}
-    if "cameras" not in columns:
-        connection.execute(text("ALTER TABLE devices ADD COLUMN cameras TEXT"))
+    for name, kind in _HEARTBEAT_HEALTH.items():
+        if name not in columns:
+            connection.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "devices, rollouts, rollout_devices, counters", _create_all),
     (2, "64-bit sequence columns", _widen_sequences),
     (3, "devices.probation", _add_probation),
-    (4, "devices.cameras", _add_cameras),
+    (4, "devices: runtime, latency and cameras from heartbeats", _add_heartbeat_health),
 ]
 
 

@@ -60,7 +60,11 @@ class DeviceRow:
     fps: float | None
     heartbeat_model_version: int | None
     inference_errors: int | None
-    # The last heartbeat's cameras (empty before the first schema-2 heartbeat).
+    # From the last heartbeat: the runtime running the model, its latency, the cameras
+    # (empty before the first schema-2 heartbeat).
+    provider: str | None
+    latency_ms_p50: float | None
+    latency_ms_p99: float | None
     cameras: dict[str, CameraHealth]
 
     @classmethod
@@ -260,6 +264,9 @@ class FleetRegistry:
                 "inference_errors": message.inference_errors,
                 "spool_depth": message.spool_depth,
                 "uptime_s": message.uptime_s,
+                "provider": message.provider,
+                "latency_ms_p50": message.latency_ms_p50,
+                "latency_ms_p99": message.latency_ms_p99,
                 "cameras": _CAMERAS.dump_json(dict(message.cameras)).decode(),
                 "online": True,
             },

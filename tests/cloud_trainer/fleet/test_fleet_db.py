@@ -169,11 +169,12 @@ def test_a_database_from_before_probation_gains_the_column(database_url: str) ->
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
-def test_a_database_from_before_camera_health_gains_the_column(database_url: str) -> None:
+def test_a_database_from_before_heartbeat_health_gains_the_columns(database_url: str) -> None:
     engine = open_database(database_url)
     # Put the database back as migrations 1-3 left it, before heartbeats carried cameras.
     with engine.begin() as connection:
-        connection.execute(text("ALTER TABLE devices DROP COLUMN cameras"))
+        for column in ("provider", "latency_ms_p50", "latency_ms_p99", "cameras"):
+            connection.execute(text(f"ALTER TABLE devices DROP COLUMN {column}"))
         connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 4))
     engine.dispose()
     engine = open_database(database_url)
@@ -190,11 +191,20 @@ def test_a_database_from_before_camera_health_gains_the_column(database_url: str
         last_error="no data from rtsp://***@cam/1 for 10 s",
     )
     beat = Heartbeat(
-        device_id="box-1", sent_at=utc_now(), uptime_s=9.0, fps=12.5, cameras={"cam1": stalled}
+        device_id="box-1",
+        sent_at=utc_now(),
+        uptime_s=9.0,
+        fps=12.5,
+        provider="OpenVINO:CPU:bf16",
+        latency_ms_p50=5.2,
+        latency_ms_p99=9.8,
+        cameras={"cam1": stalled},
     )
     assert registry.ingest(topic, beat.to_payload()) == IngestOutcome.APPLIED
     device = registry.device("box-1")
     assert device is not None and device.cameras == {"cam1": stalled}
+    assert device.provider == "OpenVINO:CPU:bf16"
+    assert (device.latency_ms_p50, device.latency_ms_p99) == (5.2, 9.8)
     # A schema-1 heartbeat of an older agent still counts; its cameras read as zeros.
     legacy = {
         "schema_version": 1,
