@@ -60,6 +60,7 @@ class DeviceRow:
     fps: float | None
     heartbeat_model_version: int | None
     inference_errors: int | None
+    spool_depth: int | None  # hard examples waiting on the box's disk for upload
     # From the last heartbeat: the runtime running the model, its latency, the cameras
     # (empty before the first schema-2 heartbeat).
     provider: str | None

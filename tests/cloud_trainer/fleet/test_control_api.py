@@ -128,6 +128,7 @@ def test_the_dashboard_shows_devices_examples_and_a_rollout_advancing(
         assert dom.count('data-camera="cam0" data-state="streaming"') == 3
         assert "cam0 streaming 25/" in dom and "age 12 ms" in dom
         assert dom.count("CPUExecutionProvider p50 8.0 ms p99 15.0 ms") == 3
+        assert dom.count(" s ago</td>") == 3  # last seen, from the heartbeats
         assert dom.count("<img") == 2  # thumbnails of the uploaded hard examples
         auth = {"Authorization": f"Bearer {TOKEN}"}
         body = {
