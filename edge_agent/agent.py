@@ -50,6 +50,7 @@ from edge_agent.sinks.mining.factory import build_samplers
 from edge_agent.status import (
     AgentStatus,
     CameraStatus,
+    CameraTransition,
     DeviceStatus,
     MiningStatus,
     ModelStatus,
@@ -475,6 +476,7 @@ class Agent:
         model = self.models.current
         stats = self.pipeline.stats
         device = self.config.device
+        now = time.monotonic()
         return AgentStatus(
             device=DeviceStatus(id=device.id, fleet=device.fleet, group=device.group),
             agent_version=__version__,
@@ -513,6 +515,10 @@ class Agent:
                     frame_age_ms_p50=round(stats.frame_age_ms(c.camera_id, 0.5), 2),
                     frame_age_ms_p99=round(stats.frame_age_ms(c.camera_id, 0.99), 2),
                     last_error=c.stats.last_error,
+                    recent_states=[
+                        CameraTransition(seconds_ago=round(now - at, 1), state=state, reason=why)
+                        for at, state, why in list(c.history)[-8:]
+                    ],
                 )
                 for c in self.cameras
             },

@@ -44,6 +44,14 @@ class PipelineStatus(_View):
     infer_latency_ms_p99: float
 
 
+class CameraTransition(_View):
+    """One step of a camera's state machine, newest last in ``CameraStatus.recent_states``."""
+
+    seconds_ago: float
+    state: CameraState
+    reason: str
+
+
 class CameraStatus(_View):
     source: str
     state: CameraState
@@ -59,6 +67,8 @@ class CameraStatus(_View):
     frame_age_ms_p50: float
     frame_age_ms_p99: float
     last_error: str
+    # The last transitions (reconnects, stalls, refused credentials), oldest first.
+    recent_states: list[CameraTransition]
 
 
 class OtaStatus(_View):

@@ -303,6 +303,10 @@ state_dir: {tmp_path / "state"}
         assert "stalled" in stalled["last_error"] and "hunter2" not in stalled["last_error"]
         server.resume("cam")
         assert wait_for(lambda: camera()["state"] == "streaming", timeout=15)
+        # The state machine's recent steps, for an operator asking why it reconnected.
+        steps = [(step["state"], step["reason"]) for step in camera()["recent_states"]]
+        assert ("stalled", "no data within the read timeout") in steps
+        assert steps[-1][0] == "streaming" and "reconnecting" in [state for state, _ in steps]
     finally:
         agent.stop()
 
