@@ -149,8 +149,8 @@ class Mount:
             else:
                 next_due = time.monotonic()  # behind: do not burst to catch up
             with self.lock:
-                if self.pending_switch is not None and self._switch_now():
-                    continue
+                if self.pending_switch is not None:
+                    self._switch_now()
                 if self.stalled or not self.sources:
                     continue
                 unit = self.units[self.position]
@@ -162,11 +162,11 @@ class Mount:
             for source in sources:
                 source.emit("push-buffer", Gst.Buffer.new_wrapped(unit))
 
-    def _switch_now(self) -> bool:
+    def _switch_now(self) -> None:
+        """Continue with the new clip from its first key frame (called under the lock)."""
         assert self.pending_switch is not None
         self.units, self.pending_switch = self.pending_switch, None
         self.position = self._next_key_frame(self.units, 0)
-        return False
 
 
 class Server:

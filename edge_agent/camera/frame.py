@@ -57,7 +57,8 @@ class DecodedPicture(Protocol):
 
 class Frame:
     """One camera frame: its pixels (BGR, or a decoded picture converted on first use), when
-    it was read, and for the synthetic line its exact labels. Immutable once made."""
+    it was read, and for the synthetic line its exact labels. Treated as immutable: several
+    threads hold the same frame."""
 
     __slots__ = (
         "_image",
