@@ -17,6 +17,7 @@ from cloud_trainer.store import ObjectStore
 from testing.fleet_simulator import SimulatedFleet
 from testing.local_services import MosquittoProcess
 from testing.synthetic_examples import upload_examples
+from tests.browser import HeadlessPage
 from tests.cloud_trainer.fleet.test_rollout import (  # noqa: F401 - fixtures
     plane_factory,
     registry,
@@ -143,5 +144,72 @@ def test_the_dashboard_shows_devices_examples_and_a_rollout_advancing(
         wait_for(lambda: plane.controller.status("dash-1").state == "succeeded", timeout=30)
         after = dump_dom(page)
         assert 'data-state="succeeded"' in after and "wave 2 (100%): 2/2 active" in after
+    finally:
+        fleet.stop()
+
+
+def button(rollout: str, action: str) -> str:
+    return (
+        f'document.querySelector(\'tr[data-rollout="{rollout}"] button[data-action="{action}"]\')'
+    )
+
+
+def test_an_operator_steers_a_rollout_from_the_page(
+    served: tuple[ControlPlane, str], mosquitto: MosquittoProcess, fleet_name: str
+) -> None:
+    """Pause, resume and abort with the page's buttons, as an operator does; a destructive
+    action asks first and does nothing when the operator says no."""
+    plane, base = served
+    fleet: SimulatedFleet = sim_fleet(mosquitto, fleet_name, 3)
+    try:
+        wait_for(lambda: len(plane.registry.devices()) == 3, timeout=10)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        body = {
+            "version": 2,
+            "rollout_id": "steer-1",
+            "params": {"waves": [0.3, 1.0], "soak_s": 60},
+        }
+        assert httpx.post(f"{base}/api/rollouts", headers=auth, json=body).status_code == 201
+        assert wait_for(
+            lambda: plane.controller.status("steer-1").counts.get("active", 0) >= 1, timeout=15
+        )
+        with HeadlessPage() as page:
+            page.goto(f"{base}/#token={TOKEN}")
+            page.wait_for(button("steer-1", "pause"))
+            page.evaluate(f"{button('steer-1', 'pause')}.click()")
+            assert wait_for(
+                lambda: plane.controller.status("steer-1").state == "paused", timeout=10
+            )
+            page.wait_for(button("steer-1", "resume"))  # the page shows what a paused one allows
+            assert page.evaluate(f"{button('steer-1', 'pause')} === null")
+            page.evaluate(f"{button('steer-1', 'resume')}.click()")
+            assert wait_for(
+                lambda: plane.controller.status("steer-1").state == "running", timeout=10
+            )
+            # Abort asks first: "no" leaves the rollout running.
+            page.wait_for(button("steer-1", "abort"))
+            asked = page.evaluate(
+                "(() => { window.asked = [];"
+                " window.confirm = m => { asked.push(m); return false; };"
+                f" {button('steer-1', 'abort')}.click(); return new Promise(r =>"
+                " setTimeout(() => r(window.asked), 500)); })()"
+            )
+            assert len(asked) == 1 and "previous version" in asked[0] and "steer-1" in asked[0]
+            assert plane.controller.status("steer-1").state == "running"
+            page.evaluate("window.confirm = () => true")
+            page.evaluate(f"{button('steer-1', 'abort')}.click()")
+            assert wait_for(
+                lambda: plane.controller.status("steer-1").state == "aborted", timeout=10
+            )
+            page.wait_for(
+                'document.querySelector(\'tr[data-rollout="steer-1"][data-state="aborted"]\')'
+            )
+            assert "abort: steer-1" in page.evaluate(
+                "document.getElementById('action').textContent"
+            )
+        # The device the first wave updated goes back to version 1.
+        assert wait_for(
+            lambda: all(d.running_version == 1 for d in fleet.devices.values()), timeout=15
+        )
     finally:
         fleet.stop()
