@@ -63,7 +63,7 @@ class RolloutTargets(BaseModel):
 
 class RolloutRequest(BaseModel):
     """Start a rollout of ``version`` of the model line (``POST /api/rollouts``, ``cloud-trainer
-    rollout start``). Without ``params`` the configured defaults apply."""
+    rollout start``). The configured defaults apply to every parameter ``params`` leaves out."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -181,13 +181,19 @@ class RolloutController:
     def start_request(
         self, request: RolloutRequest, model_name: str, defaults: RolloutParams
     ) -> str:
-        """:meth:`start` from an operator's request (CLI or API); returns the rollout id."""
+        """:meth:`start` from an operator's request (CLI or API); returns the rollout id. The
+        parameters the request sets override the configured defaults; the rest keep them (a
+        console that asks only for waves must not reset the failure limits)."""
+        params = defaults
+        if request.params is not None:
+            given = request.params.model_dump(exclude_unset=True)
+            params = RolloutParams.model_validate({**defaults.model_dump(), **given})
         return self.start(
             request.rollout_id or new_rollout_id(self.now()),
             model_name,
             request.version,
             request.targets,
-            request.params or defaults,
+            params,
         )
 
     def act(self, rollout_id: str, action: RolloutAction) -> None:

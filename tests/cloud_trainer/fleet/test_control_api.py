@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import select
 
+from cloud_trainer.fleet.db import rollouts
 from cloud_trainer.fleet.service import ControlPlane
 from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.store import ObjectStore
@@ -149,62 +153,72 @@ def test_the_dashboard_shows_devices_examples_and_a_rollout_advancing(
 
 
 def button(rollout: str, action: str) -> str:
-    return (
-        f'document.querySelector(\'tr[data-rollout="{rollout}"] button[data-action="{action}"]\')'
-    )
+    row = f'tr[data-rollout="{rollout}"]'
+    return f"document.querySelector('{row} button[data-action=\"{action}\"]')"
 
 
-def test_an_operator_steers_a_rollout_from_the_page(
+def stored_params(plane: ControlPlane, rollout_id: str) -> dict[str, Any]:
+    with plane.controller.engine.connect() as connection:
+        row = connection.execute(
+            select(rollouts.c.params).where(rollouts.c.rollout_id == rollout_id)
+        ).one()
+    params = row.params if isinstance(row.params, dict) else json.loads(row.params)
+    return dict(params)
+
+
+def test_an_operator_starts_and_steers_a_rollout_from_the_page(
     served: tuple[ControlPlane, str], mosquitto: MosquittoProcess, fleet_name: str
 ) -> None:
-    """Pause, resume and abort with the page's buttons, as an operator does; a destructive
-    action asks first and does nothing when the operator says no."""
+    """Start from the form, then pause, resume and abort with the row's buttons, as an
+    operator does; a destructive action asks first and does nothing when the answer is no."""
     plane, base = served
     fleet: SimulatedFleet = sim_fleet(mosquitto, fleet_name, 3)
     try:
         wait_for(lambda: len(plane.registry.devices()) == 3, timeout=10)
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        body = {
-            "version": 2,
-            "rollout_id": "steer-1",
-            "params": {"waves": [0.3, 1.0], "soak_s": 60},
-        }
-        assert httpx.post(f"{base}/api/rollouts", headers=auth, json=body).status_code == 201
-        assert wait_for(
-            lambda: plane.controller.status("steer-1").counts.get("active", 0) >= 1, timeout=15
-        )
         with HeadlessPage() as page:
             page.goto(f"{base}/#token={TOKEN}")
-            page.wait_for(button("steer-1", "pause"))
-            page.evaluate(f"{button('steer-1', 'pause')}.click()")
-            assert wait_for(
-                lambda: plane.controller.status("steer-1").state == "paused", timeout=10
+            # The published versions are offered; empty fields keep the configured values.
+            page.wait_for("document.querySelectorAll('#start option').length === 2")
+            page.evaluate(
+                "(() => { const f = document.getElementById('start');"
+                " f.version.value = '2'; f.waves.value = '0.3, 1.0'; f.soak.value = '60';"
+                " window.confirm = () => true; f.requestSubmit(); })()"
             )
-            page.wait_for(button("steer-1", "resume"))  # the page shows what a paused one allows
-            assert page.evaluate(f"{button('steer-1', 'pause')} === null")
-            page.evaluate(f"{button('steer-1', 'resume')}.click()")
+            page.wait_for("document.getElementById('action').textContent.startsWith('started')")
+            started = page.evaluate("document.getElementById('action').textContent")
+            steer = started.removeprefix("started: ")
+            stored = stored_params(plane, steer)
+            assert stored["waves"] == [0.3, 1.0] and stored["soak_s"] == 60
+            configured = plane.config.fleet.rollout
+            assert stored["max_failures"] == configured.max_failures
+            assert stored["min_fps_ratio"] == configured.min_fps_ratio
             assert wait_for(
-                lambda: plane.controller.status("steer-1").state == "running", timeout=10
+                lambda: plane.controller.status(steer).counts.get("active", 0) >= 1, timeout=15
             )
+            page.wait_for(button(steer, "pause"))
+            page.evaluate(f"{button(steer, 'pause')}.click()")
+            assert wait_for(lambda: plane.controller.status(steer).state == "paused", timeout=10)
+            page.wait_for(button(steer, "resume"))  # the page shows what a paused one allows
+            assert page.evaluate(f"{button(steer, 'pause')} === null")
+            page.evaluate(f"{button(steer, 'resume')}.click()")
+            assert wait_for(lambda: plane.controller.status(steer).state == "running", timeout=10)
             # Abort asks first: "no" leaves the rollout running.
-            page.wait_for(button("steer-1", "abort"))
+            page.wait_for(button(steer, "abort"))
             asked = page.evaluate(
                 "(() => { window.asked = [];"
                 " window.confirm = m => { asked.push(m); return false; };"
-                f" {button('steer-1', 'abort')}.click(); return new Promise(r =>"
+                f" {button(steer, 'abort')}.click(); return new Promise(r =>"
                 " setTimeout(() => r(window.asked), 500)); })()"
             )
-            assert len(asked) == 1 and "previous version" in asked[0] and "steer-1" in asked[0]
-            assert plane.controller.status("steer-1").state == "running"
+            assert len(asked) == 1 and "previous version" in asked[0] and steer in asked[0]
+            assert plane.controller.status(steer).state == "running"
             page.evaluate("window.confirm = () => true")
-            page.evaluate(f"{button('steer-1', 'abort')}.click()")
-            assert wait_for(
-                lambda: plane.controller.status("steer-1").state == "aborted", timeout=10
-            )
+            page.evaluate(f"{button(steer, 'abort')}.click()")
+            assert wait_for(lambda: plane.controller.status(steer).state == "aborted", timeout=10)
             page.wait_for(
-                'document.querySelector(\'tr[data-rollout="steer-1"][data-state="aborted"]\')'
+                f'document.querySelector(\'tr[data-rollout="{steer}"][data-state="aborted"]\')'
             )
-            assert "abort: steer-1" in page.evaluate(
+            assert f"abort: {steer}" in page.evaluate(
                 "document.getElementById('action').textContent"
             )
         # The device the first wave updated goes back to version 1.
