@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -36,7 +38,9 @@ class HeadlessPage:
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         if chromium is None:
             raise BrowserError("chromium is installed by scripts/install-system-deps.sh")
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        # Chromium's helper processes may still write to the profile as the browser goes:
+        # cleaning it up must not fail the test.
+        self._profile = tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True)
         port = free_port()
         self._process = subprocess.Popen(
             [
@@ -56,6 +60,7 @@ class HeadlessPage:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stopping it stops its helpers
         )
         self._ids = itertools.count(1)
         self._stack = contextlib.ExitStack()
@@ -104,7 +109,8 @@ class HeadlessPage:
         self._stop_chromium()
 
     def _stop_chromium(self) -> None:
-        self._process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait(timeout=10)
         self._profile.cleanup()
 
