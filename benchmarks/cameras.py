@@ -32,7 +32,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -48,6 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import describe_machine  # noqa: E402
 from edge_agent.camera import (  # noqa: E402
     CameraState,
     CameraWorker,
@@ -269,22 +269,19 @@ def main() -> None:
         stall = measure_stall(server, args.read_timeout_s)
 
     def per_frame(name: str) -> float:
-        return statistics.median(s["cpu_s"] / max(s["frames"], 1) for s in slices[name])
+        return statistics.median(cpu_per_frame(s) for s in slices[name])
 
     def vs_ffmpeg(name: str) -> float:
         """Median over rounds of the ratio to ffmpeg's slice of the same round."""
         return statistics.median(
-            (ours["cpu_s"] / max(ours["frames"], 1)) / (floor["cpu_s"] / max(floor["frames"], 1))
+            cpu_per_frame(ours) / cpu_per_frame(floor)
             for ours, floor in zip(slices[name], slices["ffmpeg"], strict=True)
         )
 
     ours = slices["linefleet"]
     ages = np.asarray([a for s in ours for a in s["ages"]]) * 1000.0
     summary = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": len(os.sched_getaffinity(0)),
-        },
+        "machine": describe_machine(),
         "streams": args.streams,
         "hwaccel": args.hwaccel or "none",
         "imgsz": args.imgsz,
@@ -335,9 +332,14 @@ def main() -> None:
     print(json.dumps(summary))
 
 
+def cpu_per_frame(result: dict[str, Any]) -> float:
+    """CPU-seconds per decoded frame of one slice."""
+    return float(result["cpu_s"]) / max(int(result["frames"]), 1)
+
+
 def _brief(result: dict[str, Any]) -> dict[str, float]:
     return {
-        "cpu_ms_per_frame": round(result["cpu_s"] / max(result["frames"], 1) * 1000, 3),
+        "cpu_ms_per_frame": round(cpu_per_frame(result) * 1000, 3),
         "frames": result["frames"],
         **(
             {"delivered_fps": round(result["delivered_fps"], 1)}

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import describe_machine  # noqa: E402
 from cloud_trainer.release.evaluate import MetricsAccumulator  # noqa: E402
 from edge_agent.inference import InferenceRunner, RunnerOptions, letterbox  # noqa: E402
 from edge_agent.inference.selection import agreement  # noqa: E402
@@ -43,18 +42,6 @@ CONTENDERS: dict[str, RunnerOptions] = {
     "openvino": RunnerOptions(runtime="openvino"),
     "openvino_f32": RunnerOptions(runtime="openvino", openvino_precision="f32"),
 }
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return []
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if "Flags" in line), []
-    )
-    return [flag for flag in wanted if flag in flags]
 
 
 def export(weights: Path, size: int, out: Path) -> Path:
@@ -184,11 +171,7 @@ def main() -> None:
     import openvino
 
     summary = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": len(__import__("os").sched_getaffinity(0)),
-            "flags": cpu_flags(),
-        },
+        "machine": describe_machine(),
         "onnxruntime": onnxruntime.__version__,
         "openvino": openvino.__version__,
         "rounds": args.rounds,
