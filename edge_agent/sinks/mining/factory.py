@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
+
 from edge_agent.config import MiningSection, SamplerSection
 from edge_agent.sinks.mining.rate_limit import RateLimiter
 from edge_agent.sinks.mining.samplers import (
@@ -15,11 +19,18 @@ from edge_agent.sinks.mining.samplers import (
 )
 
 
-def _limits(section: SamplerSection) -> RateLimiter:
-    return RateLimiter(section.per_minute, section.per_hour, section.per_day)
+def build_samplers(
+    config: MiningSection,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+) -> list[Sampler]:
+    """``clock`` drives the rate limits and ``rng`` the random sampler: a benchmark replays
+    a recorded or synthetic stream at camera time, with a fixed seed."""
 
+    def _limits(section: SamplerSection) -> RateLimiter:
+        return RateLimiter(section.per_minute, section.per_hour, section.per_day, clock=clock)
 
-def build_samplers(config: MiningSection) -> list[Sampler]:
     samplers: list[Sampler] = []
     c = config.confidence_band
     if c.enabled:
@@ -54,5 +65,13 @@ def build_samplers(config: MiningSection) -> list[Sampler]:
         )
     r = config.random
     if r.enabled and r.probability > 0:
-        samplers.append(RandomSampler("random", r.priority, _limits(r), probability=r.probability))
+        samplers.append(
+            RandomSampler(
+                "random",
+                r.priority,
+                _limits(r),
+                probability=r.probability,
+                rng=rng or random.Random(),
+            )
+        )
     return samplers

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.camera import Frame
+from edge_agent.config import MiningSection
 from edge_agent.inference import InferenceRunner
 from edge_agent.sinks.mining import (
     ClassSampler,
@@ -21,6 +22,7 @@ from edge_agent.sinks.mining import (
     RateLimiter,
     dhash,
 )
+from edge_agent.sinks.mining.factory import build_samplers
 from edge_agent.sinks.mining.samplers import match_ratio
 from shared.detections import Detections
 from tests.edge_agent.onnx_models import brightness_detector
@@ -150,3 +152,27 @@ def test_near_duplicates_suppressed_per_camera() -> None:
     assert not dedup.is_duplicate("b", image), "per camera"
     assert dedup.suppressed == 1
     assert isinstance(dhash(image), int) and dhash(image) < 2**64
+
+
+def test_samplers_from_config_follow_the_given_clock_and_seed() -> None:
+    """A replayed stream runs at camera time: rate limits count camera seconds, and the
+    random sampler repeats with its seed."""
+    now = [0.0]
+    config = MiningSection(
+        confidence_band={"per_minute": 2, "per_hour": None, "per_day": None},  # type: ignore[arg-type]
+        random={"probability": 0.5},  # type: ignore[arg-type]
+    )
+    band = next(
+        s for s in build_samplers(config, clock=lambda: now[0]) if s.tag == "confidence_band"
+    )
+    assert band.limiter.allow() and band.limiter.allow() and not band.limiter.allow()
+    now[0] = 60.0
+    assert band.limiter.allow(), "a camera minute later"
+
+    def picks(seed: int) -> list[bool]:
+        (sampler,) = [
+            s for s in build_samplers(config, rng=random.Random(seed)) if s.tag == "random"
+        ]
+        return [sampler.observe(item()) is not None for _ in range(50)]
+
+    assert picks(7) == picks(7) and picks(7) != picks(8)
