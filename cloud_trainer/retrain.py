@@ -71,6 +71,8 @@ class RunReport(BaseModel):
     parent_version: int | None = None
     dataset_version: str | None = None
     dataset_counts: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # labeler (or "replay") -> images: how many new labels the run cost.
+    dataset_sources: dict[str, int] = Field(default_factory=dict)
     skipped: dict[str, int] = Field(default_factory=dict)
     training: TrainResult | None = None
     parity_max_abs_diff: float | None = None
@@ -276,6 +278,7 @@ class Retrainer:
         manifest = dataset.manifest
         report.dataset_version = manifest.version
         report.dataset_counts = manifest.counts
+        report.dataset_sources = manifest.sources
         report.skipped = manifest.skipped
         self.announce(
             f"  dataset {manifest.version}: "

@@ -95,6 +95,21 @@ class MetricsAccumulator:
             images=self.images,
         )
 
+    def precision_at_operating_point(self) -> dict[str, float]:
+        """Per-class precision at IoU 0.5 and the agent's confidence threshold: the share of
+        what the line is told that is right (a recall gain must not be bought with it)."""
+        if not self._tp:
+            return {}
+        tp = np.concatenate(self._tp)
+        kept = np.concatenate(self._conf) >= self.operating_confidence
+        pred_cls = np.concatenate(self._pred_cls)
+        precision: dict[str, float] = {}
+        for cid, name in enumerate(self.class_names):
+            said = kept & (pred_cls == cid)
+            if said.any():
+                precision[name] = round(float(tp[said, 0].mean()), 4)
+        return precision
+
     def _recall_at_operating_point(
         self,
         tp: NDArray[np.bool_],

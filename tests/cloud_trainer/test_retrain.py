@@ -87,6 +87,8 @@ def test_retrain_publishes_a_signed_gated_model_with_its_report(
         "publish",
     }
     assert report.dataset_counts["train"]["images"] > 16  # new examples + replayed bootstrap data
+    # What the run cost in labels, apart from the replayed data it already had.
+    assert report.dataset_sources["synthetic"] == 30 and report.dataset_sources["replay"] >= 16
     assert report.training is not None and report.training.epochs_done == 2
     assert report.parity_max_abs_diff is not None and report.parity_max_abs_diff < 0.05
     assert report.gate is not None and report.gate.candidate.images >= 3

@@ -62,3 +62,13 @@ def test_no_images_or_no_objects_is_an_error() -> None:
     acc.add(Detections.empty(), Detections.empty())
     with pytest.raises(DatasetError, match="no labelled object"):
         acc.metrics()
+
+
+def test_precision_counts_what_the_line_is_told_at_the_operating_confidence() -> None:
+    acc = MetricsAccumulator(NAMES, operating_confidence=0.5)
+    # class a: one hit and one false alarm above the threshold; class b: only below it.
+    predicted = dets(
+        [[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 40, 40]], [0, 0, 1], [0.9, 0.8, 0.3]
+    )
+    acc.add(TRUTH, predicted)
+    assert acc.precision_at_operating_point() == {"a": 0.5}
