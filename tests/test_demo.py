@@ -43,6 +43,10 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     assert summary["new_version"] == 2
     assert summary["devices_updated"] == summary["devices_total"] == 2
     assert summary["frames_seen"] > 0
+    assert 0 < summary["frames_uploaded_fraction"] <= 1
+    assert 0 < summary["labels_used"] <= summary["examples_uploaded"]
+    assert 0 <= summary["defect_recall_after_update"] <= 1
+    assert 0 <= summary["defect_recall_before_drift"] <= 1
     assert summary["map50_after_drift"] < summary["map50_before_drift"]
     assert summary["map50_after_update"] >= summary["map50_after_drift"] + MIN_RECOVERY
     assert "rollout succeeded" in done.stdout
