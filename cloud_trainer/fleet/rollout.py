@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select
+from sqlalchemy import Engine, bindparam, case, func, select
+from sqlalchemy.exc import IntegrityError
 
 from cloud_trainer.errors import TrainerError
 from cloud_trainer.fleet.db import counters, rollout_devices, rollouts
@@ -447,22 +448,32 @@ class RolloutController:
     # ------------------------------------------------------------------ messages
     def _next_sequences(self, count: int) -> range:
         """``count`` fresh desired-state sequence numbers, growing across restarts and even
-        database loss: they start at max(stored + 1, milliseconds now)."""
-        with self.engine.begin() as connection:
-            stored = connection.execute(
-                select(counters.c.value).where(counters.c.name == "desired_sequence")
-            ).scalar()
-            first = max((stored or 0) + 1, int(self.now().timestamp() * 1000))
-            last = first + max(count, 1) - 1
-            if stored is None:
-                connection.execute(counters.insert().values(name="desired_sequence", value=last))
-            else:
-                connection.execute(
-                    counters.update()
-                    .where(counters.c.name == "desired_sequence")
-                    .values(value=last)
-                )
-        return range(first, first + count)
+        database loss: they start at max(stored + 1, milliseconds now).
+
+        One atomic ``UPDATE ... RETURNING``: the control loop and the API (starting or
+        steering a rollout) take numbers concurrently, and a read-then-write would hand both
+        the same ones, or fail on the first insert of the counter."""
+        reserved = max(count, 1)
+        floor = int(self.now().timestamp() * 1000) + reserved - 1
+        bumped = counters.c.value + reserved
+        take = (
+            counters.update()
+            .where(counters.c.name == "desired_sequence")
+            .values(value=case((bumped > floor, bumped), else_=floor))
+            .returning(counters.c.value)
+        )
+        for _ in range(2):
+            with self.engine.begin() as connection:
+                last = connection.execute(take).scalar()
+            if last is not None:
+                first = last - reserved + 1
+                return range(first, first + count)
+            try:  # the first number ever: create the counter (whoever wins), then take
+                with self.engine.begin() as connection:
+                    connection.execute(counters.insert().values(name="desired_sequence", value=0))
+            except IntegrityError:
+                pass
+        raise TrainerError("the desired_sequence counter vanished while taking numbers")
 
     def _send(
         self,

@@ -354,3 +354,30 @@ def test_start_refuses_bad_requests(
     assert plane.controller.status("r-z").state == RolloutState.ABORTED
     with pytest.raises(RolloutError, match="cannot do that now"):
         plane.controller.pause("r-z")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_concurrent_callers_never_share_a_desired_state_sequence(
+    plane_factory: Callable[..., ControlPlane],
+) -> None:
+    """The control loop and the API take sequence numbers at the same time; a device drops
+    a desired state whose sequence it has seen, so two must never get the same number."""
+    controller = plane_factory().controller
+    taken: list[list[int]] = [[] for _ in range(4)]
+    start = threading.Barrier(len(taken))
+
+    def take(into: list[int]) -> None:
+        start.wait()
+        for _ in range(25):
+            into.extend(controller._next_sequences(3))
+
+    threads = [threading.Thread(target=take, args=(into,)) for into in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    numbers = [n for into in taken for n in into]
+    assert len(numbers) == 4 * 25 * 3 and len(set(numbers)) == len(numbers)
+    for into in taken:  # each caller's numbers keep growing
+        assert into == sorted(into)
+    assert list(controller._next_sequences(0)) == []
