@@ -38,7 +38,9 @@ def upload_examples(
     with_truth: bool = True,
     captured_at: datetime | None = None,
     reasons: tuple[str, ...] = ("confidence_band",),
+    with_predictions: bool = False,
 ) -> list[Uploaded]:
+    """``with_predictions``: the sidecar carries the truth as the model's boxes too."""
     line = SyntheticLine(seed=seed, drift=drift)
     when = captured_at or datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     out = []
@@ -61,7 +63,7 @@ def upload_examples(
             image_height=height,
             reasons=list(reasons),
             priority=1.0,
-            predictions=[],
+            predictions=records(frame.truth) if with_predictions else [],
             synthetic_truth=records(frame.truth) if with_truth else None,
         )
         store.put(keys.image, jpeg.tobytes(), content_type="image/jpeg")

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cloud_trainer.errors import ObjectNotFoundError, TrainerError
 from cloud_trainer.fleet.device_registry import DeviceRow, FleetRegistry
@@ -24,10 +24,12 @@ from cloud_trainer.fleet.rollout import RolloutController, RolloutError, Rollout
 from cloud_trainer.release.model_registry import IndexEntry, ModelRegistry
 from cloud_trainer.store import ObjectStore
 from shared.errors import ContractError
+from shared.hard_examples import HardExampleSidecar
 from shared.infra.http import bearer_auth
 from shared.object_keys import HARD_EXAMPLES, RUNS, parse_hard_example_key
 
 MAX_THUMBNAIL_BYTES = 4 * 1024 * 1024
+MAX_SIDECAR_BYTES = 1024 * 1024
 
 
 class HardExampleView(BaseModel):
@@ -127,18 +129,40 @@ def create_control_app(
             HardExampleView(key=i.key, uploaded_at=i.last_modified, bytes=i.size) for i in images
         ]
 
-    @app.get("/api/hard-examples/image", dependencies=guarded)
-    def hard_example_image(key: str) -> Response:
+    def own_image_key(key: str) -> str:
+        """The key if it names one of this fleet's hard-example images; 400 otherwise."""
         try:
             parsed = parse_hard_example_key(key)
         except ContractError as exc:
             raise HTTPException(400, str(exc)) from exc
         if parsed.extension != "jpg" or parsed.fleet != registry.fleet:
             raise HTTPException(400, "only this fleet's hard-example images are served")
+        return key
+
+    @app.get("/api/hard-examples/image", dependencies=guarded)
+    def hard_example_image(key: str) -> Response:
         try:
-            body, _ = store.get(key, max_bytes=MAX_THUMBNAIL_BYTES)
+            body, _ = store.get(own_image_key(key), max_bytes=MAX_THUMBNAIL_BYTES)
         except ObjectNotFoundError as exc:
             raise HTTPException(404, "no such image") from exc
         return Response(body, media_type="image/jpeg")
+
+    @app.get("/api/hard-examples/sidecar", dependencies=guarded)
+    def hard_example_sidecar(key: str) -> HardExampleSidecar:
+        """What the agent said about an image (samplers, device, time, the model's boxes), so
+        the page can draw the boxes. The sidecar came from a device: it is validated here, and
+        a malformed one is reported, not passed to the browser."""
+        sidecar_key = own_image_key(key).removesuffix(".jpg") + ".json"
+        try:
+            body, _ = store.get(sidecar_key, max_bytes=MAX_SIDECAR_BYTES)
+        except ObjectNotFoundError as exc:
+            raise HTTPException(404, "no sidecar for this image") from exc
+        try:
+            sidecar = HardExampleSidecar.model_validate_json(body)
+        except ValidationError as exc:
+            raise HTTPException(
+                502, f"the sidecar of {key} is malformed: {str(exc)[:300]}"
+            ) from exc
+        return sidecar.model_copy(update={"synthetic_truth": None})
 
     return app

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -14,11 +15,17 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from cloud_trainer.config import GateSection
 from cloud_trainer.fleet.db import rollouts
 from cloud_trainer.fleet.service import ControlPlane
+from cloud_trainer.release.gate import judge
 from cloud_trainer.release.model_registry import ModelRegistry
+from cloud_trainer.retrain import RunReport, RunStatus
 from cloud_trainer.store import ObjectStore
-from testing.fleet_simulator import SimulatedFleet
+from shared.manifest import EvalMetrics
+from shared.object_keys import RUNS
+from shared.topics import Topics
+from testing.fleet_simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
 from testing.local_services import MosquittoProcess
 from testing.synthetic_examples import upload_examples
 from tests.browser import HeadlessPage
@@ -88,6 +95,28 @@ def test_api_needs_the_token_and_refuses_bad_requests(served: tuple[ControlPlane
     assert wrong_action.status_code == 404 and "pause" in wrong_action.text
 
 
+def test_sidecars_are_served_validated_for_this_fleets_images_only(
+    served: tuple[ControlPlane, str], store: ObjectStore, fleet_name: str
+) -> None:
+    """The page draws the model's boxes from the sidecar a device uploaded: it comes back
+    validated (without the synthetic truth), and a malformed one is reported as such."""
+    _, base = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    (good, bad) = upload_examples(store, fleet=fleet_name, count=2, reasons=("flicker",))
+    url = f"{base}/api/hard-examples/sidecar"
+    answer = httpx.get(url, params={"key": good.keys.image}, headers=auth)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["reasons"] == ["flicker"] and answer.json()["synthetic_truth"] is None
+    store.put(bad.keys.sidecar, b'{"fleet": "x", "predictions": "<script>"}')
+    malformed = httpx.get(url, params={"key": bad.keys.image}, headers=auth)
+    assert malformed.status_code == 502 and "malformed" in malformed.text
+    assert httpx.get(url, params={"key": good.keys.image}).status_code == 401
+    foreign = good.keys.image.replace(f"/{fleet_name}/", "/other-fleet/")
+    assert httpx.get(url, params={"key": foreign}, headers=auth).status_code == 400
+    missing = good.keys.image.replace(".jpg", "-gone.jpg")
+    assert httpx.get(url, params={"key": missing}, headers=auth).status_code == 404
+
+
 def dump_dom(url: str) -> str:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "chromium is installed by scripts/install-system-deps.sh"
@@ -134,7 +163,7 @@ def test_the_dashboard_shows_devices_examples_and_a_rollout_advancing(
         assert "cam0 streaming 25/" in dom and "age 12 ms" in dom
         assert dom.count("CPUExecutionProvider p50 8.0 ms p99 15.0 ms") == 3
         assert dom.count(" s ago</td>") == 3  # last seen, from the heartbeats
-        assert dom.count("<img") == 2  # thumbnails of the uploaded hard examples
+        assert dom.count('class="example"') == 2  # thumbnails of the uploaded hard examples
         auth = {"Authorization": f"Bearer {TOKEN}"}
         body = {
             "version": 2,
@@ -148,6 +177,74 @@ def test_the_dashboard_shows_devices_examples_and_a_rollout_advancing(
         wait_for(lambda: plane.controller.status("dash-1").state == "succeeded", timeout=30)
         after = dump_dom(page)
         assert 'data-state="succeeded"' in after and "wave 2 (100%): 2/2 active" in after
+    finally:
+        fleet.stop()
+
+
+def a_run_report(run_id: str) -> bytes:
+    """A finished run as the retrainer stores it: stage timings, labels, the gate's verdict."""
+    candidate = EvalMetrics(map50=0.7, map50_95=0.5, per_class_recall={"bolt": 0.9, "nut": 0.6})
+    production = EvalMetrics(map50=0.4, map50_95=0.3, per_class_recall={"bolt": 0.5, "nut": 0.7})
+    report = RunReport(
+        run_id=run_id,
+        model_name="m",
+        status=RunStatus.REJECTED,
+        reason="recall of class 'nut' fell",
+        started_at=datetime(2026, 12, 1, tzinfo=UTC),
+        stage_seconds={"build": 6.8, "train": 181.2},
+        dataset_sources={"synthetic": 174, "replay": 48},
+        gate=judge(candidate, production, GateSection()),
+        cost_usd=0.004,
+    )
+    return report.model_dump_json().encode()
+
+
+def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
+    served: tuple[ControlPlane, str],
+    mosquitto: MosquittoProcess,
+    store: ObjectStore,
+    fleet_name: str,
+) -> None:
+    plane, base = served
+    devices = [
+        SimulatedDevice(f"dev-{i:03d}", f"line-{1 + i % 2}", 1, DeviceBehaviour()) for i in range(4)
+    ]
+    fleet = SimulatedFleet(
+        mosquitto.host, mosquitto.port, Topics(fleet_name), devices, heartbeat_s=0.2
+    )
+    fleet.start()
+    try:
+        upload_examples(store, fleet=fleet_name, count=1, with_predictions=True)
+        store.put(f"{RUNS}/run-7/report.json", a_run_report("run-7"))
+        wait_for(lambda: len(plane.registry.devices()) == 4, timeout=10)
+        with HeadlessPage() as page:
+            page.goto(f"{base}/#token={TOKEN}")
+            rows = "[...document.querySelectorAll('#devices tr')].map(r => r.dataset.device)"
+            page.wait_for(f"{rows}.length === 4")
+            # Filter by group: the choice is offered from what the fleet reports.
+            page.evaluate(
+                "(() => { const s = document.querySelector('#filters select[name=group_name]');"
+                " s.value = 'line-2'; s.dispatchEvent(new Event('change')); })()"
+            )
+            page.wait_for(f"{rows}.length === 2")
+            assert page.evaluate(rows) == ["dev-001", "dev-003"]
+            assert page.evaluate("document.getElementById('shown').textContent") == ("2 of 4 shown")
+            # Sort: a click on the header sorts ascending, a second one descending.
+            header = "document.querySelector('#device-columns th[data-key=device_id]')"
+            page.evaluate(f"{header}.click()")
+            page.wait_for(f"{rows}[0] === 'dev-003'")
+            # Runs: labels used (not the replayed data), stage timings, the gate per class.
+            page.wait_for("document.querySelector('#runs tr[data-status=rejected]')")
+            run = page.evaluate("document.querySelector('#runs tr').textContent")
+            assert "run-7" in run and "174" in run and "train 181.2" in run
+            assert "bolt 0.90 (+0.40)" in run and "nut 0.60 (-0.10)" in run
+            assert page.evaluate("document.querySelectorAll('#models tr').length") == 2
+            # The hard example with the model's boxes drawn, and who mined it.
+            page.wait_for("document.querySelector('figure.example')")
+            boxes = int(page.evaluate("document.querySelector('figure.example').dataset.boxes"))
+            assert boxes >= 1
+            caption = page.evaluate("document.querySelector('figure.example').textContent")
+            assert "confidence_band" in caption and "dev-1/cam0" in caption
     finally:
         fleet.stop()
 
