@@ -286,6 +286,8 @@ def _print_status(plane: ControlPlane, rollout_id: str) -> str:
         f"{' - ' + status.reason if status.reason else ''}\n  {waves}",
         flush=True,
     )
+    for warning in status.warnings:
+        print(f"  warning: {warning}", flush=True)
     return status.state
 
 

@@ -562,6 +562,8 @@ class Agent:
                 *self._degraded,
                 *([SPOOL_DISK_LOW] if self.spool is not None and self.spool.disk_low else []),
             ],
+            ota_enabled=self.ota is not None,
+            ota_trusted_keys=sorted(self.config.ota.trusted_keys) if self.ota is not None else [],
         )
 
     def metrics_text(self) -> bytes:

@@ -116,6 +116,9 @@ class AgentStatus(_View):
     mqtt: MqttStatus | None
     # What works less than configured, in words (mining off without storage, disk full ...).
     degraded: list[str]
+    # Whether this agent acts on OTA updates, and the key ids it accepts them signed by.
+    ota_enabled: bool = False
+    ota_trusted_keys: list[str] = []
 
     def heartbeat(self, sent_at: datetime) -> Heartbeat:
         """The periodic heartbeat for the fleet: a summary of this status."""
@@ -147,4 +150,6 @@ class AgentStatus(_View):
                 )
                 for camera_id, c in self.cameras.items()
             },
+            ota_enabled=self.ota_enabled,
+            trusted_keys=self.ota_trusted_keys,
         )

@@ -210,9 +210,11 @@ class CameraHealth(BaseModel):
 
 class Heartbeat(_Message):
     """Schema 2 added the cameras' fps in, frame age, reconnects, stalls and last error; a
-    schema-1 heartbeat of an older agent still parses (those figures read as zero)."""
+    schema-1 heartbeat of an older agent still parses (those figures read as zero).
+    Schema 3 added whether OTA is enabled and which signing keys the agent trusts, so a
+    rollout can warn about devices that will never take it (older agents: unknown)."""
 
-    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]
+    schema_version: Literal[1, 2, 3] = 3  # type: ignore[assignment]
     device_id: Identifier
     sent_at: AwareDatetime
     uptime_s: float = Field(ge=0.0)
@@ -227,6 +229,8 @@ class Heartbeat(_Message):
     spool_depth: int = Field(default=0, ge=0)
     spool_bytes: int = Field(default=0, ge=0)
     cameras: dict[Identifier, CameraHealth] = Field(default_factory=dict, max_length=64)
+    ota_enabled: bool | None = None  # None: an agent older than schema 3 did not say
+    trusted_keys: list[Identifier] = Field(default_factory=list, max_length=32)
 
 
 class OnlineStatus(_Message):

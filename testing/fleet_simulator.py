@@ -49,6 +49,9 @@ class DeviceBehaviour:
     fail_versions: set[int] = field(default_factory=set)  # report failed for these
     fps: float = 30.0
     fps_by_version: dict[int, float] = field(default_factory=dict)
+    # What the heartbeat says of OTA (None: like an agent older than heartbeat schema 3).
+    ota_enabled: bool | None = None
+    trusted_keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -205,6 +208,8 @@ class SimulatedFleet:
                     state=CameraState.STREAMING, fps=fps, fps_in=25.0, frame_age_ms_p99=12.0
                 )
             },
+            ota_enabled=device.behaviour.ota_enabled,
+            trusted_keys=list(device.behaviour.trusted_keys),
         )
         device.client.publish(
             self.topics.device(device.device_id, Channel.HEARTBEAT), beat.to_payload(), 0, False

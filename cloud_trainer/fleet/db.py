@@ -90,6 +90,10 @@ devices = Table(
     Column("latency_ms_p50", Float),
     Column("latency_ms_p99", Float),
     Column("cameras", Text),
+    # Heartbeat schema 3: OTA on or off (NULL: the agent did not say) and the key ids the
+    # agent trusts, as a JSON list.
+    Column("ota_enabled", Boolean),
+    Column("trusted_keys", Text),
 )
 
 rollouts = Table(
@@ -175,11 +179,21 @@ def _add_heartbeat_health(connection: Connection) -> None:
             connection.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
 
 
+def _add_ota_trust(connection: Connection) -> None:
+    """Heartbeat schema 3 says whether OTA is on and which keys the agent trusts, so a
+    rollout warns about devices that will never take it."""
+    columns = {c["name"] for c in inspect(connection).get_columns("devices")}
+    for name, kind in (("ota_enabled", "BOOLEAN"), ("trusted_keys", "TEXT")):
+        if name not in columns:
+            connection.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "devices, rollouts, rollout_devices, counters", _create_all),
     (2, "64-bit sequence columns", _widen_sequences),
     (3, "devices.probation", _add_probation),
     (4, "devices: runtime, latency and cameras from heartbeats", _add_heartbeat_health),
+    (5, "devices: OTA enabled and trusted keys from heartbeats", _add_ota_trust),
 ]
 
 

@@ -67,6 +67,9 @@ class DeviceRow:
     latency_ms_p50: float | None
     latency_ms_p99: float | None
     cameras: dict[str, CameraHealth]
+    # Heartbeat schema 3: None while unknown (an older agent, or no heartbeat yet).
+    ota_enabled: bool | None
+    trusted_keys: list[str]
 
     @classmethod
     def from_row(cls, row: Any, prefix: str = "") -> DeviceRow:
@@ -75,10 +78,23 @@ class DeviceRow:
         values["ota_state"] = OtaState(state) if state is not None else None
         values["probation"] = bool(values["probation"])
         values["cameras"] = _cameras_from_column(values["cameras"])
+        enabled = values["ota_enabled"]
+        values["ota_enabled"] = None if enabled is None else bool(enabled)
+        values["trusted_keys"] = _keys_from_column(values["trusted_keys"])
         return cls(**values)
 
 
 _CAMERAS = TypeAdapter(dict[str, CameraHealth])
+_KEYS = TypeAdapter(list[str])
+
+
+def _keys_from_column(stored: str | None) -> list[str]:
+    if not stored:
+        return []
+    try:
+        return _KEYS.validate_json(stored)
+    except ValidationError:
+        return []
 
 
 def _cameras_from_column(stored: str | None) -> dict[str, CameraHealth]:
@@ -269,6 +285,8 @@ class FleetRegistry:
                 "latency_ms_p50": message.latency_ms_p50,
                 "latency_ms_p99": message.latency_ms_p99,
                 "cameras": _CAMERAS.dump_json(dict(message.cameras)).decode(),
+                "ota_enabled": message.ota_enabled,
+                "trusted_keys": _KEYS.dump_json(list(message.trusted_keys)).decode(),
                 "online": True,
             },
         )

@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -62,6 +62,25 @@ class RolloutStatus:
     per_wave: list[dict[str, int]]
     created_at: datetime
     updated_at: datetime
+    # Devices of a live rollout that will never take it, from their heartbeats: OTA off, or
+    # the control plane's signing key not among their trusted keys.
+    warnings: list[str] = field(default_factory=list)
+
+
+MAX_WARNINGS = 20
+
+
+def device_warning(device: DeviceRow, key_id: str) -> str | None:
+    """Why ``device`` cannot take a version signed by ``key_id``; None when it can or when
+    its agent is too old to say."""
+    if device.ota_enabled is False:
+        return f"{device.device_id} has OTA disabled (ota.enabled: false): it keeps its model"
+    if device.ota_enabled and key_id not in device.trusted_keys:
+        return (
+            f"{device.device_id} does not trust signing key {key_id!r} (it trusts "
+            f"{', '.join(device.trusted_keys) or 'none'}): it will reject the update"
+        )
+    return None
 
 
 Publish = Callable[[str, bytes], None]  # retained, QoS 1
@@ -567,7 +586,9 @@ class RolloutController:
             ).all()
         return [DeviceState(s) for s in states]
 
-    def status(self, rollout_id: str) -> RolloutStatus:
+    def status(self, rollout_id: str, *, warnings: bool = True) -> RolloutStatus:
+        """``warnings=False`` skips the per-device checks: a loop that only watches the
+        rollout's progress does not pay for them every tick."""
         row = self._row(rollout_id)
         with self.engine.connect() as connection:
             rows = connection.execute(
@@ -590,7 +611,32 @@ class RolloutController:
             per_wave=per_wave,
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            warnings=self._warnings(rollout_id)
+            if warnings and RolloutState(row["state"]) in LIVE
+            else [],
         )
+
+    def _warnings(self, rollout_id: str) -> list[str]:
+        """What stops devices of a live rollout that are not done yet (bounded: a fleet of
+        thousands with OTA off must not make the page unreadable)."""
+        with self.engine.connect() as connection:
+            waiting = list(
+                connection.scalars(
+                    select(rollout_devices.c.device_id).where(
+                        rollout_devices.c.rollout_id == rollout_id,
+                        rollout_devices.c.state.not_in([s.value for s in TERMINAL_IN_WAVE]),
+                    )
+                ).all()
+            )
+        found = sorted(
+            w
+            for d in self.registry.devices_by_id(waiting).values()
+            if (w := device_warning(d, self.signer.key_id)) is not None
+        )
+        if len(found) > MAX_WARNINGS:
+            more = len(found) - MAX_WARNINGS
+            return [*found[:MAX_WARNINGS], f"... and {more} more device(s)"]
+        return found
 
     def rollouts(self) -> list[str]:
         with self.engine.connect() as connection:

@@ -128,7 +128,7 @@ class ControlPlane:
         last: list[tuple[object, ...]] = [()]
 
         def done() -> bool:
-            status = self.controller.status(rollout_id)
+            status = self.controller.status(rollout_id, warnings=False)
             key = (status.state, status.current_wave, sorted(status.counts.items()))
             if key != last[0]:
                 last[0] = key

@@ -107,6 +107,8 @@ def test_events_online_and_heartbeat(
             Heartbeat, listener.wait_for(topics.device("edge-mq", Channel.HEARTBEAT))[0]
         )
         assert beat.cameras["cam0"].state == "streaming" and beat.fps >= 0
+        # OTA is off in this config: the fleet is told, so a rollout can warn about it.
+        assert beat.schema_version == 3 and beat.ota_enabled is False and beat.trusted_keys == []
         started = time.monotonic()
         time.sleep(1.0)
         rate = len(listener.on(topics.device("edge-mq", Channel.EVENTS)))

@@ -207,7 +207,8 @@ def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
 ) -> None:
     plane, base = served
     devices = [
-        SimulatedDevice(f"dev-{i:03d}", f"line-{1 + i % 2}", 1, DeviceBehaviour()) for i in range(4)
+        SimulatedDevice(f"dev-{i:03d}", f"line-{1 + i % 2}", 1, DeviceBehaviour(ota_enabled=i != 3))
+        for i in range(4)
     ]
     fleet = SimulatedFleet(
         mosquitto.host, mosquitto.port, Topics(fleet_name), devices, heartbeat_s=0.2
@@ -233,6 +234,9 @@ def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
             header = "document.querySelector('#device-columns th[data-key=device_id]')"
             page.evaluate(f"{header}.click()")
             page.wait_for(f"{rows}[0] === 'dev-003'")
+            # A device whose agent has OTA off says so (from its heartbeat).
+            off = "document.querySelector('#devices tr[data-device=dev-003]').textContent"
+            page.wait_for(f"{off}.includes('disabled')")
             # Runs: labels used (not the replayed data), stage timings, the gate per class.
             page.wait_for("document.querySelector('#runs tr[data-status=rejected]')")
             run = page.evaluate("document.querySelector('#runs tr').textContent")

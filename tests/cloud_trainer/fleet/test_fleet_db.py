@@ -42,7 +42,7 @@ def reported(device_id: str, sequence: int) -> bytes:
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_agent_sized_sequences_are_stored(database_url: str) -> None:
     engine = open_database(database_url)
-    assert applied_migrations(engine) == [1, 2, 3, 4]
+    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
     registry = FleetRegistry(engine, "plant")
     topic = Topics("plant").device("box-1", Channel.REPORTED)
     sequence = ReportSequence().next()
@@ -51,7 +51,7 @@ def test_agent_sized_sequences_are_stored(database_url: str) -> None:
     device = registry.device("box-1")
     assert device is not None and device.reported_sequence == sequence
     open_database(database_url)  # opening again applies nothing twice
-    assert applied_migrations(engine) == [1, 2, 3, 4]
+    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
 
 
 def test_a_postgres_database_from_migration_1_is_widened(postgres: PostgresProcess) -> None:
@@ -69,7 +69,7 @@ def test_a_postgres_database_from_migration_1_is_widened(postgres: PostgresProce
     assert old.deferred == 0
 
     engine = open_database(url)
-    assert applied_migrations(engine) == [1, 2, 3, 4]
+    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
     with create_engine(url).connect() as connection:
         types = dict(
             connection.execute(
@@ -150,7 +150,7 @@ def test_a_database_from_before_probation_gains_the_column(database_url: str) ->
         connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 3))
     engine.dispose()
     engine = open_database(database_url)
-    assert applied_migrations(engine) == [1, 2, 3, 4]
+    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
     registry = FleetRegistry(engine, "plant")
     topic = Topics("plant").device("box-1", Channel.REPORTED)
     report = ReportedState(
@@ -178,7 +178,7 @@ def test_a_database_from_before_heartbeat_health_gains_the_columns(database_url:
         connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 4))
     engine.dispose()
     engine = open_database(database_url)
-    assert applied_migrations(engine) == [1, 2, 3, 4]
+    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
     registry = FleetRegistry(engine, "plant")
     topic = Topics("plant").device("box-1", Channel.HEARTBEAT)
     stalled = CameraHealth(
@@ -218,3 +218,37 @@ def test_a_database_from_before_heartbeat_health_gains_the_columns(database_url:
     device = registry.device("box-1")
     assert device is not None and device.cameras["cam1"].state is CameraState.STREAMING
     assert device.cameras["cam1"].fps_in == 0.0
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_database_from_before_ota_trust_gains_the_columns(database_url: str) -> None:
+    engine = open_database(database_url)
+    # Put the database back as migrations 1-4 left it, before heartbeats said OTA and keys.
+    with engine.begin() as connection:
+        for column in ("ota_enabled", "trusted_keys"):
+            connection.execute(text(f"ALTER TABLE devices DROP COLUMN {column}"))
+        connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 5))
+    engine.dispose()
+    engine = open_database(database_url)
+    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
+    registry = FleetRegistry(engine, "plant")
+    topic = Topics("plant").device("box-1", Channel.HEARTBEAT)
+    beat = Heartbeat(
+        device_id="box-1",
+        sent_at=utc_now(),
+        uptime_s=9.0,
+        fps=12.5,
+        ota_enabled=True,
+        trusted_keys=["release-2026"],
+    )
+    assert registry.ingest(topic, beat.to_payload()) == IngestOutcome.APPLIED
+    device = registry.device("box-1")
+    assert device is not None and device.ota_enabled is True
+    assert device.trusted_keys == ["release-2026"]
+    # A schema-2 heartbeat of an older agent says nothing of OTA: unknown, not "disabled".
+    older = Heartbeat(device_id="box-1", sent_at=utc_now(), uptime_s=10.0, fps=12.0)
+    legacy = json.loads(older.to_payload()) | {"schema_version": 2}
+    del legacy["ota_enabled"], legacy["trusted_keys"]
+    assert registry.ingest(topic, json.dumps(legacy).encode()) == IngestOutcome.APPLIED
+    device = registry.device("box-1")
+    assert device is not None and device.ota_enabled is None and device.trusted_keys == []

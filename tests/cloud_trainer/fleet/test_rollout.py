@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.fleet.db import rollout_devices
-from cloud_trainer.fleet.params import RolloutParams, RolloutTargets
+from cloud_trainer.fleet.params import RolloutAction, RolloutParams, RolloutTargets
 from cloud_trainer.fleet.rollout import RolloutError, RolloutStatus, wave_sizes
 from cloud_trainer.fleet.service import ControlPlane
 from cloud_trainer.fleet.states import RolloutState
@@ -381,3 +381,41 @@ def test_concurrent_callers_never_share_a_desired_state_sequence(
     for into in taken:  # each caller's numbers keep growing
         assert into == sorted(into)
     assert list(controller._next_sequences(0)) == []
+
+
+def test_a_rollout_warns_about_devices_that_will_never_take_it(
+    mosquitto: MosquittoProcess, plane_factory: Callable[..., ControlPlane], fleet_name: str
+) -> None:
+    """From their heartbeats: a device with OTA off, one that does not trust the control
+    plane's key; an agent too old to say (None) and a willing one raise nothing."""
+    trusting = DeviceBehaviour(ota_enabled=True, trusted_keys=("cp-test",), update_delay_s=30)
+    devices = [
+        SimulatedDevice("dev-ok", "line-1", 1, trusting),
+        SimulatedDevice("dev-old", "line-1", 1, DeviceBehaviour(update_delay_s=30)),
+        SimulatedDevice("dev-off", "line-1", 1, DeviceBehaviour(ota_enabled=False)),
+        SimulatedDevice(
+            "dev-other", "line-1", 1, DeviceBehaviour(ota_enabled=True, trusted_keys=("other",))
+        ),
+    ]
+    fleet = SimulatedFleet(
+        mosquitto.host, mosquitto.port, Topics(fleet_name), devices, heartbeat_s=0.2
+    )
+    fleet.start()
+    try:
+        plane = plane_factory()
+        wait_for(
+            lambda: sum(d.ota_enabled is not None for d in plane.registry.devices()) == 3,
+            timeout=10,
+        )
+        assert plane.registry.device("dev-other").trusted_keys == ["other"]  # type: ignore[union-attr]
+        params = RolloutParams(waves=[1.0], device_timeout_s=600)
+        plane.controller.start("r-warn", MODEL, 2, RolloutTargets(whole_fleet=True), params)
+        warnings = plane.controller.status("r-warn").warnings
+        assert len(warnings) == 2, warnings
+        assert "dev-off has OTA disabled" in warnings[0]
+        assert "dev-other does not trust signing key 'cp-test'" in warnings[1]
+        assert plane.controller.status("r-warn", warnings=False).warnings == []
+        plane.controller.act("r-warn", RolloutAction.ABORT)
+        assert plane.controller.status("r-warn").warnings == [], "only live rollouts warn"
+    finally:
+        fleet.stop()

@@ -153,6 +153,11 @@ def test_update_goes_active_and_frames_keep_flowing(
         assert agent.pipeline.stats.processed > processed
         store = agent.status().model_dump(mode="json")["ota"]["store"]
         assert store["current"] == 2 and store["probation"] is False
+        beat = agent.heartbeat()  # the fleet learns the agent takes updates, and whose
+        assert beat.ota_enabled is True and beat.trusted_keys == sorted(
+            agent.config.ota.trusted_keys
+        )
+        assert beat.trusted_keys, "the test agent trusts the control plane's key"
     finally:
         agent.stop()
 
