@@ -1,12 +1,14 @@
 """The learning loop end to end, per drift scenario and hard-example selection strategy.
 
     python benchmarks/learning_loop.py [--quick] [--scenarios lighting,defects]
-        [--strategies linefleet,random,confidence_band] [--seeds 0] [--frames 1500]
-        [--budget 0.05] [--epochs N]
+        [--strategies linefleet,random,confidence_band] [--seeds 0] [--frames 2000]
+        [--lead-in 1500] [--budget 0.03] [--epochs N]
+        [--second-round lighting:new_variant_lighting]
 
-For each scenario, the synthetic line runs drifted (``defects``: undrifted, the bootstrap's
-missing class) for ``--frames`` frames at camera time (10 fps), and the bootstrap model
-detects on every frame through the agent's ``InferenceRunner``. Each strategy mines the same
+For each scenario, the agent's synthetic camera shows ``--lead-in`` frames of the line as the
+bootstrap knew it, then ``--frames`` frames of the drifted line (``defects``: undrifted, the
+class the bootstrap misses), at camera time (10 fps); the bootstrap model detects on every
+frame through the agent's ``InferenceRunner``. Each strategy mines the same
 stream through the agent's real ``HardExamplePolicy`` (its samplers, rate limits at camera
 time, near-duplicate filter) into its own disk ``Spool``; the real ``Uploader`` then sends the
 ``--budget`` share of frames, most important first (the spool's order over a thin uplink), to
@@ -19,6 +21,11 @@ Strategies, at the same label budget:
 - ``random``: frames drawn uniformly from the stream (exactly the budget);
 - ``confidence_band``: the confidence-band sampler alone (what Sedna's and Roboflow's
   defaults amount to).
+
+``--second-round SCENARIO:DRIFT``: after that scenario's ``linefleet`` update, the line
+drifts further; the
+production model (v2 if the gate passed it) mines again, the model line retrains on all it
+has, and the gate decides: production must never get worse on either drift's test set.
 
 Scored on held-out frames (other seeds) of the drifted line and of the undrifted line:
 mAP50 (gate-style, the whole precision-recall curve through the agent's runtime), recall
@@ -50,9 +57,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine import describe_machine  # noqa: E402
 from cloud_trainer.config import StorageSection, TrainerConfig, TrainingSection  # noqa: E402
 from cloud_trainer.release.evaluate import EVAL_CONFIDENCE, MetricsAccumulator  # noqa: E402
+from cloud_trainer.release.model_registry import ModelRegistry  # noqa: E402
 from cloud_trainer.retrain import Retrainer, RunReport  # noqa: E402
 from cloud_trainer.store import ObjectStore  # noqa: E402
 from edge_agent.camera import Frame  # noqa: E402
+from edge_agent.camera.sources import SyntheticSource  # noqa: E402
 from edge_agent.config import MiningSection, ModelSection  # noqa: E402
 from edge_agent.inference import InferenceRunner, RunnerOptions  # noqa: E402
 from edge_agent.sinks.mining import (  # noqa: E402
@@ -67,7 +76,8 @@ from edge_agent.upload.uploader import Uploader  # noqa: E402
 from shared.detections import Detections  # noqa: E402
 from shared.infra.s3 import S3Target  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
-from shared.synth import CLASS_NAMES, SyntheticLine  # noqa: E402
+from shared.synth import CLASS_NAMES, LineConfig, SyntheticLine  # noqa: E402
+from shared.synth.drift import DRIFT_PRESETS  # noqa: E402
 from testing.bootstrap_model import BootstrapFiles, bootstrap_files, register_bootstrap  # noqa: E402
 from testing.local_services import NanioS3Process  # noqa: E402
 
@@ -171,10 +181,23 @@ def samplers_for(
     raise SystemExit(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
 
 
-def stream(drift: str, frames: int, seed: int) -> Iterator[tuple[int, Any, Detections]]:
-    line = SyntheticLine(seed=1_000 + seed, drift=drift, fps=CAMERA_FPS)
-    for index, frame in enumerate(line.frames(frames)):
-        yield index, frame.image, frame.truth
+def stream(
+    drift: str, frames: int, seed: int, lead_in: int, before: str = "none"
+) -> Iterator[tuple[int, Any, Detections]]:
+    """The agent's synthetic camera: ``lead_in`` frames of the line as it was (``before``),
+    then ``frames`` of the changed one, as a line drifts under a running model."""
+    source = SyntheticSource(
+        LineConfig(seed=1_000 + seed, drift=before, fps=CAMERA_FPS),
+        max_frames=lead_in + frames,
+        drift_schedule=[(lead_in, drift)],
+    )
+    source.open()
+    index = 0
+    while (capture := source.read()) is not None:
+        image, truth = capture
+        assert truth is not None
+        yield index, image, truth
+        index += 1
 
 
 class Loop:
@@ -186,6 +209,7 @@ class Loop:
         self.key_file = work / "bench.key"
         self.key_file.write_bytes(self.key.private_pem())
         self.bootstrap: BootstrapFiles = bootstrap_files(work / "bootstrap")
+        self.total_frames = args.lead_in + args.frames
 
     def trainer_config(self, name: str) -> TrainerConfig:
         a = self.args
@@ -206,25 +230,33 @@ class Loop:
         )
 
     def mine(
-        self, scenario: str, seed: int, strategies: list[str], budget: int
+        self,
+        model: Path,
+        drift: str,
+        seed: int,
+        fleets: dict[str, str],
+        budget: int,
+        *,
+        before: str = "none",
     ) -> dict[str, tuple[Spool, HardExamplePolicy]]:
-        """One pass over the stream: the production model detects once per frame and every
-        strategy's policy sees the same (frame, detections)."""
+        """One pass over the stream: the production ``model`` detects once per frame and
+        every strategy's policy (strategy -> its fleet, i.e. its model line) sees the same
+        (frame, detections)."""
         runner = InferenceRunner(
-            self.bootstrap.onnx,
+            model,
             RunnerOptions(conf_threshold=OPERATING_CONFIDENCE, warmup_runs=1),
             class_names=CLASS_NAMES,
         )
         clock = CameraClock()
         stop = threading.Event()
         policies: dict[str, tuple[Spool, HardExamplePolicy]] = {}
-        for strategy in strategies:
-            spool = Spool(self.work / "spools" / f"{scenario}-{strategy}-{seed}")
+        for strategy, fleet in fleets.items():
+            spool = Spool(self.work / "spools" / f"{fleet}-{drift}-{seed}")
             policy = HardExamplePolicy(
-                samplers_for(strategy, clock, self.args.frames, budget, seed),
+                samplers_for(strategy, clock, self.total_frames, budget, seed),
                 spool,
                 stop,
-                fleet=f"{scenario}-{strategy}-s{seed}",
+                fleet=fleet,
                 device_id="edge-01",
                 # Random frames are the budget exactly: none is dropped as a near-duplicate
                 # (on a slow belt, frames seconds apart hash alike: 25% were at 2000 frames).
@@ -233,7 +265,8 @@ class Loop:
             policies[strategy] = (spool, policy)
         start = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
         try:
-            for index, image, truth in stream(SCENARIOS[scenario], self.args.frames, seed):
+            lead_in = self.args.lead_in
+            for index, image, truth in stream(drift, self.args.frames, seed, lead_in, before):
                 clock.now = index / CAMERA_FPS
                 frame = Frame(
                     "cam1",
@@ -277,6 +310,43 @@ class Loop:
         exported = sorted((config.work_dir / "runs" / report.run_id / "export").glob("*.onnx"))
         return report, (exported[0] if exported else None)
 
+    def production_onnx(self, name: str) -> tuple[int, Path]:
+        config = self.trainer_config(name)
+        registry = ModelRegistry(ObjectStore.from_config(config.storage), name)
+        version = registry.latest_published().version
+        return version, registry.fetch(version, self.work / name / "production").onnx
+
+    def second_round(
+        self, name: str, *, first: str, drift: str, seed: int, budget: int, first_test: list[Any]
+    ) -> dict[str, Any]:
+        """A further drift after the first update: the production model (v2 when round one
+        published) mines the new condition and the model line retrains on everything it
+        has; the gate decides. Reports whether production ever got worse."""
+        version, production = self.production_onnx(name)
+        fleets = {"linefleet": name}
+        mined = self.mine(production, drift, seed + 500, fleets, budget, before=first)
+        spool, _ = mined["linefleet"]
+        labels = self.upload(spool, budget)
+        spool.close()
+        report, candidate = self.retrain(name)
+        log(f"{name} round 2 ({drift}): {labels} labels, {report.status}: {report.reason}")
+        new_test = test_frames(drift)
+        after_version, after = self.production_onnx(name)
+        return {
+            "drift": drift,
+            "production_version": version,
+            "labels": labels,
+            "gate": str(report.status),
+            "gate_reason": report.reason,
+            "map50_production_on_new_drift": score(production, new_test).map50,
+            "map50_candidate_on_new_drift": score(candidate, new_test).map50 if candidate else None,
+            "production_version_after": after_version,
+            "map50_production_after_on_new_drift": score(after, new_test).map50,
+            # Never regress: what runs after round two, on round one's drifted test set.
+            "map50_round1_test_before": score(production, first_test).map50,
+            "map50_round1_test_after": score(after, first_test).map50,
+        }
+
     def register(self, name: str) -> None:
         config = self.trainer_config(name)
         store = ObjectStore.from_config(config.storage)
@@ -317,6 +387,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         entry["recall_after_update"] = rows[0]["recall_after_update"]
         entry["precision_after_update"] = rows[0]["precision_after_update"]
         entry["reasons"] = rows[0]["reasons"]
+        if "second_round" in rows[0]:
+            entry["second_round"] = rows[0]["second_round"]
         out.setdefault(scenario, {})[strategy] = entry
     return out
 
@@ -327,10 +399,23 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--frames", type=int, default=1500)
-    parser.add_argument("--budget", type=float, default=0.05, help="share of frames labelled")
+    parser.add_argument("--frames", type=int, default=2000, help="frames after the change")
+    parser.add_argument(
+        "--lead-in",
+        type=int,
+        default=1500,
+        help="frames of the undrifted line first (the drift sampler's baseline: 150 s)",
+    )
+    parser.add_argument(
+        "--budget", type=float, default=0.03, help="share of all frames labelled (lead-in too)"
+    )
     parser.add_argument("--epochs", type=int, default=TrainingSection().epochs)
     parser.add_argument("--replay", type=int, default=48, help="replayed bootstrap images")
+    parser.add_argument(
+        "--second-round",
+        metavar="SCENARIO:DRIFT",
+        help="after the linefleet update of SCENARIO, a further DRIFT and a second loop",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     scenarios = ["lighting"] if args.quick else args.scenarios.split(",")
@@ -339,7 +424,16 @@ def main() -> None:
     for scenario in scenarios:
         if scenario not in SCENARIOS:
             raise SystemExit(f"unknown scenario {scenario!r}; choose from {list(SCENARIOS)}")
-    budget = max(1, round(args.budget * args.frames))
+    second: tuple[str, str] | None = None
+    if args.second_round:
+        first_scenario, _, further = args.second_round.partition(":")
+        if first_scenario not in SCENARIOS or further not in DRIFT_PRESETS:
+            raise SystemExit(
+                f"--second-round takes SCENARIO:DRIFT, e.g. lighting:new_variant_lighting; "
+                f"scenarios {list(SCENARIOS)}, drifts {list(DRIFT_PRESETS)}"
+            )
+        second = (first_scenario, further)
+    budget = max(1, round(args.budget * (args.lead_in + args.frames)))
 
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="lf-bench-loop-"))
@@ -354,9 +448,12 @@ def main() -> None:
                 drifted = test_frames(SCENARIOS[scenario])
                 at_drift = score(loop.bootstrap.onnx, drifted)
                 for seed in seeds:
-                    mined = loop.mine(scenario, seed, strategies, budget)
+                    fleets = {s: f"{scenario}-{s}-s{seed}" for s in strategies}
+                    mined = loop.mine(
+                        loop.bootstrap.onnx, SCENARIOS[scenario], seed, fleets, budget
+                    )
                     for strategy, (spool, policy) in mined.items():
-                        name = f"{scenario}-{strategy}-s{seed}"
+                        name = fleets[strategy]
                         spooled = spool.stats().accepted
                         labels = loop.upload(spool, budget)
                         spool.close()
@@ -380,7 +477,7 @@ def main() -> None:
                                 "forgetting": round(before.map50 - kept.map50, 4),
                                 "labels": labels,
                                 "spooled": spooled,
-                                "uploaded_fraction": round(labels / args.frames, 4),
+                                "uploaded_fraction": round(labels / loop.total_frames, 4),
                                 "train_cpu_s": training.compute_seconds if training else None,
                                 "gate": str(report.status),
                                 "recall_after_update": after.recall,
@@ -389,6 +486,16 @@ def main() -> None:
                                 "reasons": dict(policy.stats.triggered),
                             }
                         )
+                        wanted = second is not None and second[0] == scenario
+                        if wanted and second is not None and strategy == "linefleet":
+                            runs[-1]["second_round"] = loop.second_round(
+                                name,
+                                first=SCENARIOS[scenario],
+                                drift=second[1],
+                                seed=seed,
+                                budget=budget,
+                                first_test=drifted,
+                            )
                         log(json.dumps(runs[-1]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -396,6 +503,7 @@ def main() -> None:
         "benchmark": "learning_loop",
         "machine": describe_machine(),
         "frames": args.frames,
+        "lead_in_frames": args.lead_in,
         "budget_fraction": args.budget,
         "epochs": args.epochs,
         "seeds": seeds,

@@ -248,6 +248,26 @@ class DisagreementSection(SamplerSection):
     priority: float = 5.0
 
 
+class DriftSection(SamplerSection):
+    """A uniform sample of the line while what the model reports has moved away from the
+    camera's own baseline: the class mix by ``shift`` (L1 of the class shares, 0-2) or the
+    detections per frame by ``count_change`` (relative)."""
+
+    shift: float = Field(default=0.5, gt=0.0, le=2.0)
+    count_change: float = Field(default=0.5, gt=0.0)
+    probability: float = Field(default=0.1, gt=0.0, le=1.0)
+    fast_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    slow_s: float = Field(default=3600.0, gt=0.0, le=7 * 86400.0)
+    warmup_s: float = Field(default=120.0, ge=0.0, le=86400.0, description="baseline first")
+    priority: float = 3.5
+
+    @model_validator(mode="after")
+    def _fast_below_slow(self) -> DriftSection:
+        if self.fast_s >= self.slow_s:
+            raise ValueError("fast_s must be below slow_s")
+        return self
+
+
 class RandomSamplerSection(SamplerSection):
     probability: float = Field(default=0.01, ge=0.0, le=1.0)
     priority: float = 0.5
@@ -267,6 +287,7 @@ class MiningSection(_Section):
     count_anomaly: CountAnomalySection = CountAnomalySection()
     flicker: FlickerSection = FlickerSection()
     disagreement: DisagreementSection = DisagreementSection()
+    drift: DriftSection = DriftSection()
     random: RandomSamplerSection = RandomSamplerSection()
 
 

@@ -13,6 +13,7 @@ from edge_agent.sinks.mining.samplers import (
     ConfidenceBandSampler,
     CountAnomalySampler,
     DisagreementSampler,
+    DriftSampler,
     FlickerSampler,
     RandomSampler,
     Sampler,
@@ -61,6 +62,22 @@ def build_samplers(
                 _limits(d),
                 every_n=d.every_n,
                 max_agreement=d.max_agreement,
+            )
+        )
+    w = config.drift
+    if w.enabled:
+        samplers.append(
+            DriftSampler(
+                "drift",
+                w.priority,
+                _limits(w),
+                shift=w.shift,
+                count_change=w.count_change,
+                probability=w.probability,
+                fast_s=w.fast_s,
+                slow_s=w.slow_s,
+                warmup_s=w.warmup_s,
+                rng=random.Random(rng.random()) if rng is not None else random.Random(),
             )
         )
     r = config.random

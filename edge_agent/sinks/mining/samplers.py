@@ -8,11 +8,13 @@ frame later.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from edge_agent.camera import Frame
 from edge_agent.inference import InferenceRunner
@@ -160,6 +162,75 @@ class DisagreementSampler(Sampler):
             if match_ratio(item.detections, shadow, self.iou_threshold) < self.max_agreement
             else None
         )
+
+
+@dataclass
+class _DriftState:
+    fast: NDArray[np.float64]  # per-class detections per frame, followed over seconds
+    slow: NDArray[np.float64]  # the same over about an hour: the camera's baseline
+    first: float
+    last: float
+
+
+@dataclass
+class DriftSampler(Sampler):
+    """The line changed: a uniform sample of the new condition while it lasts.
+
+    Uncertainty samplers say little about a changed line: the bootstrap model puts a
+    detection in the confidence band on 79% of the frames of the steady line and on as many
+    after a lamp fails, and nothing at all about the parts it no longer sees (measured in
+    benchmarks/learning_loop.py). What does change is what the model reports: per camera,
+    the detections per frame and their class mix are followed fast (seconds) and slow (an
+    hour); while the mix has moved by ``shift`` (L1 distance of the class shares, 0-2) or the
+    count by ``count_change`` (relative), frames are flagged with ``probability``, which
+    spreads the picks over the changed line like a random sample of it.
+    """
+
+    shift: float = 0.5
+    count_change: float = 0.5
+    probability: float = 0.1
+    # Time constants in camera seconds (frame timestamps), whatever the frame rate.
+    fast_s: float = 30.0
+    slow_s: float = 3600.0
+    warmup_s: float = 120.0
+    rng: random.Random = field(default_factory=random.Random)
+    _state: dict[str, _DriftState] = field(default_factory=dict)
+
+    def drifting(self, camera_id: str) -> bool:
+        state = self._state.get(camera_id)
+        if state is None or state.last - state.first < self.warmup_s:
+            return False
+        fast_count, slow_count = float(state.fast.sum()), float(state.slow.sum())
+        if abs(fast_count - slow_count) > self.count_change * max(slow_count, 1.0):
+            return True
+        if fast_count <= 0.0 or slow_count <= 0.0:
+            return False
+        mix = np.abs(state.fast / fast_count - state.slow / slow_count).sum()
+        return bool(mix > self.shift)
+
+    def observe(self, item: MiningInput) -> MiningInput | None:
+        camera, now = item.frame.camera_id, item.frame.captured_mono
+        classes = item.detections.class_id
+        counts = np.bincount(
+            classes[(classes >= 0) & (classes < len(item.class_names))],
+            minlength=len(item.class_names),
+        ).astype(np.float64)
+        state = self._state.get(camera)
+        if state is None or state.fast.shape != counts.shape:  # first frame, or a new model
+            state = _DriftState(counts.copy(), counts.copy(), now, now)
+            self._state[camera] = state
+        dt = max(0.0, now - state.last)
+        state.fast += (counts - state.fast) * (1.0 - math.exp(-dt / self.fast_s))
+        # The baseline is the plain mean of the warm-up (parts come and go: a few seconds
+        # say little about the mix), then learns slowly: a lasting change becomes the new
+        # normal only after about an hour (a retrain's time).
+        age = now - state.first
+        tau = max(age, dt, 1e-6) if age < self.warmup_s else self.slow_s
+        state.slow += (counts - state.slow) * (1.0 - math.exp(-dt / tau))
+        state.last = now
+        if self.drifting(camera) and self.rng.random() < self.probability:
+            return item
+        return None
 
 
 @dataclass

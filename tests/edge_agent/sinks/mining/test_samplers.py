@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_agent.camera import Frame
 from edge_agent.config import MiningSection
@@ -15,6 +16,7 @@ from edge_agent.sinks.mining import (
     ConfidenceBandSampler,
     CountAnomalySampler,
     DisagreementSampler,
+    DriftSampler,
     FlickerSampler,
     MiningInput,
     NearDuplicateFilter,
@@ -38,6 +40,7 @@ def item(
     seq: int = 0,
     camera: str = "cam0",
     image: np.ndarray | None = None,
+    at: float | None = None,
 ) -> MiningInput:
     boxes = boxes or []
     det = (
@@ -50,7 +53,7 @@ def item(
         seq,
         image if image is not None else np.zeros((64, 64, 3), np.uint8),
         datetime.now(UTC),
-        time.monotonic(),
+        time.monotonic() if at is None else at,
     )
     return MiningInput(frame, det, "m", 1, NAMES)
 
@@ -176,3 +179,48 @@ def test_samplers_from_config_follow_the_given_clock_and_seed() -> None:
         return [sampler.observe(item()) is not None for _ in range(50)]
 
     assert picks(7) == picks(7) and picks(7) != picks(8)
+
+
+def test_drift_sampler_samples_the_changed_line_while_the_models_reports_moved() -> None:
+    """A minute of a steady line (a bolt and a nut a frame), then new parts: the model calls
+    everything a bracket. Quiet on the steady line and while the fast average moves, then
+    about ``probability`` of the changed line's frames, on each camera by itself."""
+    sampler = DriftSampler(
+        "drift", probability=0.2, fast_s=10.0, warmup_s=30.0, rng=random.Random(1)
+    )
+    fps, other = 10.0, [50.0, 50.0, 70.0, 70.0]
+    steady = [
+        sampler.observe(item([BOX, other], [0.9, 0.9], [0, 1], at=i / fps)) for i in range(600)
+    ]
+    assert not any(steady), "a steady line is not a drift"
+    changed = [
+        sampler.observe(item([BOX, other], [0.9, 0.9], [3, 3], at=60 + i / fps)) for i in range(600)
+    ]
+    assert not any(changed[:20]), "the fast average takes a few seconds to move"
+    hits = sum(flag is not None for flag in changed[100:])
+    assert 70 < hits < 130, hits  # about 0.2 of 500 frames
+    assert sampler.drifting("cam0") and not sampler.drifting("other")
+    assert sampler.observe(item(camera="other", at=120.0)) is None, "its own warm-up"
+
+
+def test_drift_sampler_sees_a_line_gone_blind() -> None:
+    """A failed lamp: the model's detections drop from four a frame to none or one."""
+    sampler = DriftSampler("drift", probability=1.0, fast_s=10.0, warmup_s=30.0)
+    boxes = [BOX, [50.0, 50.0, 70.0, 70.0], [80.0, 10.0, 99.0, 30.0], [10.0, 80.0, 30.0, 99.0]]
+    for i in range(300):
+        assert sampler.observe(item(boxes, [0.9] * 4, [0, 1, 2, 3], at=i / 10)) is None
+    dark = [sampler.observe(item(boxes[: i % 2], at=30 + i / 10)) for i in range(300)]
+    flagged = [i for i, flag in enumerate(dark) if flag is not None]
+    # From when the fast average has halved (about 0.7 of its 10 s) to the end.
+    assert 50 < flagged[0] < 100 and len(flagged) == 300 - flagged[0]
+    assert not DriftSampler("drift").drifting("cam0"), "nothing seen, nothing said"
+
+
+def test_drift_sampler_is_built_from_config() -> None:
+    config = MiningSection(drift={"shift": 0.8, "count_change": 0.3})  # type: ignore[arg-type]
+    (drift,) = [s for s in build_samplers(config) if isinstance(s, DriftSampler)]
+    assert (drift.shift, drift.count_change, drift.priority) == (0.8, 0.3, 3.5)
+    off = MiningSection(drift={"enabled": False})  # type: ignore[arg-type]
+    assert not [s for s in build_samplers(off) if isinstance(s, DriftSampler)]
+    with pytest.raises(ValueError, match="fast_s must be below slow_s"):
+        MiningSection(drift={"fast_s": 60, "slow_s": 30})  # type: ignore[arg-type]
