@@ -477,6 +477,7 @@ class Agent:
         stats = self.pipeline.stats
         device = self.config.device
         now = time.monotonic()
+        drifting = self.mining.drifting_cameras() if self.mining is not None else set()
         return AgentStatus(
             device=DeviceStatus(id=device.id, fleet=device.fleet, group=device.group),
             agent_version=__version__,
@@ -519,6 +520,7 @@ class Agent:
                         CameraTransition(seconds_ago=round(now - at, 1), state=state, reason=why)
                         for at, state, why in list(c.history)[-8:]
                     ],
+                    drifting=c.camera_id in drifting,
                 )
                 for c in self.cameras
             },

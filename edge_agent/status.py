@@ -69,6 +69,8 @@ class CameraStatus(_View):
     last_error: str
     # The last transitions (reconnects, stalls, refused credentials), oldest first.
     recent_states: list[CameraTransition]
+    # What the model reports from this camera has moved from its baseline (drift sampler).
+    drifting: bool = False
 
 
 class OtaStatus(_View):
@@ -147,6 +149,7 @@ class AgentStatus(_View):
                     reconnects=c.reconnects,
                     stalls=c.stalls,
                     last_error=c.last_error[:300],
+                    drifting=c.drifting,
                 )
                 for camera_id, c in self.cameras.items()
             },

@@ -193,7 +193,8 @@ class CameraState(StrEnum):
 
 
 class CameraHealth(BaseModel):
-    """One camera in a heartbeat. Fields after ``errors`` came with heartbeat schema 2."""
+    """One camera in a heartbeat. Fields after ``errors`` came with heartbeat schema 2,
+    ``drifting`` with schema 3."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -206,13 +207,17 @@ class CameraHealth(BaseModel):
     reconnects: int = Field(default=0, ge=0)
     stalls: int = Field(default=0, ge=0)
     last_error: Annotated[str, StringConstraints(max_length=300)] = ""
+    # What the model reports from this camera has moved from its baseline (mining's drift
+    # sampler): the line changed under the model.
+    drifting: bool = False
 
 
 class Heartbeat(_Message):
     """Schema 2 added the cameras' fps in, frame age, reconnects, stalls and last error; a
     schema-1 heartbeat of an older agent still parses (those figures read as zero).
     Schema 3 added whether OTA is enabled and which signing keys the agent trusts, so a
-    rollout can warn about devices that will never take it (older agents: unknown)."""
+    rollout can warn about devices that will never take it (older agents: unknown), and
+    whether each camera's line is drifting."""
 
     schema_version: Literal[1, 2, 3] = 3  # type: ignore[assignment]
     device_id: Identifier

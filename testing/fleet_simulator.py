@@ -52,6 +52,7 @@ class DeviceBehaviour:
     # What the heartbeat says of OTA (None: like an agent older than heartbeat schema 3).
     ota_enabled: bool | None = None
     trusted_keys: tuple[str, ...] = ()
+    drifting: bool = False  # cam0's line changed under the model (the drift sampler's view)
 
 
 @dataclass
@@ -205,7 +206,11 @@ class SimulatedFleet:
             latency_ms_p99=15.0,
             cameras={
                 "cam0": CameraHealth(
-                    state=CameraState.STREAMING, fps=fps, fps_in=25.0, frame_age_ms_p99=12.0
+                    state=CameraState.STREAMING,
+                    fps=fps,
+                    fps_in=25.0,
+                    frame_age_ms_p99=12.0,
+                    drifting=device.behaviour.drifting,
                 )
             },
             ota_enabled=device.behaviour.ota_enabled,

@@ -18,7 +18,7 @@ import cv2
 
 from edge_agent.frame_path import DetectionResult
 from edge_agent.sinks.mining.dedup import NearDuplicateFilter
-from edge_agent.sinks.mining.samplers import MiningInput, Sampler
+from edge_agent.sinks.mining.samplers import DriftSampler, MiningInput, Sampler
 from edge_agent.upload.spool import Spool, SpoolError
 from shared.hard_examples import HardExampleSidecar
 from shared.messages import DetectionRecord
@@ -80,6 +80,14 @@ class HardExamplePolicy:
 
     def start(self) -> None:
         self._thread.start()
+
+    def drifting_cameras(self) -> set[str]:
+        """Cameras whose line has changed under the model, by the drift sampler."""
+        out: set[str] = set()
+        for sampler in self.samplers:
+            if isinstance(sampler, DriftSampler):
+                out.update(c for c in list(sampler.cameras()) if sampler.drifting(c))
+        return out
 
     def join(self, timeout: float = 5.0) -> None:
         self._thread.join(timeout)

@@ -196,6 +196,9 @@ class DriftSampler(Sampler):
     rng: random.Random = field(default_factory=random.Random)
     _state: dict[str, _DriftState] = field(default_factory=dict)
 
+    def cameras(self) -> list[str]:
+        return list(self._state)
+
     def drifting(self, camera_id: str) -> bool:
         state = self._state.get(camera_id)
         if state is None or state.last - state.first < self.warmup_s:

@@ -207,7 +207,12 @@ def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
 ) -> None:
     plane, base = served
     devices = [
-        SimulatedDevice(f"dev-{i:03d}", f"line-{1 + i % 2}", 1, DeviceBehaviour(ota_enabled=i != 3))
+        SimulatedDevice(
+            f"dev-{i:03d}",
+            f"line-{1 + i % 2}",
+            1,
+            DeviceBehaviour(ota_enabled=i != 3, drifting=i == 1),
+        )
         for i in range(4)
     ]
     fleet = SimulatedFleet(
@@ -237,6 +242,14 @@ def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
             # A device whose agent has OTA off says so (from its heartbeat).
             off = "document.querySelector('#devices tr[data-device=dev-003]').textContent"
             page.wait_for(f"{off}.includes('disabled')")
+            # A camera whose line drifts under the model (the agent's drift sampler).
+            page.wait_for("document.querySelector('.camera[data-drifting=true]')")
+            drifting = "document.querySelector('.camera[data-drifting=true]').textContent"
+            assert "line drifting" in page.evaluate(drifting)
+            assert (
+                page.evaluate("document.querySelectorAll('.camera[data-drifting=true]').length")
+                == 1
+            )
             # Runs: labels used (not the replayed data), stage timings, the gate per class.
             page.wait_for("document.querySelector('#runs tr[data-status=rejected]')")
             run = page.evaluate("document.querySelector('#runs tr').textContent")

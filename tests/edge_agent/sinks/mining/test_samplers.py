@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from edge_agent.sinks.mining import (
     DisagreementSampler,
     DriftSampler,
     FlickerSampler,
+    HardExamplePolicy,
     MiningInput,
     NearDuplicateFilter,
     RandomSampler,
@@ -26,6 +28,7 @@ from edge_agent.sinks.mining import (
 )
 from edge_agent.sinks.mining.factory import build_samplers
 from edge_agent.sinks.mining.samplers import match_ratio
+from edge_agent.upload.spool import Spool
 from shared.detections import Detections
 from tests.edge_agent.onnx_models import brightness_detector
 
@@ -224,3 +227,18 @@ def test_drift_sampler_is_built_from_config() -> None:
     assert not [s for s in build_samplers(off) if isinstance(s, DriftSampler)]
     with pytest.raises(ValueError, match="fast_s must be below slow_s"):
         MiningSection(drift={"fast_s": 60, "slow_s": 30})  # type: ignore[arg-type]
+
+
+def test_the_policy_says_which_cameras_drift(tmp_path: Path) -> None:
+    """What the heartbeat reports per camera: the drift sampler's view, camera by camera."""
+    drift = DriftSampler("drift", probability=0.0, fast_s=10.0, warmup_s=30.0)
+    spool = Spool(tmp_path / "spool")
+    policy = HardExamplePolicy([drift], spool, threading.Event(), fleet="f", device_id="d")
+    for i in range(600):
+        policy.process(item([BOX], [0.9], [0], camera="cam0", at=i / 10))
+        policy.process(item([BOX], [0.9], [0], camera="cam1", at=i / 10))
+    for i in range(300):  # cam1's parts now all look like brackets to the model
+        policy.process(item([BOX], [0.9], [0], camera="cam0", at=60 + i / 10))
+        policy.process(item([BOX], [0.9], [3], camera="cam1", at=60 + i / 10))
+    assert policy.drifting_cameras() == {"cam1"}
+    spool.close()
