@@ -20,7 +20,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from cloud_trainer.errors import ObjectNotFoundError, TrainerError
 from cloud_trainer.fleet.device_registry import DeviceRow, FleetRegistry
 from cloud_trainer.fleet.params import RolloutAction, RolloutParams, RolloutRequest
-from cloud_trainer.fleet.rollout import RolloutController, RolloutError, RolloutStatus
+from cloud_trainer.fleet.rollout import (
+    RolloutController,
+    RolloutDeviceView,
+    RolloutError,
+    RolloutStatus,
+)
 from cloud_trainer.release.model_registry import IndexEntry, ModelRegistry
 from cloud_trainer.store import ObjectStore
 from shared.errors import ContractError
@@ -78,6 +83,17 @@ def create_control_app(
     def rollout(rollout_id: str) -> RolloutStatus:
         try:
             return controller.status(rollout_id)
+        except RolloutError as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    @app.get("/api/rollouts/{rollout_id}/devices", dependencies=guarded)
+    def rollout_devices(
+        rollout_id: str,
+        wave: int | None = Query(default=None, ge=1, le=20),
+        limit: int = Query(default=500, ge=1, le=5000),
+    ) -> list[RolloutDeviceView]:
+        try:
+            return controller.devices(rollout_id, wave=wave, limit=limit)
         except RolloutError as exc:
             raise HTTPException(404, str(exc)) from exc
 

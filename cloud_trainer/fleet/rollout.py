@@ -70,6 +70,24 @@ class RolloutStatus:
 MAX_WARNINGS = 20
 
 
+@dataclass(frozen=True)
+class RolloutDeviceView:
+    """One device of a rollout, for an operator asking why a wave does not move: its state
+    in the rollout, what the device itself last reported, and how long until it times out."""
+
+    device_id: str
+    wave: int  # 1-based, as the page shows it
+    state: DeviceState
+    targeted_at: datetime | None
+    done_at: datetime | None
+    reason: str  # the rollout's reason for this device (failure, retarget)
+    online: bool | None
+    ota_state: str | None  # the device's own report
+    device_reason: str
+    running_version: int | None
+    timeout_in_s: float | None  # while targeted and the rollout has a device timeout
+
+
 def device_warning(device: DeviceRow, key_id: str) -> str | None:
     """Why ``device`` cannot take a version signed by ``key_id``; None when it can or when
     its agent is too old to say."""
@@ -637,6 +655,54 @@ class RolloutController:
             more = len(found) - MAX_WARNINGS
             return [*found[:MAX_WARNINGS], f"... and {more} more device(s)"]
         return found
+
+    def devices(
+        self, rollout_id: str, *, wave: int | None = None, limit: int = 500
+    ) -> list[RolloutDeviceView]:
+        """The rollout's devices (of ``wave``, 1-based), failures and waiting ones first."""
+        row = self._row(rollout_id)
+        timeout = RolloutParams.model_validate(row["params"]).device_timeout_s
+        query = select(rollout_devices).where(rollout_devices.c.rollout_id == rollout_id)
+        if wave is not None:
+            query = query.where(rollout_devices.c.wave == wave - 1)
+        order = {
+            DeviceState.FAILED: 0,
+            DeviceState.TIMED_OUT: 1,
+            DeviceState.TARGETED: 2,
+            DeviceState.PENDING: 3,
+            DeviceState.RETARGETED: 4,
+            DeviceState.ACTIVE: 5,
+        }
+        with self.engine.connect() as connection:
+            rows = [dict(r._mapping) for r in connection.execute(query)]
+        rows.sort(key=lambda r: (order.get(DeviceState(r["state"]), 9), r["device_id"]))
+        rows = rows[:limit]
+        known = self.registry.devices_by_id([r["device_id"] for r in rows])
+        now = self.now()
+        views = []
+        for r in rows:
+            device = known.get(r["device_id"])
+            state = DeviceState(r["state"])
+            left = None
+            if state is DeviceState.TARGETED and timeout is not None and r["targeted_at"]:
+                elapsed = (now - r["targeted_at"]).total_seconds()
+                left = round(max(0.0, timeout - elapsed), 1)
+            views.append(
+                RolloutDeviceView(
+                    device_id=r["device_id"],
+                    wave=int(r["wave"]) + 1,
+                    state=state,
+                    targeted_at=r["targeted_at"],
+                    done_at=r["done_at"],
+                    reason=r["reason"],
+                    online=device.online if device else None,
+                    ota_state=device.ota_state.value if device and device.ota_state else None,
+                    device_reason=device.reason if device else "",
+                    running_version=device.running_version if device else None,
+                    timeout_in_s=left,
+                )
+            )
+        return views
 
     def rollouts(self) -> list[str]:
         with self.engine.connect() as connection:

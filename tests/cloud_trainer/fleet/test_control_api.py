@@ -309,6 +309,12 @@ def test_an_operator_starts_and_steers_a_rollout_from_the_page(
             assert wait_for(
                 lambda: plane.controller.status(steer).counts.get("active", 0) >= 1, timeout=15
             )
+            # The rollout's devices: wave, state, and seconds before each would time out.
+            page.wait_for(button(steer, "devices"))
+            page.evaluate(f"{button(steer, 'devices')}.click()")
+            detail = f"document.querySelectorAll('tr[data-detail=\"{steer}\"] tr.rollout-device')"
+            page.wait_for(f"{detail}.length === 3")
+            assert "s" in page.evaluate(f"{detail}[0].textContent")
             page.wait_for(button(steer, "pause"))
             page.evaluate(f"{button(steer, 'pause')}.click()")
             assert wait_for(lambda: plane.controller.status(steer).state == "paused", timeout=10)

@@ -415,6 +415,19 @@ def test_a_rollout_warns_about_devices_that_will_never_take_it(
         assert "dev-off has OTA disabled" in warnings[0]
         assert "dev-other does not trust signing key 'cp-test'" in warnings[1]
         assert plane.controller.status("r-warn", warnings=False).warnings == []
+        # Per device: its state in the rollout, its own report and the time left to answer.
+        views = {v.device_id: v for v in plane.controller.devices("r-warn")}
+        assert set(views) == {"dev-ok", "dev-old", "dev-off", "dev-other"}
+        waiting = views["dev-ok"]
+        assert waiting.wave == 1 and waiting.state == "targeted" and waiting.online
+        assert waiting.timeout_in_s is not None and 590 < waiting.timeout_in_s <= 600
+        assert [v.device_id for v in plane.controller.devices("r-warn", wave=1, limit=2)] == [
+            "dev-off",
+            "dev-ok",
+        ]
+        assert plane.controller.devices("r-warn", wave=2) == []
+        with pytest.raises(RolloutError, match="no rollout"):
+            plane.controller.devices("nope")
         plane.controller.act("r-warn", RolloutAction.ABORT)
         assert plane.controller.status("r-warn").warnings == [], "only live rollouts warn"
     finally:
