@@ -232,10 +232,21 @@ def _serve(args: argparse.Namespace) -> int:
     config = _config(args)
     store = _store(config)
     retrainer = Retrainer(config, store, announce=_progress_line, on_epoch=_print_epoch)
-    triggers = RetrainTriggers(config, store, retrainer.run)
-    schedule = config.schedule
-    scheduler = triggers.scheduler() if schedule.cron or schedule.min_new_examples else None
     plane = _control_plane(config) if config.mqtt.enabled else None
+    triggers = RetrainTriggers(
+        config,
+        store,
+        retrainer.run,
+        drifting_devices=plane.registry.drifting_devices if plane is not None else None,
+    )
+    schedule = config.schedule
+    scheduled = schedule.cron or schedule.min_new_examples or schedule.drift_devices
+    try:
+        scheduler = triggers.scheduler() if scheduled else None
+    except LinefleetError:
+        if plane is not None:
+            plane.stop()
+        raise
     api = None
     if plane is not None and config.fleet.api.enabled:
         from cloud_trainer.release.model_registry import ModelRegistry  # noqa: PLC0415

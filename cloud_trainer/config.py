@@ -173,6 +173,11 @@ class ScheduleSection(_Section):
 
     cron: str | None = Field(default=None, examples=["0 3 * * *"])
     min_new_examples: int | None = Field(default=None, ge=1)
+    # Retrain when this many online devices say a camera's line drifts under the model (the
+    # agents' drift sampler, from their heartbeats) and the drift has brought
+    # drift_min_new_examples new hard examples since the last run.
+    drift_devices: int | None = Field(default=None, ge=1)
+    drift_min_new_examples: int = Field(default=50, ge=1)
     check_interval_s: float = Field(default=300.0, ge=1.0)
 
 

@@ -1,6 +1,6 @@
-"""Retrain triggers for ``cloud-trainer serve``: a cron schedule and a threshold of new hard
-examples since the last run. The watermark lives in the bucket, so a restarted server does
-not re-trigger on examples a previous run already saw."""
+"""Retrain triggers for ``cloud-trainer serve``: a cron schedule, a threshold of new hard
+examples since the last run, and drift reported by the fleet. The watermark lives in the
+bucket, so a restarted server does not re-trigger on examples a previous run already saw."""
 
 from __future__ import annotations
 
@@ -34,11 +34,19 @@ class TriggerState(BaseModel):
 
 class RetrainTriggers:
     def __init__(
-        self, config: TrainerConfig, store: ObjectStore, retrain: Callable[[], RunReport]
+        self,
+        config: TrainerConfig,
+        store: ObjectStore,
+        retrain: Callable[[], RunReport],
+        *,
+        drifting_devices: Callable[[], list[str]] | None = None,
     ) -> None:
+        """``drifting_devices``: the online devices whose heartbeat says a camera's line
+        drifts (the control plane's fleet registry); needed by ``schedule.drift_devices``."""
         self.config = config
         self.store = store
         self._retrain = retrain
+        self._drifting_devices = drifting_devices
         self._busy = threading.Lock()
         self.state_key = f"{RUNS}/triggers/{config.model_line.name}.json"
 
@@ -98,6 +106,29 @@ class RetrainTriggers:
             return None
         return self.fire(f"{count} new hard examples >= threshold {needed}")
 
+    def check_drift(self) -> RunReport | None:
+        """Fire when enough devices report drift and the drift brought enough new examples:
+        without new examples a retrain would learn nothing about the changed line."""
+        wanted = self.config.schedule.drift_devices
+        if wanted is None or self._drifting_devices is None:
+            return None
+        drifting = self._drifting_devices()
+        if len(drifting) < wanted:
+            log.debug("%d device(s) drifting, trigger at %d", len(drifting), wanted)
+            return None
+        needed = self.config.schedule.drift_min_new_examples
+        count = self.new_examples()
+        if count < needed:
+            log.info(
+                "%d device(s) drifting but only %d new hard example(s) (need %d): waiting",
+                len(drifting),
+                count,
+                needed,
+            )
+            return None
+        named = ", ".join(sorted(drifting)[:5]) + (" ..." if len(drifting) > 5 else "")
+        return self.fire(f"{len(drifting)} device(s) drifting ({named}), {count} new examples")
+
     def _safely(self, job: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
             try:
@@ -133,8 +164,23 @@ class RetrainTriggers:
                 coalesce=True,
                 next_run_time=utc_now(),
             )
+        if schedule.drift_devices is not None:
+            if self._drifting_devices is None:
+                raise TrainerConfigError(
+                    "schedule.drift_devices needs the fleet's heartbeats: enable mqtt so serve "
+                    "runs the control plane"
+                )
+            scheduler.add_job(
+                self._safely(self.check_drift),
+                "interval",
+                seconds=schedule.check_interval_s,
+                id="drift",
+                max_instances=1,
+                coalesce=True,
+            )
         if not scheduler.get_jobs():
             raise TrainerConfigError(
-                "serve has nothing to schedule: set schedule.cron and/or schedule.min_new_examples"
+                "serve has nothing to schedule: set schedule.cron, schedule.min_new_examples "
+                "and/or schedule.drift_devices"
             )
         return scheduler

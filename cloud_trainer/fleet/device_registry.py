@@ -293,6 +293,14 @@ class FleetRegistry:
         return IngestOutcome.APPLIED
 
     # ------------------------------------------------------------------ queries
+    def drifting_devices(self) -> list[str]:
+        """Online devices whose last heartbeat says a camera's line drifts under the model."""
+        return sorted(
+            d.device_id
+            for d in self.devices()
+            if d.online and any(c.drifting for c in d.cameras.values())
+        )
+
     def device(self, device_id: str) -> DeviceRow | None:
         with self.engine.connect() as connection:
             row = connection.execute(

@@ -72,3 +72,29 @@ def test_scheduler_jobs_and_config_errors(store: ObjectStore, fleet_name: str) -
         make(store, fleet_name, [], cron="61 * * * *").scheduler()
     with pytest.raises(TrainerConfigError, match="nothing to schedule"):
         make(store, fleet_name, []).scheduler()
+
+
+def test_drift_reported_by_enough_devices_with_new_examples_triggers(
+    store: ObjectStore, fleet_name: str
+) -> None:
+    calls: list[str] = []
+    drifting: list[str] = ["dev-1"]
+    triggers = make(store, fleet_name, calls, drift_devices=2, drift_min_new_examples=3)
+    triggers._drifting_devices = lambda: list(drifting)
+    upload_examples(store, fleet=fleet_name, count=3)
+    assert triggers.check_drift() is None, "one device drifting, two wanted"
+    drifting.append("dev-2")
+    report = triggers.check_drift()
+    assert report is not None and calls == ["run"]
+    # The same drift again, without new examples since that run: nothing to learn from.
+    assert triggers.check_drift() is None and calls == ["run"]
+    upload_examples(store, fleet=fleet_name, count=3, start=3)
+    assert triggers.check_drift() is not None and calls == ["run", "run"]
+
+
+def test_the_drift_trigger_needs_the_fleet(store: ObjectStore, fleet_name: str) -> None:
+    with pytest.raises(TrainerConfigError, match="enable mqtt"):
+        make(store, fleet_name, [], drift_devices=1).scheduler()
+    triggers = make(store, fleet_name, [], drift_devices=1)
+    triggers._drifting_devices = list
+    assert [job.id for job in triggers.scheduler().get_jobs()] == ["drift"]

@@ -391,7 +391,7 @@ def test_a_rollout_warns_about_devices_that_will_never_take_it(
     trusting = DeviceBehaviour(ota_enabled=True, trusted_keys=("cp-test",), update_delay_s=30)
     devices = [
         SimulatedDevice("dev-ok", "line-1", 1, trusting),
-        SimulatedDevice("dev-old", "line-1", 1, DeviceBehaviour(update_delay_s=30)),
+        SimulatedDevice("dev-old", "line-1", 1, DeviceBehaviour(update_delay_s=30, drifting=True)),
         SimulatedDevice("dev-off", "line-1", 1, DeviceBehaviour(ota_enabled=False)),
         SimulatedDevice(
             "dev-other", "line-1", 1, DeviceBehaviour(ota_enabled=True, trusted_keys=("other",))
@@ -408,6 +408,7 @@ def test_a_rollout_warns_about_devices_that_will_never_take_it(
             timeout=10,
         )
         assert plane.registry.device("dev-other").trusted_keys == ["other"]  # type: ignore[union-attr]
+        assert plane.registry.drifting_devices() == ["dev-old"]  # what serve's drift trigger counts
         params = RolloutParams(waves=[1.0], device_timeout_s=600)
         plane.controller.start("r-warn", MODEL, 2, RolloutTargets(whole_fleet=True), params)
         warnings = plane.controller.status("r-warn").warnings
