@@ -73,7 +73,8 @@ class DeviceRow:
 
     @classmethod
     def from_row(cls, row: Any, prefix: str = "") -> DeviceRow:
-        values = {name: row._mapping[prefix + name] for name in cls.__dataclass_fields__}
+        mapping = row._mapping  # a new RowMapping per access: take it once per row
+        values = {name: mapping[prefix + name] for name in cls.__dataclass_fields__}
         state = values["ota_state"]
         values["ota_state"] = OtaState(state) if state is not None else None
         values["probation"] = bool(values["probation"])
