@@ -173,7 +173,7 @@ def samplers_for(
     if strategy == "confidence_band":
         off = {"enabled": False}
         only_band = MiningSection(
-            classes=off, count_anomaly=off, flicker=off, disagreement=off, random=off
+            classes=off, count_anomaly=off, flicker=off, disagreement=off, drift=off, random=off
         )  # type: ignore[arg-type]
         return build_samplers(only_band, clock=clock, rng=random.Random(seed))
     if strategy == "random":
