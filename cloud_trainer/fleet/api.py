@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from cloud_trainer.errors import ObjectNotFoundError, TrainerError
+from cloud_trainer.errors import ObjectNotFoundError, StorageError, TrainerError
 from cloud_trainer.fleet.device_registry import DeviceRow, FleetRegistry
 from cloud_trainer.fleet.params import RolloutAction, RolloutParams, RolloutRequest
 from cloud_trainer.fleet.rollout import (
@@ -165,6 +165,8 @@ def create_control_app(
             body, _ = store.get(own_image_key(key), max_bytes=MAX_THUMBNAIL_BYTES)
         except ObjectNotFoundError as exc:
             raise HTTPException(404, "no such image") from exc
+        except StorageError as exc:  # over the size limit, or the store failed
+            raise HTTPException(502, str(exc)) from exc
         return Response(body, media_type="image/jpeg")
 
     @app.get("/api/hard-examples/sidecar", dependencies=guarded)
@@ -177,6 +179,8 @@ def create_control_app(
             body, _ = store.get(sidecar_key, max_bytes=MAX_SIDECAR_BYTES)
         except ObjectNotFoundError as exc:
             raise HTTPException(404, "no sidecar for this image") from exc
+        except StorageError as exc:
+            raise HTTPException(502, str(exc)) from exc
         try:
             sidecar = HardExampleSidecar.model_validate_json(body)
         except ValidationError as exc:

@@ -110,6 +110,9 @@ def test_sidecars_are_served_validated_for_this_fleets_images_only(
     store.put(bad.keys.sidecar, b'{"fleet": "x", "predictions": "<script>"}')
     malformed = httpx.get(url, params={"key": bad.keys.image}, headers=auth)
     assert malformed.status_code == 502 and "malformed" in malformed.text
+    store.put(bad.keys.sidecar, b" " * (2 * 1024 * 1024))  # refused before it is read
+    huge = httpx.get(url, params={"key": bad.keys.image}, headers=auth)
+    assert huge.status_code == 502 and "byte limit" in huge.text
     assert httpx.get(url, params={"key": good.keys.image}).status_code == 401
     foreign = good.keys.image.replace(f"/{fleet_name}/", "/other-fleet/")
     assert httpx.get(url, params={"key": foreign}, headers=auth).status_code == 400
