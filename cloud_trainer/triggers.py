@@ -28,6 +28,10 @@ class TriggerState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     watermark: AwareDatetime | None = None
+    # Keys stamped with the watermark's very second when it was taken: the store's
+    # Last-Modified has one-second resolution, so an example uploaded later in that second
+    # is new although its time equals the watermark.
+    at_watermark: list[str] = []
     last_run_id: str | None = None
     last_status: str | None = None
 
@@ -61,20 +65,33 @@ class RetrainTriggers:
             log.warning("trigger state %s is unreadable; starting from scratch", self.state_key)
             return TriggerState()
 
-    def _newest_and_count(self, watermark: datetime | None) -> tuple[datetime | None, int]:
+    def _scan(self, state: TriggerState) -> tuple[datetime | None, list[str], int]:
+        """(newest Last-Modified, the keys stamped with it, examples new since ``state``)."""
         newest: datetime | None = None
+        at_newest: list[str] = []
         count = 0
+        seen = set(state.at_watermark)
         prefix = f"{HARD_EXAMPLES}/{self.config.model_line.fleet}/"
         for info in self.store.list(prefix):
             if not info.key.endswith(".jpg"):
                 continue
-            newest = info.last_modified if newest is None else max(newest, info.last_modified)
-            if watermark is None or info.last_modified > watermark:
+            if newest is None or info.last_modified > newest:
+                newest, at_newest = info.last_modified, [info.key]
+            elif info.last_modified == newest:
+                at_newest.append(info.key)
+            if self._is_new(info.key, info.last_modified, state, seen):
                 count += 1
-        return newest, count
+        return newest, at_newest, count
+
+    @staticmethod
+    def _is_new(key: str, modified: datetime, state: TriggerState, seen: set[str]) -> bool:
+        mark = state.watermark
+        if mark is None or modified > mark:
+            return True
+        return modified == mark and key not in seen
 
     def new_examples(self) -> int:
-        return self._newest_and_count(self.load_state().watermark)[1]
+        return self._scan(self.load_state())[2]
 
     # ------------------------------------------------------------------ firing
     def fire(self, why: str) -> RunReport | None:
@@ -83,11 +100,14 @@ class RetrainTriggers:
             log.info("retrain trigger (%s) skipped: a run is in progress", why)
             return None
         try:
-            newest, _ = self._newest_and_count(None)
+            newest, at_newest, _ = self._scan(TriggerState())
             log.info("retrain triggered: %s", why)
             report = self._retrain()
             state = TriggerState(
-                watermark=newest, last_run_id=report.run_id, last_status=report.status
+                watermark=newest,
+                at_watermark=at_newest,
+                last_run_id=report.run_id,
+                last_status=report.status,
             )
             self.store.put(
                 self.state_key, state.model_dump_json().encode(), content_type="application/json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,21 @@ def test_the_drift_trigger_needs_the_fleet(store: ObjectStore, fleet_name: str) 
     triggers = make(store, fleet_name, [], drift_devices=1)
     triggers._drifting_devices = list
     assert [job.id for job in triggers.scheduler().get_jobs()] == ["drift"]
+
+
+def test_an_example_in_the_watermarks_own_second_still_counts(
+    store: ObjectStore, fleet_name: str
+) -> None:
+    """The store stamps Last-Modified to the second: an example uploaded after a run started
+    but within the second of the newest one it saw has the watermark's time, and is new."""
+    calls: list[str] = []
+    triggers = make(store, fleet_name, calls, min_new_examples=1)
+    first = upload_examples(store, fleet=fleet_name, count=2)
+    assert triggers.check_threshold() is not None
+    state = triggers.load_state()
+    assert state.watermark is not None and set(state.at_watermark) <= {u.keys.image for u in first}
+    assert state.at_watermark, "the keys of the watermark's second are kept"
+    seen = set(state.at_watermark)
+    assert not triggers._is_new(state.at_watermark[0], state.watermark, state, seen)
+    assert triggers._is_new("hard-examples/x/later.jpg", state.watermark, state, seen)
+    assert not triggers._is_new("old.jpg", state.watermark - timedelta(seconds=1), state, seen)
