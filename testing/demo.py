@@ -313,7 +313,10 @@ class Demo:
         )
         self._follow_rollout(plane, rollout_id)
         self.measure("after the OTA update", self.settings.drift)
-        return self._summary(report, examples, plane, rollout_id, new_version)
+        # Counted again at the end: the agents kept uploading while the loop ran, and the
+        # run selected what was there when it started (labels_used <= this count).
+        uploaded = max(examples, self.hard_examples(store))
+        return self._summary(report, uploaded, plane, rollout_id, new_version)
 
     def _epoch(self, report: EpochReport) -> None:
         self.say(
