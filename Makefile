@@ -7,8 +7,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Re-install only when the dependency list (or how it is installed) changes.
 DEV_STAMP := $(VENV)/.installed-dev
+# Label Studio in a virtual environment of its own: its pins would fight ours (about 1 GB).
+LABEL_STUDIO_VENV ?= .labelstudio-venv
+LABEL_STUDIO_VERSION := 1.23.2
+LABEL_STUDIO_STAMP := $(LABEL_STUDIO_VENV)/.installed-$(LABEL_STUDIO_VERSION)
 
-.PHONY: test demo lint setup system-deps clean
+.PHONY: test demo lint setup system-deps labelstudio clean
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -26,16 +30,25 @@ $(DEV_STAMP): pyproject.toml Makefile
 
 setup: system-deps $(DEV_STAMP)
 
+$(LABEL_STUDIO_STAMP):
+	@test -x $(LABEL_STUDIO_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_STUDIO_VENV)
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install -q 'label-studio==$(LABEL_STUDIO_VERSION)'
+	$(LABEL_STUDIO_VENV)/bin/python -c 'import label_studio'
+	@touch $@
+
+labelstudio: $(LABEL_STUDIO_STAMP)
+
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: setup lint
+test: setup labelstudio lint
 	$(PY) -m pytest
 
 demo: setup
 	$(PY) -m testing.demo --work-dir .demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LABEL_STUDIO_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

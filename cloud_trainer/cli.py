@@ -20,6 +20,7 @@ from shared.signing import SigningKey
 if TYPE_CHECKING:
     from cloud_trainer.config import TrainerConfig
     from cloud_trainer.fleet.service import ControlPlane
+    from cloud_trainer.labelstudio.reviews import ReviewLedger
     from cloud_trainer.store import ObjectStore
     from cloud_trainer.training.finetune import EpochReport
 
@@ -215,6 +216,56 @@ def _labels_import(args: argparse.Namespace) -> int:
     )
     print(result.summary())
     return 0 if result.imported else 1
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _label_studio(args: argparse.Namespace) -> int:
+    """``labels push`` / ``labels pull`` / ``labels quality``."""
+    from cloud_trainer.fleet.db import open_database  # noqa: PLC0415
+    from cloud_trainer.labelstudio.client import LabelStudioClient  # noqa: PLC0415
+    from cloud_trainer.labelstudio.pull import pull_labels  # noqa: PLC0415
+    from cloud_trainer.labelstudio.push import push_examples  # noqa: PLC0415
+    from cloud_trainer.labelstudio.reviews import ReviewLedger  # noqa: PLC0415
+
+    config = _config(args)
+    action = args.labels_command
+    if action == "quality":
+        ledger = ReviewLedger(open_database(config.fleet.url(config.work_dir)))
+        _print_quality(ledger, config.model_line.fleet)
+        return 0
+    with LabelStudioClient.from_section(config.labeling.label_studio) as client:
+        if action == "push":
+            pushed = push_examples(_store(config), client, config, limit=args.limit)
+            print(pushed.summary())
+            return 0
+        ledger = ReviewLedger(open_database(config.fleet.url(config.work_dir)))
+        pulled = pull_labels(_store(config), client, ledger, config)
+        print(pulled.summary())
+        return 0
+
+
+def _print_quality(ledger: ReviewLedger, fleet: str) -> None:
+    outcomes = ledger.outcomes(fleet)
+    print("examples: " + ", ".join(f"{n} {k}" for k, n in outcomes.items()))
+    print(
+        f"{'model':<24} {'class':<16} {'pre':>5} {'final':>5} {'kept':>5} {'moved':>5} "
+        f"{'relab':>5} {'added':>5} {'rem':>5} {'missed':>7} {'false':>7}"
+    )
+    for row in ledger.quality(fleet):
+        c = row.counts
+        model = f"{row.model_name}@{row.model_version}" if row.model_name else "unknown"
+        missed = "-" if row.missed_rate is None else f"{row.missed_rate:.1%}"
+        false = "-" if row.false_rate is None else f"{row.false_rate:.1%}"
+        print(
+            f"{model:<24} {row.class_name:<16} {c.prelabeled:>5} {c.labeled:>5} {c.kept:>5} "
+            f"{c.moved:>5} {c.relabeled:>5} {c.added:>5} {c.removed:>5} {missed:>7} {false:>7}"
+        )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -461,6 +512,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(label_import)
     label_import.add_argument("--from", dest="source", type=Path, required=True)
     label_import.set_defaults(handler=_labels_import)
+    push = label_commands.add_parser(
+        "push", help="new hard examples to Label Studio as tasks with pre-labels (idempotent)"
+    )
+    _add_config(push)
+    push.add_argument("--limit", type=_positive_int, help="push at most N, most useful first")
+    push.set_defaults(handler=_label_studio)
+    pull = label_commands.add_parser(
+        "pull", help="finished Label Studio annotations to YOLO labels (resumable)"
+    )
+    _add_config(pull)
+    pull.set_defaults(handler=_label_studio)
+    quality = label_commands.add_parser(
+        "quality", help="how much people corrected each model version's pre-labels, per class"
+    )
+    _add_config(quality)
+    quality.set_defaults(handler=_label_studio)
 
     rollout = commands.add_parser("rollout", help="staged rollouts of a model version")
     rollout_commands = rollout.add_subparsers(

@@ -6,10 +6,18 @@ are read when a command needs them). Nested env overrides use ``__``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AwareDatetime, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cloud_trainer.errors import TrainerConfigError
@@ -60,13 +68,44 @@ class SelectionSection(_Section):
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
 
 
+class LabelStudioSection(_Section):
+    """A self-hosted Label Studio where people label the hard examples (``labels push`` /
+    ``labels pull``). Its pulled labels land under labels/, read by ``yolo_import``."""
+
+    url: str | None = Field(default=None, examples=["http://label-studio.plant.local:8080"])
+    # A personal access token (Account & Settings; a JWT, refreshed for short access tokens)
+    # or a legacy token where the organisation enabled them.
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    project_title: str | None = Field(
+        default=None, max_length=50, description="default: 'linefleet {fleet} {model}'"
+    )
+    # Label Studio Community has no review step: a reviewer accepts an annotation by marking
+    # it ground truth (the star). With this set, only such annotations become labels.
+    require_review: bool = False
+    # The S3 endpoint as Label Studio's server reaches it, when it differs from the trainer's.
+    storage_endpoint_url: str | None = None
+    presign_ttl_minutes: int = Field(default=15, ge=1, le=1440)
+    batch_size: int = Field(default=250, ge=1, le=5000, description="tasks per import request")
+    page_size: int = Field(default=100, ge=1, le=1000, description="tasks per listing page")
+    timeout_s: float = Field(default=60.0, gt=0.0, le=600.0)
+
+    @field_validator("url", "storage_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+
 class LabelingSection(_Section):
-    """Where labels come from: people (YOLO files under labels/), a teacher, or the synthetic
-    line's exact truth (demo and tests)."""
+    """Where labels come from: people (YOLO files under labels/, imported or pulled from
+    Label Studio), a teacher, or the synthetic line's exact truth (demo and tests)."""
 
     source: Literal["yolo_import", "teacher", "synthetic"] = "yolo_import"
     teacher_model: Path | None = None
     teacher_confidence: float = Field(default=0.5, gt=0.0, lt=1.0)
+    label_studio: LabelStudioSection = LabelStudioSection()
 
     @model_validator(mode="after")
     def _teacher_needs_model(self) -> LabelingSection:
@@ -173,6 +212,9 @@ class ScheduleSection(_Section):
 
     cron: str | None = Field(default=None, examples=["0 3 * * *"])
     min_new_examples: int | None = Field(default=None, ge=1)
+    # Retrain when this many examples got new labels (people's, pulled from Label Studio or
+    # imported) since the last run: waits for people rather than for uploads.
+    min_new_labels: int | None = Field(default=None, ge=1)
     # Retrain when this many online devices say a camera's line drifts under the model (the
     # agents' drift sampler, from their heartbeats) and the drift has brought
     # drift_min_new_examples new hard examples since the last run.
@@ -252,6 +294,13 @@ def load_trainer_config(path: Path | None) -> TrainerConfig:
         except ValidationError as exc:
             raise config_error(exc, str(path or "defaults")) from exc
         config = config.model_copy(update=with_secret_files(config.mqtt, config.storage))
+        studio = config.labeling.label_studio
+        if studio.token_file is not None:
+            token = read_secret_file(studio.token_file, "labeling.label_studio.token_file")
+            labeling = config.labeling.model_copy(
+                update={"label_studio": studio.model_copy(update={"token": token})}
+            )
+            config = config.model_copy(update={"labeling": labeling})
         api = config.fleet.api
         if api.token_file is not None:
             token = read_secret_file(api.token_file, "fleet.api.token_file")

@@ -42,6 +42,22 @@ class LabelError(TrainerError):
     """A labeling source is misconfigured or unusable."""
 
 
+class LabelStudioError(LabelError):
+    """Label Studio refused or failed a request; the message carries its status and reason."""
+
+
+class LabelStudioUnavailableError(LabelStudioError):
+    """Label Studio did not answer (down, slow, wrong URL): nothing was changed by this call."""
+
+
+class LabelStudioAuthError(LabelStudioError):
+    """Label Studio refused the token (wrong, expired, or a legacy token the org disabled)."""
+
+
+class LabelStudioNotFoundError(LabelStudioError):
+    """A project, task or storage Label Studio was asked about does not exist (deleted?)."""
+
+
 class TrainingError(TrainerError):
     """Fine-tuning failed or cannot start."""
 

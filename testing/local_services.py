@@ -9,6 +9,7 @@ agent or trainer at run time.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -435,3 +437,102 @@ class PostgresProcess(_ChildService):
     def _cleanup(self) -> None:
         if self._private is not None:
             shutil.rmtree(self._private, ignore_errors=True)
+
+
+def find_label_studio() -> str:
+    """The ``label-studio`` command: ``$LINEFLEET_LABEL_STUDIO``, the virtual environment
+    ``make test`` creates for it (its pins would fight ours), or one on the PATH."""
+    candidates = [
+        os.environ.get("LINEFLEET_LABEL_STUDIO"),
+        str(Path(__file__).resolve().parents[1] / ".labelstudio-venv" / "bin" / "label-studio"),
+        shutil.which("label-studio"),
+    ]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ServiceError(
+        "label-studio not found: `make labelstudio` installs it into .labelstudio-venv "
+        "(or set LINEFLEET_LABEL_STUDIO to its command)"
+    )
+
+
+class LabelStudioProcess(_ChildService):
+    """A real Label Studio server (SQLite, one admin user) on loopback, offline: its version
+    check, analytics and error reporting are switched off. Its first start migrates the
+    database, which takes about a minute."""
+
+    name = "label-studio"
+    start_timeout = 300.0
+    username = "admin@linefleet.test"
+    password = "linefleet-labels"  # noqa: S105 - local test/demo server only
+    legacy_token = "linefleet-legacy-token"  # noqa: S105 - local test/demo server only
+
+    def __init__(self, workdir: Path, *, port: int | None = None, host: str = LOOPBACK) -> None:
+        super().__init__(workdir, port, host)
+        self.data_dir = workdir / "data"
+        self._pat: str | None = None
+
+    def _command(self) -> list[str]:
+        return [
+            find_label_studio(),
+            "start",
+            "--no-browser",
+            "--internal-host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--username",
+            self.username,
+            "--password",
+            self.password,
+            "--user-token",
+            self.legacy_token,
+            "--enable-legacy-api-token",
+            "--log-level",
+            "WARNING",
+        ]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
+                "LATEST_VERSION_CHECK": "false",
+                "COLLECT_ANALYTICS": "false",
+                "SENTRY_DSN": "",
+                "FRONTEND_SENTRY_DSN": "",
+                "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "false",
+                # Its SSRF guard blocks private and loopback addresses by default, our S3
+                # server among them; the guard stays on for any subnet listed here.
+                "USE_DEFAULT_BANNED_SUBNETS": "false",
+                "USER_ADDITIONAL_BANNED_SUBNETS": "169.254.0.0/16",
+            }
+        )
+        env.pop("HOST", None)  # Label Studio reads HOST as its public URL
+        return env
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:  # noqa: S310
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def personal_access_token(self) -> str:
+        """A personal access token of the admin (the kind people copy from Label Studio's
+        Account & Settings), created once through its API."""
+        if self._pat is None:
+            request = urllib.request.Request(  # noqa: S310 - loopback URL of our own server
+                f"{self.url}/api/token/",
+                method="POST",
+                headers={"Authorization": f"Token {self.legacy_token}"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                self._pat = str(json.load(response)["token"])
+        return self._pat

@@ -39,8 +39,11 @@ def upload_examples(
     captured_at: datetime | None = None,
     reasons: tuple[str, ...] = ("confidence_band",),
     with_predictions: bool = False,
+    priority: float = 1.0,
+    model: tuple[str, int] | None = None,
 ) -> list[Uploaded]:
-    """``with_predictions``: the sidecar carries the truth as the model's boxes too."""
+    """``with_predictions``: the sidecar carries the truth as the model's boxes too;
+    ``model``: the (name, version) the sidecar says detected them."""
     line = SyntheticLine(seed=seed, drift=drift)
     when = captured_at or datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     out = []
@@ -62,7 +65,9 @@ def upload_examples(
             image_width=width,
             image_height=height,
             reasons=list(reasons),
-            priority=1.0,
+            priority=priority,
+            model_name=model[0] if model else None,
+            model_version=model[1] if model else None,
             predictions=records(frame.truth) if with_predictions else [],
             synthetic_truth=records(frame.truth) if with_truth else None,
         )

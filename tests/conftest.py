@@ -15,7 +15,13 @@ import boto3
 import pytest
 from botocore.config import Config as BotoConfig
 
-from testing.local_services import MosquittoProcess, MotoS3Process, NanioS3Process, PostgresProcess
+from testing.local_services import (
+    LabelStudioProcess,
+    MosquittoProcess,
+    MotoS3Process,
+    NanioS3Process,
+    PostgresProcess,
+)
 from testing.rtsp_camera import RtspServer, encode_clip, rtsp_available
 
 
@@ -79,6 +85,17 @@ def postgres(
     """One real PostgreSQL server for the session; each test makes its own database."""
     with PostgresProcess(tmp_path_factory.mktemp("postgres")) as server:
         _announce(request.config, f"PostgreSQL at {server.url()} (pid {server.pid})")
+        yield server
+
+
+@pytest.fixture(scope="session")
+def label_studio(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabelStudioProcess]:
+    """One real Label Studio server for the session (from the virtual environment `make
+    test` gives it); tests isolate themselves by project title (fleet name)."""
+    with LabelStudioProcess(tmp_path_factory.mktemp("label-studio")) as server:
+        _announce(request.config, f"Label Studio at {server.url} (pid {server.pid})")
         yield server
 
 

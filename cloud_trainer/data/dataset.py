@@ -191,7 +191,7 @@ def _prepare(
     except StorageError as exc:
         outcome.skip(ref.base, "unreadable", str(exc))
         return None
-    problem = _sidecar_disagreement(ref, sidecar, request.class_names)
+    problem = sidecar_disagreement(ref, sidecar, request.class_names)
     if problem is not None:
         outcome.skip(ref.base, "bad_sidecar", problem)
         return None
@@ -251,7 +251,7 @@ def _prepare(
     )
 
 
-def _sidecar_disagreement(
+def sidecar_disagreement(
     ref: ExampleRef, sidecar: HardExampleSidecar, class_names: list[str]
 ) -> str | None:
     """Why a sidecar cannot be trusted, or None: it must name the fleet and device its key

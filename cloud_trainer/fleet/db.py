@@ -136,6 +136,38 @@ counters = Table(
     Column("value", BigInteger, nullable=False),  # desired-state sequences are epoch ms
 )
 
+# People's labels pulled from Label Studio: one row per hard example (its latest outcome),
+# and how the annotation changed the model's pre-labels, per class.
+label_reviews = Table(
+    "label_reviews",
+    metadata,
+    Column("example_key", String(512), primary_key=True),
+    Column("fleet", String(64), nullable=False, index=True),
+    Column("project_id", Integer, nullable=False),
+    Column("task_id", Integer, nullable=False),
+    Column("annotation_id", Integer),
+    Column("annotation_stamp", String(64)),  # Label Studio's updated_at, to spot edits
+    Column("outcome", String(16), nullable=False),  # labeled, skipped, rejected
+    Column("reason", Text, nullable=False, default=""),
+    Column("model_name", String(64)),
+    Column("model_version", Integer),
+    Column("pulled_at", UtcDateTime, nullable=False),
+)
+
+label_corrections = Table(
+    "label_corrections",
+    metadata,
+    Column("example_key", String(512), primary_key=True),
+    Column("class_name", String(64), primary_key=True),
+    Column("prelabeled", Integer, nullable=False),
+    Column("labeled", Integer, nullable=False),
+    Column("kept", Integer, nullable=False),
+    Column("moved", Integer, nullable=False),
+    Column("relabeled", Integer, nullable=False),
+    Column("added", Integer, nullable=False),
+    Column("removed", Integer, nullable=False),
+)
+
 
 def _create_all(connection: Connection) -> None:
     metadata.create_all(connection, tables=[devices, rollouts, rollout_devices, counters])
@@ -188,12 +220,21 @@ def _add_ota_trust(connection: Connection) -> None:
             connection.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
 
 
+def _add_label_reviews(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[label_reviews, label_corrections])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "devices, rollouts, rollout_devices, counters", _create_all),
     (2, "64-bit sequence columns", _widen_sequences),
     (3, "devices.probation", _add_probation),
     (4, "devices: runtime, latency and cameras from heartbeats", _add_heartbeat_health),
     (5, "devices: OTA enabled and trusted keys from heartbeats", _add_ota_trust),
+    (
+        6,
+        "label_reviews, label_corrections: people's labels and their corrections",
+        _add_label_reviews,
+    ),
 ]
 
 
