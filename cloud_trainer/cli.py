@@ -291,7 +291,12 @@ def _serve(args: argparse.Namespace) -> int:
         drifting_devices=plane.registry.drifting_devices if plane is not None else None,
     )
     schedule = config.schedule
-    scheduled = schedule.cron or schedule.min_new_examples or schedule.drift_devices
+    scheduled = (
+        schedule.cron
+        or schedule.min_new_examples
+        or schedule.min_new_labels
+        or schedule.drift_devices
+    )
     try:
         scheduler = triggers.scheduler() if scheduled else None
     except LinefleetError:

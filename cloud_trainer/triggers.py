@@ -1,6 +1,7 @@
 """Retrain triggers for ``cloud-trainer serve``: a cron schedule, a threshold of new hard
-examples since the last run, and drift reported by the fleet. The watermark lives in the
-bucket, so a restarted server does not re-trigger on examples a previous run already saw."""
+examples (or of new labels, from people) since the last run, and drift reported by the
+fleet. The watermarks live in the bucket, so a restarted server does not re-trigger on
+examples or labels a previous run already saw."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from cloud_trainer.retrain import RunReport
 from cloud_trainer.store import ObjectStore
 from shared.errors import LinefleetError
 from shared.messages import utc_now
-from shared.object_keys import HARD_EXAMPLES, RUNS
+from shared.object_keys import HARD_EXAMPLES, LABELS, RUNS
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ class TriggerState(BaseModel):
     # Last-Modified has one-second resolution, so an example uploaded later in that second
     # is new although its time equals the watermark.
     at_watermark: list[str] = []
+    # The same for label files (labels/): people's labels pulled or imported since.
+    labels_watermark: AwareDatetime | None = None
+    labels_at_watermark: list[str] = []
     last_run_id: str | None = None
     last_status: str | None = None
 
@@ -65,33 +69,38 @@ class RetrainTriggers:
             log.warning("trigger state %s is unreadable; starting from scratch", self.state_key)
             return TriggerState()
 
-    def _scan(self, state: TriggerState) -> tuple[datetime | None, list[str], int]:
-        """(newest Last-Modified, the keys stamped with it, examples new since ``state``)."""
+    def _scan(
+        self, prefix: str, suffix: str, mark: datetime | None, at_mark: list[str]
+    ) -> tuple[datetime | None, list[str], int]:
+        """(newest Last-Modified, the keys stamped with it, objects new since ``mark``)."""
         newest: datetime | None = None
         at_newest: list[str] = []
         count = 0
-        seen = set(state.at_watermark)
-        prefix = f"{HARD_EXAMPLES}/{self.config.model_line.fleet}/"
-        for info in self.store.list(prefix):
-            if not info.key.endswith(".jpg"):
+        seen = set(at_mark)
+        for info in self.store.list(f"{prefix}/{self.config.model_line.fleet}/"):
+            if not info.key.endswith(suffix):
                 continue
             if newest is None or info.last_modified > newest:
                 newest, at_newest = info.last_modified, [info.key]
             elif info.last_modified == newest:
                 at_newest.append(info.key)
-            if self._is_new(info.key, info.last_modified, state, seen):
+            if self._is_new(info.key, info.last_modified, mark, seen):
                 count += 1
         return newest, at_newest, count
 
     @staticmethod
-    def _is_new(key: str, modified: datetime, state: TriggerState, seen: set[str]) -> bool:
-        mark = state.watermark
+    def _is_new(key: str, modified: datetime, mark: datetime | None, seen: set[str]) -> bool:
         if mark is None or modified > mark:
             return True
         return modified == mark and key not in seen
 
     def new_examples(self) -> int:
-        return self._scan(self.load_state())[2]
+        state = self.load_state()
+        return self._scan(HARD_EXAMPLES, ".jpg", state.watermark, state.at_watermark)[2]
+
+    def new_labels(self) -> int:
+        state = self.load_state()
+        return self._scan(LABELS, ".txt", state.labels_watermark, state.labels_at_watermark)[2]
 
     # ------------------------------------------------------------------ firing
     def fire(self, why: str) -> RunReport | None:
@@ -100,12 +109,15 @@ class RetrainTriggers:
             log.info("retrain trigger (%s) skipped: a run is in progress", why)
             return None
         try:
-            newest, at_newest, _ = self._scan(TriggerState())
+            newest, at_newest, _ = self._scan(HARD_EXAMPLES, ".jpg", None, [])
+            labels_newest, labels_at_newest, _ = self._scan(LABELS, ".txt", None, [])
             log.info("retrain triggered: %s", why)
             report = self._retrain()
             state = TriggerState(
                 watermark=newest,
                 at_watermark=at_newest,
+                labels_watermark=labels_newest,
+                labels_at_watermark=labels_at_newest,
                 last_run_id=report.run_id,
                 last_status=report.status,
             )
@@ -125,6 +137,16 @@ class RetrainTriggers:
             log.debug("%d new hard example(s), threshold %d", count, needed)
             return None
         return self.fire(f"{count} new hard examples >= threshold {needed}")
+
+    def check_labels(self) -> RunReport | None:
+        needed = self.config.schedule.min_new_labels
+        if needed is None:
+            return None
+        count = self.new_labels()
+        if count < needed:
+            log.debug("%d new label(s), threshold %d", count, needed)
+            return None
+        return self.fire(f"{count} new labels >= threshold {needed}")
 
     def check_drift(self) -> RunReport | None:
         """Fire when enough devices report drift and the drift brought enough new examples:
@@ -184,6 +206,16 @@ class RetrainTriggers:
                 coalesce=True,
                 next_run_time=utc_now(),
             )
+        if schedule.min_new_labels is not None:
+            scheduler.add_job(
+                self._safely(self.check_labels),
+                "interval",
+                seconds=schedule.check_interval_s,
+                id="labels",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=utc_now(),
+            )
         if schedule.drift_devices is not None:
             if self._drifting_devices is None:
                 raise TrainerConfigError(
@@ -200,7 +232,7 @@ class RetrainTriggers:
             )
         if not scheduler.get_jobs():
             raise TrainerConfigError(
-                "serve has nothing to schedule: set schedule.cron, schedule.min_new_examples "
-                "and/or schedule.drift_devices"
+                "serve has nothing to schedule: set schedule.cron, schedule.min_new_examples, "
+                "schedule.min_new_labels and/or schedule.drift_devices"
             )
         return scheduler

@@ -114,6 +114,31 @@ def test_an_example_in_the_watermarks_own_second_still_counts(
     assert state.watermark is not None and set(state.at_watermark) <= {u.keys.image for u in first}
     assert state.at_watermark, "the keys of the watermark's second are kept"
     seen = set(state.at_watermark)
-    assert not triggers._is_new(state.at_watermark[0], state.watermark, state, seen)
-    assert triggers._is_new("hard-examples/x/later.jpg", state.watermark, state, seen)
-    assert not triggers._is_new("old.jpg", state.watermark - timedelta(seconds=1), state, seen)
+    mark = state.watermark
+    assert not triggers._is_new(state.at_watermark[0], mark, mark, seen)
+    assert triggers._is_new("hard-examples/x/later.jpg", mark, mark, seen)
+    assert not triggers._is_new("old.jpg", mark - timedelta(seconds=1), mark, seen)
+
+
+def test_new_labels_trigger_waits_for_people(store: ObjectStore, fleet_name: str) -> None:
+    """Uploads alone do not fire ``min_new_labels``; labels (pulled or imported) do, and
+    labels a run already saw do not fire again."""
+    calls: list[str] = []
+    triggers = make(store, fleet_name, calls, min_new_labels=2)
+    uploaded = upload_examples(store, fleet=fleet_name, count=4)
+    assert triggers.check_labels() is None and calls == []
+
+    def label(index: int) -> None:
+        key = uploaded[index].keys.image.replace("hard-examples/", "labels/", 1)
+        store.put(key.removesuffix(".jpg") + ".txt", b"0 0.5 0.5 0.1 0.1\n")
+
+    label(0)
+    assert triggers.new_labels() == 1 and triggers.check_labels() is None
+    label(1)
+    assert triggers.check_labels() is not None and calls == ["run"]
+    assert triggers.new_labels() == 0 and triggers.check_labels() is None
+    label(2)
+    label(3)
+    assert triggers.check_labels() is not None and calls == ["run", "run"]
+    jobs = make(store, fleet_name, [], min_new_labels=5).scheduler().get_jobs()
+    assert [job.id for job in jobs] == ["labels"]
