@@ -258,13 +258,13 @@ def _print_quality(ledger: ReviewLedger, fleet: str) -> None:
         f"{'relab':>5} {'added':>5} {'rem':>5} {'missed':>7} {'false':>7}"
     )
     for row in ledger.quality(fleet):
-        c = row.counts
         model = f"{row.model_name}@{row.model_version}" if row.model_name else "unknown"
         missed = "-" if row.missed_rate is None else f"{row.missed_rate:.1%}"
         false = "-" if row.false_rate is None else f"{row.false_rate:.1%}"
         print(
-            f"{model:<24} {row.class_name:<16} {c.prelabeled:>5} {c.labeled:>5} {c.kept:>5} "
-            f"{c.moved:>5} {c.relabeled:>5} {c.added:>5} {c.removed:>5} {missed:>7} {false:>7}"
+            f"{model:<24} {row.class_name:<16} {row.prelabeled:>5} {row.labeled:>5} "
+            f"{row.kept:>5} {row.moved:>5} {row.relabeled:>5} {row.added:>5} "
+            f"{row.removed:>5} {missed:>7} {false:>7}"
         )
 
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.data.dataset import BuildRequest, DatasetBuilder
@@ -25,7 +26,10 @@ from cloud_trainer.errors import (
     RegistryError,
     StorageError,
     TrainerConfigError,
+    TrainerError,
 )
+from cloud_trainer.fleet.db import open_database
+from cloud_trainer.labelstudio.reviews import ClassQuality, ReviewLedger
 from cloud_trainer.release.evaluate import evaluate_onnx
 from cloud_trainer.release.export import ExportResult, export_and_check
 from cloud_trainer.release.gate import GateVerdict, judge
@@ -74,6 +78,9 @@ class RunReport(BaseModel):
     # labeler (or "replay") -> images: how many new labels the run cost.
     dataset_sources: dict[str, int] = Field(default_factory=dict)
     skipped: dict[str, int] = Field(default_factory=dict)
+    # How much people corrected the production model's pre-labels in Label Studio, per
+    # class: the fleet's real error rate, as people saw it (empty without pulled labels).
+    label_quality: list[ClassQuality] = Field(default_factory=list)
     training: TrainResult | None = None
     parity_max_abs_diff: float | None = None
     gate: GateVerdict | None = None
@@ -238,6 +245,19 @@ class Retrainer:
             if report.status is not RunStatus.FAILED:
                 raise
 
+    def _label_quality(self, version: int) -> list[ClassQuality]:
+        """People's corrections of ``version`` from the review ledger; a ledger that cannot
+        be read is announced and does not stop the run (labels are in the bucket)."""
+        config = self.config
+        try:
+            ledger = ReviewLedger(open_database(config.fleet.url(self.work_dir)))
+            return ledger.quality(
+                config.model_line.fleet, model_name=config.model_line.name, model_version=version
+            )
+        except (TrainerError, SQLAlchemyError) as exc:
+            self.announce(f"  label quality unavailable: {exc}")
+            return []
+
     def _run(self, report: RunReport) -> None:
         config, line = self.config, self.config.model_line
         signer = load_signing_key(config)
@@ -248,6 +268,7 @@ class Retrainer:
             production_entry = self.registry.latest_published()
             production = self.registry.manifest(production_entry.version)
         report.parent_version = production.version
+        report.label_quality = self._label_quality(production.version)
         if production.weights is None:
             raise RegistryError(
                 f"{line.name} v{production.version} has no .pt weights in the registry: "

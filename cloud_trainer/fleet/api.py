@@ -26,6 +26,7 @@ from cloud_trainer.fleet.rollout import (
     RolloutError,
     RolloutStatus,
 )
+from cloud_trainer.labelstudio.reviews import ClassQuality, ReviewLedger
 from cloud_trainer.release.model_registry import IndexEntry, ModelRegistry
 from cloud_trainer.store import ObjectStore
 from shared.errors import ContractError
@@ -36,6 +37,17 @@ from shared.object_keys import HARD_EXAMPLES, RUNS, parse_hard_example_key
 MAX_THUMBNAIL_BYTES = 4 * 1024 * 1024
 MAX_SIDECAR_BYTES = 1024 * 1024
 _DEVICE_ROWS = TypeAdapter(list[DeviceRow])
+
+
+class LabelQualityView(BaseModel):
+    """People's labels from Label Studio: outcomes, corrections per model version and
+    class (the label-quality signal), and the latest skipped or rejected examples."""
+
+    model_config = ConfigDict(frozen=True)
+
+    outcomes: dict[str, int]
+    classes: list[ClassQuality]
+    problems: list[dict[str, Any]]
 
 
 class HardExampleView(BaseModel):
@@ -188,5 +200,17 @@ def create_control_app(
                 502, f"the sidecar of {key} is malformed: {str(exc)[:300]}"
             ) from exc
         return sidecar.model_copy(update={"synthetic_truth": None})
+
+    labels = ReviewLedger(registry.engine)
+
+    @app.get("/api/label-quality", dependencies=guarded)
+    def label_quality(
+        problems: int = Query(default=20, ge=0, le=200),
+    ) -> LabelQualityView:
+        return LabelQualityView(
+            outcomes=labels.outcomes(registry.fleet),
+            classes=labels.quality(registry.fleet),
+            problems=labels.problems(registry.fleet, limit=problems),
+        )
 
     return app

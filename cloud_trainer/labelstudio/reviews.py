@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine, delete, func, insert, select
 
 from cloud_trainer.fleet.db import label_corrections, label_reviews
@@ -36,45 +37,52 @@ class Review:
     pulled_at: datetime
 
 
-@dataclass(frozen=True)
-class ClassQuality:
-    """Corrections of one class's pre-labels by one model version, summed over examples."""
+class ClassQuality(BaseModel):
+    """Corrections of one class's pre-labels by one model version, summed over examples:
+    the counts of :class:`ClassCorrections` and three rates made of them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_name: str | None
     model_version: int | None
     class_name: str
     examples: int
-    counts: ClassCorrections
+    prelabeled: int
+    labeled: int
+    kept: int
+    moved: int
+    relabeled: int
+    added: int
+    removed: int
+    # Share of the boxes people drew that the model did not propose (added / labeled).
+    missed_rate: float | None
+    # Share of the model's boxes people removed (removed / prelabeled).
+    false_rate: float | None
+    # Share of the model's boxes people moved, relabeled or removed.
+    changed_rate: float | None
 
-    @property
-    def missed_rate(self) -> float | None:
-        """Share of the boxes people drew that the model did not propose (added)."""
-        labeled = self.counts.labeled
-        return self.counts.added / labeled if labeled else None
+    @classmethod
+    def of(
+        cls,
+        model_name: str | None,
+        model_version: int | None,
+        class_name: str,
+        examples: int,
+        c: ClassCorrections,
+    ) -> ClassQuality:
+        def rate(part: int, whole: int) -> float | None:
+            return round(part / whole, 4) if whole else None
 
-    @property
-    def false_rate(self) -> float | None:
-        """Share of the model's boxes people removed."""
-        prelabeled = self.counts.prelabeled
-        return self.counts.removed / prelabeled if prelabeled else None
-
-    @property
-    def changed_rate(self) -> float | None:
-        """Share of the model's boxes people moved, relabeled or removed."""
-        c = self.counts
-        return (c.moved + c.relabeled + c.removed) / c.prelabeled if c.prelabeled else None
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "class_name": self.class_name,
-            "examples": self.examples,
-            **asdict(self.counts),
-            "missed_rate": self.missed_rate,
-            "false_rate": self.false_rate,
-            "changed_rate": self.changed_rate,
-        }
+        return cls(
+            model_name=model_name,
+            model_version=model_version,
+            class_name=class_name,
+            examples=examples,
+            **asdict(c),
+            missed_rate=rate(c.added, c.labeled),
+            false_rate=rate(c.removed, c.prelabeled),
+            changed_rate=rate(c.moved + c.relabeled + c.removed, c.prelabeled),
+        )
 
 
 class ReviewLedger:
@@ -181,12 +189,12 @@ class ReviewLedger:
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return [
-            ClassQuality(
-                model_name=row[0],
-                model_version=row[1],
-                class_name=row[2],
-                examples=int(row[3]),
-                counts=ClassCorrections(
+            ClassQuality.of(
+                row[0],
+                row[1],
+                row[2],
+                int(row[3]),
+                ClassCorrections(
                     **{n: int(v or 0) for n, v in zip(COUNT_FIELDS, row[4:], strict=True)}
                 ),
             )

@@ -18,6 +18,8 @@ from sqlalchemy import select
 from cloud_trainer.config import GateSection
 from cloud_trainer.fleet.db import rollouts
 from cloud_trainer.fleet.service import ControlPlane
+from cloud_trainer.labelstudio.reviews import Review, ReviewLedger
+from cloud_trainer.labelstudio.tasks import ClassCorrections, Corrections
 from cloud_trainer.release.gate import judge
 from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.retrain import RunReport, RunStatus
@@ -69,6 +71,15 @@ def test_api_needs_the_token_and_refuses_bad_requests(served: tuple[ControlPlane
         httpx.get(f"{base}/api/devices", headers={"Authorization": "Bearer x"}).status_code == 401
     )
     assert httpx.get(f"{base}/api/devices", headers=auth).json() == []
+    empty = httpx.get(f"{base}/api/label-quality", headers=auth).json()
+    assert empty == {
+        "outcomes": {"labeled": 0, "skipped": 0, "rejected": 0},
+        "classes": [],
+        "problems": [],
+    }
+    assert httpx.get(f"{base}/api/label-quality").status_code == 401
+    too_many = httpx.get(f"{base}/api/label-quality", params={"problems": 9999}, headers=auth)
+    assert too_many.status_code == 422
     assert [m["version"] for m in httpx.get(f"{base}/api/models", headers=auth).json()] == [1, 2]
     bad = httpx.post(f"{base}/api/rollouts", headers=auth, json={"version": 0})
     assert bad.status_code == 422
@@ -227,6 +238,7 @@ def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
     try:
         upload_examples(store, fleet=fleet_name, count=1, with_predictions=True)
         store.put(f"{RUNS}/run-7/report.json", a_run_report("run-7"))
+        record_label_reviews(plane, fleet_name)
         wait_for(lambda: len(plane.registry.devices()) == 4, timeout=10)
         with HeadlessPage() as page:
             page.goto(f"{base}/#token={TOKEN}")
@@ -267,8 +279,47 @@ def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
             assert boxes >= 1
             caption = page.evaluate("document.querySelector('figure.example').textContent")
             assert "confidence_band" in caption and "dev-1/cam0" in caption
+            # People's corrections of the model (from Label Studio), per class.
+            page.wait_for("document.querySelector('#label-quality tr[data-class=bolt]')")
+            bolt = page.evaluate(
+                "document.querySelector('#label-quality tr[data-class=bolt]').textContent"
+            )
+            assert "m v2" in bolt and "33.3%" in bolt  # 1 of 3 bolts missed
+            outcomes = page.evaluate("document.getElementById('label-outcomes').textContent")
+            assert "1 labeled" in outcomes and "1 rejected" in outcomes
+            problems = page.evaluate("document.getElementById('label-problems').textContent")
+            assert "unknown label 'screw'" in problems
     finally:
         fleet.stop()
+
+
+def record_label_reviews(plane: ControlPlane, fleet: str) -> None:
+    """What `labels pull` records: one labeled example whose bolts people corrected, and
+    one rejected example."""
+    ledger = ReviewLedger(plane.engine)
+
+    def review(key: str, outcome: str, reason: str = "") -> Review:
+        return Review(
+            example_key=key,
+            fleet=fleet,
+            project_id=1,
+            task_id=len(key),
+            annotation_id=1,
+            annotation_stamp="2026-12-01T10:00:00+00:00",
+            outcome=outcome,
+            reason=reason,
+            model_name="m",
+            model_version=2,
+            pulled_at=datetime(2026, 12, 1, tzinfo=UTC),
+        )
+
+    fixes = Corrections()
+    fixes.by_class["bolt"] = ClassCorrections(prelabeled=2, labeled=3, kept=2, added=1)
+    ledger.record(review(f"hard-examples/{fleet}/d/2026/12/01/a.jpg", "labeled"), fixes)
+    ledger.record(
+        review(f"hard-examples/{fleet}/d/2026/12/01/bb.jpg", "rejected", "unknown label 'screw'"),
+        None,
+    )
 
 
 def button(rollout: str, action: str) -> str:

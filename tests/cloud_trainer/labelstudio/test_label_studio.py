@@ -204,8 +204,8 @@ def test_pull_converts_records_and_rejects_with_reasons(
     assert any("zero size" in r for r in reasons)
     quality = ledger.quality(fleet)
     assert {(q.model_name, q.model_version) for q in quality} == {("bolts", 3)}
-    assert sum(q.counts.removed for q in quality) == 1
-    assert sum(q.counts.relabeled for q in quality) == 1
+    assert sum(q.removed for q in quality) == 1
+    assert sum(q.relabeled for q in quality) == 1
 
     # A second pull changes nothing; an edit after the pull replaces the label and its
     # corrections instead of counting twice.
@@ -216,7 +216,7 @@ def test_pull_converts_records_and_rejects_with_reasons(
     edited = pull_labels(store, client, ledger, config)
     assert (edited.labeled, edited.unchanged) == (1, 5)
     assert len(read_label(store, config, uploaded[0])) == 0
-    removed_now = sum(q.counts.removed for q in ledger.quality(fleet))
+    removed_now = sum(q.removed for q in ledger.quality(fleet))
     assert removed_now == 1 + len(uploaded[0].truth)
 
 
