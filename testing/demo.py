@@ -31,21 +31,34 @@ import httpx
 import yaml
 
 from cloud_trainer.config import StorageSection, TrainerConfig
+from cloud_trainer.fleet.db import open_database
 from cloud_trainer.fleet.params import RolloutParams, RolloutTargets
 from cloud_trainer.fleet.rollout import RolloutStatus
 from cloud_trainer.fleet.service import ControlPlane
 from cloud_trainer.fleet.states import RolloutState
+from cloud_trainer.labelstudio.client import LabelStudioClient
+from cloud_trainer.labelstudio.pull import pull_labels
+from cloud_trainer.labelstudio.push import push_examples
+from cloud_trainer.labelstudio.reviews import ReviewLedger
 from cloud_trainer.release.evaluate import MetricsAccumulator
 from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.retrain import Retrainer, RunReport, RunStatus
 from cloud_trainer.store import ObjectStore
 from cloud_trainer.training.finetune import EpochReport
 from shared.detections import Detections
+from shared.errors import LinefleetError
 from shared.object_keys import HARD_EXAMPLES
 from shared.signing import SigningKey
 from shared.synth import CLASS_NAMES, SyntheticLine
 from testing.bootstrap_model import bootstrap_files, register_bootstrap
-from testing.local_services import MosquittoProcess, NanioS3Process, free_port, wait_for_port
+from testing.label_studio_annotator import annotate_with_truth
+from testing.local_services import (
+    LabelStudioProcess,
+    MosquittoProcess,
+    NanioS3Process,
+    free_port,
+    wait_for_port,
+)
 
 FLEET = "demo"
 MODEL = "line-detector"
@@ -68,6 +81,10 @@ class DemoSettings:
     timeout_s: float = 900.0
     # The committed bootstrap weights (artifacts/ in a checkout); trained first when absent.
     bootstrap_pt: Path | None = None
+    # "synthetic": the line's exact truth labels the examples (the default, nothing to
+    # install); "label-studio": a local Label Studio, where a scripted annotator submits the
+    # truth through Label Studio's API as a person would, and the trainer pushes and pulls.
+    labeler: str = "synthetic"
 
 
 @dataclass
@@ -87,6 +104,7 @@ class Demo:
         self.started = time.monotonic()
         self.devices = [DeviceRow(f"edge-{i:02d}", free_port()) for i in (1, 2)]
         self.services: list[Any] = []
+        self.studio: LabelStudioProcess | None = None
 
     # ------------------------------------------------------------------ output
     def say(self, text: str) -> None:
@@ -100,6 +118,14 @@ class Demo:
         s3 = NanioS3Process(self.work / "s3").start()
         self.services.append(s3)
         self.say(f"object store (nanio, folder {self.work / 's3'}) at {s3.endpoint_url}")
+        if self.settings.labeler == "label-studio":
+            self.say("starting Label Studio (SQLite, loopback; its first start takes ~1 min)")
+            self.studio = LabelStudioProcess(self.work / "label-studio").start()
+            self.services.append(self.studio)
+            self.say(
+                f"Label Studio at {self.studio.url} (user {self.studio.username}, "
+                f"password {self.studio.password})"
+            )
         return broker, s3
 
     def trainer_config(self, broker: MosquittoProcess, s3: NanioS3Process) -> TrainerConfig:
@@ -112,7 +138,7 @@ class Demo:
                 secret_access_key=s3.secret_key,
             ),
             model_line={"name": MODEL, "fleet": FLEET, "imgsz": 320},
-            labeling={"source": "synthetic"},
+            labeling=self.labeling(),
             dataset={"replay_max_train_images": 48},
             # cpu price: what a 2-vCPU cloud VM costs per hour, to show the cost accounting.
             training={
@@ -126,6 +152,36 @@ class Demo:
             fleet={"tick_interval_s": 0.5, "settle_s": 0.5, "api": {"port": free_port()}},
             work_dir=self.work / "trainer",
         )
+
+    def labeling(self) -> dict[str, Any]:
+        if self.studio is None:
+            return {"source": "synthetic"}
+        token = self.studio.personal_access_token()
+        return {"source": "yolo_import", "label_studio": {"url": self.studio.url, "token": token}}
+
+    def people_label(self, config: TrainerConfig, store: ObjectStore) -> dict[str, Any]:
+        """Push the hard examples to Label Studio, let the scripted annotator submit the
+        truth through its API, pull the labels back (what `labels push` and `labels pull`
+        do), and return the outcomes and the bootstrap's per-class corrections."""
+        assert self.studio is not None
+        ledger = ReviewLedger(open_database(config.fleet.url(config.work_dir)))
+        with LabelStudioClient.from_section(config.labeling.label_studio) as client:
+            pushed = push_examples(store, client, config)
+            self.say(f"labels push: {pushed.summary().splitlines()[0]}")
+            annotated = annotate_with_truth(client, pushed.project_id, store, list(CLASS_NAMES))
+            self.say(f"annotator submitted {annotated.submitted} task(s) in Label Studio")
+            pulled = pull_labels(store, client, ledger, config)
+            self.say(f"labels pull: {pulled.summary().splitlines()[0]}")
+        quality = ledger.quality(FLEET)
+        for row in quality:
+            self.say(
+                f"  people corrected {row.class_name}: missed {row.missed_rate}, "
+                f"false {row.false_rate} ({row.prelabeled} pre-labels, {row.labeled} boxes)"
+            )
+        return {
+            "outcomes": ledger.outcomes(FLEET),
+            "missed_rate": {row.class_name: row.missed_rate for row in quality},
+        }
 
     def make_key(self) -> SigningKey:
         keys = self.work / "keys"
@@ -295,6 +351,7 @@ class Demo:
         self.say(f"the line drifts to {s.drift!r} after {s.drift_after_frames} frames per camera")
         examples = self.wait_for_examples(store)
         self.measure("after drift", self.settings.drift)
+        people = self.people_label(config, store) if self.studio is not None else None
 
         self.say("retrain: select -> build -> fine-tune (CPU) -> export -> gate -> publish")
         report = Retrainer(config, store, announce=self.say, on_epoch=self._epoch).run()
@@ -316,7 +373,11 @@ class Demo:
         # Counted again at the end: the agents kept uploading while the loop ran, and the
         # run selected what was there when it started (labels_used <= this count).
         uploaded = max(examples, self.hard_examples(store))
-        return self._summary(report, uploaded, plane, rollout_id, new_version)
+        summary = self._summary(report, uploaded, plane, rollout_id, new_version)
+        summary["labeler"] = self.settings.labeler
+        if people is not None:
+            summary["label_studio"] = people
+        return summary
 
     def _epoch(self, report: EpochReport) -> None:
         self.say(
@@ -428,8 +489,15 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("artifacts/bootstrap-yolov8n-320.pt"),
         help="bootstrap weights to register as v1 (trained first when the file is missing)",
     )
+    parser.add_argument(
+        "--labeler",
+        choices=["synthetic", "label-studio"],
+        default="synthetic",
+        help="who labels: the line's truth, or a scripted annotator in a local Label Studio "
+        "(`make labelstudio` installs it)",
+    )
     args = parser.parse_args(argv)
-    settings = DemoSettings(bootstrap_pt=args.bootstrap.resolve())
+    settings = DemoSettings(bootstrap_pt=args.bootstrap.resolve(), labeler=args.labeler)
     if args.quick:
         settings = dataclasses.replace(
             settings, examples=160, drift_after_frames=12, eval_frames=24, probation_s=4.0
@@ -441,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = Demo(work, settings)
     try:
         summary = demo.run()
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, LinefleetError) as exc:
         print(f"demo failed: {exc} (logs under {work})", file=sys.stderr)
         return 1
     finally:

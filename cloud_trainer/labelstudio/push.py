@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -148,11 +148,15 @@ class PushResult:
 
 @dataclass(frozen=True)
 class _Candidate:
+    """What ordering needs of an example; its sidecar is read again when its batch is built,
+    so a push holds a few numbers per example, not every task, in memory."""
+
+    priority: float
+    captured_at: datetime
     ref: ExampleRef
-    sidecar: HardExampleSidecar
 
 
-def _read(store: ObjectStore, ref: ExampleRef, classes: list[str]) -> _Candidate | str:
+def _read(store: ObjectStore, ref: ExampleRef, classes: list[str]) -> HardExampleSidecar | str:
     try:
         raw, _ = store.get(ref.sidecar.key, max_bytes=MAX_SIDECAR_BYTES)
         sidecar = HardExampleSidecar.model_validate_json(raw)
@@ -161,12 +165,7 @@ def _read(store: ObjectStore, ref: ExampleRef, classes: list[str]) -> _Candidate
     except StorageError as exc:
         return f"unreadable sidecar: {exc}"
     problem = sidecar_disagreement(ref, sidecar, classes)
-    return problem if problem is not None else _Candidate(ref, sidecar)
-
-
-def _batches(items: Sequence[dict[str, Any]], size: int) -> Iterator[Sequence[dict[str, Any]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    return problem if problem is not None else sidecar
 
 
 def push_examples(
@@ -190,29 +189,41 @@ def push_examples(
     selection = select_examples(store, config.model_line.fleet, config.selection)
     fresh = [ref for ref in selection.examples if ref.image.key not in present]
     result.already_there = len(selection.examples) - len(fresh)
-    with ThreadPoolExecutor(READ_WORKERS) as pool:
-        read = list(pool.map(lambda ref: _read(store, ref, classes), fresh))
     candidates: list[_Candidate] = []
-    for ref, outcome in zip(fresh, read, strict=True):
-        if isinstance(outcome, str):
-            result.invalid[ref.image.key] = outcome
-        else:
-            candidates.append(outcome)
-    candidates.sort(key=lambda c: (-c.sidecar.priority, c.sidecar.captured_at, c.ref.image.key))
-    if limit is not None and len(candidates) > limit:
-        result.left_for_later = len(candidates) - limit
-        candidates = candidates[:limit]
-    tasks = [
-        task_for_example(
-            c.sidecar,
-            example_key=c.ref.image.key,
-            image_uri=f"s3://{store.bucket}/{c.ref.image.key}",
-            classes=classes,
-        )
-        for c in candidates
-    ]
-    for batch in _batches(tasks, studio.batch_size):
-        client.import_tasks(project_id, batch)
-        result.pushed += len(batch)
-        log.info("pushed %d/%d task(s) to project %d", result.pushed, len(tasks), project_id)
+    with ThreadPoolExecutor(READ_WORKERS) as pool:
+        for ref, read in zip(
+            fresh, pool.map(lambda r: _read(store, r, classes), fresh), strict=True
+        ):
+            if isinstance(read, str):
+                result.invalid[ref.image.key] = read
+            else:
+                candidates.append(_Candidate(read.priority, read.captured_at, ref))
+        candidates.sort(key=lambda c: (-c.priority, c.captured_at, c.ref.image.key))
+        if limit is not None and len(candidates) > limit:
+            result.left_for_later = len(candidates) - limit
+            del candidates[limit:]
+        for start in range(0, len(candidates), studio.batch_size):
+            batch = candidates[start : start + studio.batch_size]
+            tasks = []
+            for candidate, read in zip(
+                batch, pool.map(lambda c: _read(store, c.ref, classes), batch), strict=True
+            ):
+                if isinstance(read, str):  # changed since the first read
+                    result.invalid[candidate.ref.image.key] = read
+                    continue
+                key = candidate.ref.image.key
+                tasks.append(
+                    task_for_example(
+                        read,
+                        example_key=key,
+                        image_uri=f"s3://{store.bucket}/{key}",
+                        classes=classes,
+                    )
+                )
+            if tasks:
+                client.import_tasks(project_id, tasks)
+            result.pushed += len(tasks)
+            log.info(
+                "pushed %d/%d task(s) to project %d", result.pushed, len(candidates), project_id
+            )
     return result
