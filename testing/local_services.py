@@ -513,6 +513,17 @@ class LabelStudioProcess(_ChildService):
         env.pop("HOST", None)  # Label Studio reads HOST as its public URL
         return env
 
+    def start(self) -> Self:
+        """Start; once more on a fresh port if another process took the free one meanwhile
+        (Label Studio binds it only after its migrations, a minute later)."""
+        try:
+            return super().start()
+        except ServiceError as exc:
+            if "port is already in use" not in str(exc):
+                raise
+            self.port = free_port(self.host)
+            return super().start()
+
     def _ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:  # noqa: S310

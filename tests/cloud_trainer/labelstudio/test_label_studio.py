@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -341,3 +343,46 @@ def test_cli_push_pull_quality(
     assert main(["labels", "quality", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "2 labeled" in out and "bolts@3" in out
+
+
+def test_a_server_that_hangs_is_unavailable_not_a_hang(
+    store: ObjectStore, config: TrainerConfig
+) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with (
+            LabelStudioClient(url, "t", timeout_s=0.5) as slow,
+            pytest.raises(LabelStudioUnavailableError, match="ReadTimeout"),
+        ):
+            slow.find_project("x")
+        assert time.monotonic() - started < 10  # three short tries, not a hang
+
+
+def test_foreign_and_hostile_tasks_are_ignored_with_the_reason(
+    store: ObjectStore, config: TrainerConfig, client: LabelStudioClient, ledger: ReviewLedger
+) -> None:
+    upload(store, config, 1)
+    project_id = push_examples(store, client, config).project_id
+    fleet = config.model_line.fleet
+    keys: list[Any] = [
+        None,  # someone's own task, no example key
+        "hard-examples/other-fleet/d/2026/11/20/f.jpg",
+        f"hard-examples/{fleet}/../../labels/x.jpg",
+        f"hard-examples/{fleet}/d/2026/11/20/f.json",
+        ["not", "a", "string"],
+    ]
+    hostile = [
+        {"data": {"image": "s3://x/y.jpg"} | ({"example_key": k} if k is not None else {})}
+        for k in keys
+    ]
+    ids = client.import_tasks(project_id, hostile)
+    for task_id in ids:
+        client.create_annotation(task_id, [])
+    result = pull_labels(store, client, ledger, config)
+    assert result.ignored == len(hostile) and result.labeled == 0
+    assert any("not an image of fleet" in p for p in result.problems)
+    assert any("unsafe object key" in p for p in result.problems)
+    assert not any(i.key.startswith("labels/") for i in store.list("labels/"))
