@@ -196,40 +196,28 @@ class RetrainTriggers:
                 max_instances=1,
                 coalesce=True,
             )
+        def every_check(job: Callable[[], object], job_id: str, *, now: bool = True) -> None:
+            scheduler.add_job(
+                self._safely(job),
+                "interval",
+                seconds=schedule.check_interval_s,
+                id=job_id,
+                max_instances=1,
+                coalesce=True,
+                **({"next_run_time": utc_now()} if now else {}),
+            )
+
         if schedule.min_new_examples is not None:
-            scheduler.add_job(
-                self._safely(self.check_threshold),
-                "interval",
-                seconds=schedule.check_interval_s,
-                id="threshold",
-                max_instances=1,
-                coalesce=True,
-                next_run_time=utc_now(),
-            )
+            every_check(self.check_threshold, "threshold")
         if schedule.min_new_labels is not None:
-            scheduler.add_job(
-                self._safely(self.check_labels),
-                "interval",
-                seconds=schedule.check_interval_s,
-                id="labels",
-                max_instances=1,
-                coalesce=True,
-                next_run_time=utc_now(),
-            )
+            every_check(self.check_labels, "labels")
         if schedule.drift_devices is not None:
             if self._drifting_devices is None:
                 raise TrainerConfigError(
                     "schedule.drift_devices needs the fleet's heartbeats: enable mqtt so serve "
                     "runs the control plane"
                 )
-            scheduler.add_job(
-                self._safely(self.check_drift),
-                "interval",
-                seconds=schedule.check_interval_s,
-                id="drift",
-                max_instances=1,
-                coalesce=True,
-            )
+            every_check(self.check_drift, "drift", now=False)
         if not scheduler.get_jobs():
             raise TrainerConfigError(
                 "serve has nothing to schedule: set schedule.cron, schedule.min_new_examples, "
