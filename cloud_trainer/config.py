@@ -245,6 +245,10 @@ class FleetSection(_Section):
     settle_s: float = Field(
         default=1.0, ge=0.0, le=60.0, description="time to take in retained state at start"
     )
+    # Each device's heartbeats kept for its console page and drift charts: one every
+    # history_interval_s, for history_keep_h (5,000 devices a minute for 48 h: 14 M rows).
+    history_interval_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    history_keep_h: float = Field(default=48.0, gt=0.0, le=24.0 * 366)
     rollout: RolloutParams = RolloutParams()
     api: ControlApiSection = ControlApiSection()
 

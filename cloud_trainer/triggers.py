@@ -196,6 +196,7 @@ class RetrainTriggers:
                 max_instances=1,
                 coalesce=True,
             )
+
         def every_check(job: Callable[[], object], job_id: str, *, now: bool = True) -> None:
             scheduler.add_job(
                 self._safely(job),

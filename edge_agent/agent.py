@@ -47,6 +47,7 @@ from edge_agent.pipeline import Pipeline
 from edge_agent.sinks.events import EventsSink
 from edge_agent.sinks.mining import DisagreementSampler, HardExamplePolicy, NearDuplicateFilter
 from edge_agent.sinks.mining.factory import build_samplers
+from edge_agent.sinks.mining.line_stats import LineStats
 from edge_agent.status import (
     AgentStatus,
     CameraStatus,
@@ -225,6 +226,10 @@ class Agent:
         self.mining: HardExamplePolicy | None = None
         self.uploader: Uploader | None = None
         self._degraded: list[str] = []
+        # What the model reports per camera between heartbeats: the console's drift charts.
+        band = config.mining.confidence_band
+        self.line_stats = LineStats((band.low, band.high))
+        self.pipeline.add_sink(self.line_stats)
         mining = config.mining.enabled
         if mining and not config.storage.enabled and not config.mining.spool_without_storage:
             mining = False
@@ -251,6 +256,7 @@ class Agent:
                 ),
                 queue_size=config.mining.queue_size,
                 jpeg_quality=config.spool.jpeg_quality,
+                line_stats=self.line_stats,
             )
             self.pipeline.add_sink(self.mining)
         if config.storage.enabled and self.spool is not None:
@@ -572,7 +578,9 @@ class Agent:
         return self.metrics.render()
 
     def heartbeat(self) -> Heartbeat:
-        return self.status().heartbeat(utc_now())
+        """The status as a heartbeat, with each camera's line window since the last one
+        (taken here, so only heartbeats restart the windows, not ``/status`` reads)."""
+        return self.status().heartbeat(utc_now(), self.line_stats.take())
 
     def publish_heartbeat(self) -> None:
         if self.mqtt is None:

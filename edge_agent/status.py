@@ -4,6 +4,7 @@ three can never disagree about a figure or drift apart as fields are added."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from edge_agent.inference.selection import RuntimeChoice
 from edge_agent.ota.store import StoreState
 from edge_agent.upload.spool import SpoolStats
-from shared.messages import CameraHealth, CameraState, Heartbeat, OtaState
+from shared.messages import CameraHealth, CameraState, Heartbeat, LineWindow, OtaState
 
 
 class _View(BaseModel):
@@ -122,8 +123,12 @@ class AgentStatus(_View):
     ota_enabled: bool = False
     ota_trusted_keys: list[str] = []
 
-    def heartbeat(self, sent_at: datetime) -> Heartbeat:
-        """The periodic heartbeat for the fleet: a summary of this status."""
+    def heartbeat(
+        self, sent_at: datetime, lines: Mapping[str, LineWindow] | None = None
+    ) -> Heartbeat:
+        """The periodic heartbeat for the fleet: a summary of this status, with each
+        camera's line window (``lines``) when mining measured one."""
+        lines = lines or {}
         return Heartbeat(
             device_id=self.device.id,
             sent_at=sent_at,
@@ -138,6 +143,8 @@ class AgentStatus(_View):
             dropped_frames=sum(c.frames_dropped for c in self.cameras.values()),
             spool_depth=self.spool.depth if self.spool else 0,
             spool_bytes=self.spool.bytes if self.spool else 0,
+            spool_oldest_age_s=round(self.spool.oldest_age_s, 1) if self.spool else 0.0,
+            upload_errors=self.uploader.failed if self.uploader else 0,
             cameras={
                 camera_id: CameraHealth(
                     state=c.state,
@@ -150,6 +157,7 @@ class AgentStatus(_View):
                     stalls=c.stalls,
                     last_error=c.last_error[:300],
                     drifting=c.drifting,
+                    line=lines.get(camera_id),
                 )
                 for camera_id, c in self.cameras.items()
             },

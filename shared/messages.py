@@ -192,9 +192,28 @@ class CameraState(StrEnum):
     FAILED = "failed"
 
 
+class LineWindow(BaseModel):
+    """What the model reported from one camera since the previous heartbeat: the raw
+    material of the console's drift charts (heartbeat schema 4)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seconds: float = Field(ge=0.0, le=86_400.0)
+    frames: int = Field(ge=0)
+    detections_per_min: dict[ClassName, Annotated[float, Field(ge=0.0, le=1e7)]] = Field(
+        default_factory=dict, max_length=256
+    )
+    mean_confidence: dict[ClassName, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict, max_length=256
+    )
+    # Share of frames with a detection in the uncertain confidence band.
+    band_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    hard_examples_per_min: float = Field(default=0.0, ge=0.0, le=1e7)
+
+
 class CameraHealth(BaseModel):
     """One camera in a heartbeat. Fields after ``errors`` came with heartbeat schema 2,
-    ``drifting`` with schema 3."""
+    ``drifting`` with schema 3, ``line`` with schema 4."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -210,6 +229,7 @@ class CameraHealth(BaseModel):
     # What the model reports from this camera has moved from its baseline (mining's drift
     # sampler): the line changed under the model.
     drifting: bool = False
+    line: LineWindow | None = None
 
 
 class Heartbeat(_Message):
@@ -217,9 +237,11 @@ class Heartbeat(_Message):
     schema-1 heartbeat of an older agent still parses (those figures read as zero).
     Schema 3 added whether OTA is enabled and which signing keys the agent trusts, so a
     rollout can warn about devices that will never take it (older agents: unknown), and
-    whether each camera's line is drifting."""
+    whether each camera's line is drifting. Schema 4 added each camera's line window (what
+    the model reported since the last heartbeat), the spool's oldest example and upload
+    errors."""
 
-    schema_version: Literal[1, 2, 3] = 3  # type: ignore[assignment]
+    schema_version: Literal[1, 2, 3, 4] = 4  # type: ignore[assignment]
     device_id: Identifier
     sent_at: AwareDatetime
     uptime_s: float = Field(ge=0.0)
@@ -233,6 +255,8 @@ class Heartbeat(_Message):
     dropped_frames: int = Field(default=0, ge=0)
     spool_depth: int = Field(default=0, ge=0)
     spool_bytes: int = Field(default=0, ge=0)
+    spool_oldest_age_s: float = Field(default=0.0, ge=0.0)
+    upload_errors: int = Field(default=0, ge=0)
     cameras: dict[Identifier, CameraHealth] = Field(default_factory=dict, max_length=64)
     ota_enabled: bool | None = None  # None: an agent older than schema 3 did not say
     trusted_keys: list[Identifier] = Field(default_factory=list, max_length=32)

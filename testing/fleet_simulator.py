@@ -27,6 +27,7 @@ from shared.messages import (
     DesiredState,
     DesiredTarget,
     Heartbeat,
+    LineWindow,
     OnlineStatus,
     OtaState,
     ReportedState,
@@ -38,6 +39,21 @@ from shared.signing import Verifier
 from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
+
+
+def simulated_line(fps: float, *, drifting: bool) -> LineWindow:
+    """A camera's line window: four parts a frame; a drifting line loses most of its bolts,
+    and the model grows unsure (lower confidence, more frames in the band)."""
+    per_min = 60.0 * fps
+    bolts = 0.2 if drifting else 1.0
+    return LineWindow(
+        seconds=1.0,
+        frames=int(fps),
+        detections_per_min={"bolt": per_min * bolts, "nut": per_min, "washer": per_min * 0.5},
+        mean_confidence={"bolt": 0.41 if drifting else 0.83, "nut": 0.8, "washer": 0.78},
+        band_share=0.62 if drifting else 0.08,
+        hard_examples_per_min=6.0 if drifting else 0.6,
+    )
 
 
 @dataclass
@@ -211,6 +227,7 @@ class SimulatedFleet:
                     fps_in=25.0,
                     frame_age_ms_p99=12.0,
                     drifting=device.behaviour.drifting,
+                    line=simulated_line(fps, drifting=device.behaviour.drifting),
                 )
             },
             ota_enabled=device.behaviour.ota_enabled,

@@ -7,6 +7,7 @@ over a WebSocket with the ``websockets`` package the API server already depends 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
@@ -24,6 +25,9 @@ import httpx
 from websockets.sync.client import ClientConnection, connect
 
 from testing.local_services import free_port
+
+# Screenshots of the console kept as test artifacts (CI can archive the folder).
+ARTIFACTS = Path(os.environ.get("LINEFLEET_TEST_ARTIFACTS", "test-artifacts")).resolve()
 
 
 class BrowserError(AssertionError):
@@ -103,6 +107,27 @@ class HeadlessPage:
                 return
             time.sleep(0.1)
         raise BrowserError(f"{expression!r} did not hold within {timeout:g} s")
+
+    def screenshot(self, path: Path, *, width: int = 1366, height: int = 768) -> Path:
+        """A PNG of the whole page as a 1366x768 screen lays it out (the smallest the
+        console must work on), written to ``path``."""
+        self._call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        size = self._call("Page.getLayoutMetrics")["cssContentSize"]
+        shot = self._call(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1},
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
 
     def close(self) -> None:
         self._stack.close()

@@ -9,7 +9,7 @@ polls the API. No build step.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from typing import Any
 
@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from cloud_trainer.errors import ObjectNotFoundError, StorageError, TrainerError
-from cloud_trainer.fleet.device_registry import DeviceRow, FleetRegistry
+from cloud_trainer.fleet.device_registry import DeviceRow, FleetRegistry, HistoryPoint
 from cloud_trainer.fleet.params import RolloutAction, RolloutParams, RolloutRequest
 from cloud_trainer.fleet.rollout import (
     RolloutController,
@@ -37,6 +37,13 @@ from shared.object_keys import HARD_EXAMPLES, RUNS, parse_hard_example_key
 MAX_THUMBNAIL_BYTES = 4 * 1024 * 1024
 MAX_SIDECAR_BYTES = 1024 * 1024
 _DEVICE_ROWS = TypeAdapter(list[DeviceRow])
+
+
+class DeviceView(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    device: DeviceRow
+    history: list[HistoryPoint]
 
 
 class LabelQualityView(BaseModel):
@@ -85,6 +92,17 @@ def create_control_app(
         # again and encodes in Python, 3-4x the database's time for a fleet of thousands
         # (benchmarks/console.py). The schema in /openapi.json stays the same.
         return Response(_DEVICE_ROWS.dump_json(registry.devices()), media_type="application/json")
+
+    @app.get("/api/devices/{device_id}", dependencies=guarded)
+    def device(
+        device_id: str, hours: float = Query(default=6.0, gt=0.0, le=24.0 * 366)
+    ) -> DeviceView:
+        """One device with its recent history (the console's device page and charts)."""
+        row = registry.device(device_id)
+        if row is None or row.fleet != registry.fleet:
+            raise HTTPException(404, f"no device {device_id!r} in this fleet")
+        since = datetime.now(UTC) - timedelta(hours=hours)
+        return DeviceView(device=row, history=registry.history(device_id, since))
 
     @app.get("/api/models", dependencies=guarded)
     def model_versions() -> list[IndexEntry]:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -94,6 +95,31 @@ devices = Table(
     # agent trusts, as a JSON list.
     Column("ota_enabled", Boolean),
     Column("trusted_keys", Text),
+    # Heartbeat schema 4: the spool's oldest example (a backlog that does not drain) and
+    # failed uploads since the agent started.
+    Column("spool_oldest_age_s", Float),
+    Column("upload_errors", Integer),
+)
+
+# Each device's recent past, one row per heartbeat at most every fleet.history_interval_s:
+# the console's device page and drift charts. Pruned past fleet.history_keep_h.
+device_history = Table(
+    "device_history",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("device_id", String(64), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("model_version", Integer),
+    Column("fps", Float),
+    Column("latency_ms_p99", Float),
+    Column("inference_errors", Integer),
+    Column("spool_depth", Integer),
+    Column("upload_errors", Integer),
+    # {camera_id: {"state", "drifting", "line": LineWindow}} as JSON.
+    Column("cameras", Text),
+    Index("device_history_device_at", "device_id", "at"),
 )
 
 rollouts = Table(
@@ -220,6 +246,16 @@ def _add_ota_trust(connection: Connection) -> None:
             connection.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
 
 
+def _add_device_history(connection: Connection) -> None:
+    """Heartbeat schema 4: spool backlog age and upload errors on the device row, and the
+    history table for the device page (a database made since has the columns already)."""
+    columns = {c["name"] for c in inspect(connection).get_columns("devices")}
+    for name, kind in (("spool_oldest_age_s", "FLOAT"), ("upload_errors", "INTEGER")):
+        if name not in columns:
+            connection.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
+    metadata.create_all(connection, tables=[device_history])
+
+
 def _add_label_reviews(connection: Connection) -> None:
     metadata.create_all(connection, tables=[label_reviews, label_corrections])
 
@@ -230,11 +266,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "devices.probation", _add_probation),
     (4, "devices: runtime, latency and cameras from heartbeats", _add_heartbeat_health),
     (5, "devices: OTA enabled and trusted keys from heartbeats", _add_ota_trust),
-    (
-        6,
-        "label_reviews, label_corrections: people's labels and their corrections",
-        _add_label_reviews,
-    ),
+    (6, "label_reviews, label_corrections: people's labels, corrections", _add_label_reviews),
+    (7, "device_history; devices: spool oldest age, upload errors", _add_device_history),
 ]
 
 

@@ -18,14 +18,14 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from cloud_trainer.fleet.db import devices
+from cloud_trainer.fleet.db import device_history, devices
 from cloud_trainer.fleet.states import IngestOutcome
 from shared.errors import ContractError
 from shared.messages import (
@@ -70,6 +70,9 @@ class DeviceRow:
     # Heartbeat schema 3: None while unknown (an older agent, or no heartbeat yet).
     ota_enabled: bool | None
     trusted_keys: list[str]
+    # Heartbeat schema 4: the spool's oldest example and failed uploads (None: unknown).
+    spool_oldest_age_s: float | None
+    upload_errors: int | None
 
     @classmethod
     def from_row(cls, row: Any, prefix: str = "") -> DeviceRow:
@@ -115,11 +118,38 @@ MAX_DEFERRED = 100_000  # topics held while the database is down; about one per 
 DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
+class HistoryPoint(BaseModel):
+    """One heartbeat of a device's recent past (the console's device page and charts)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    model_version: int | None
+    fps: float | None
+    latency_ms_p99: float | None
+    inference_errors: int | None
+    spool_depth: int | None
+    upload_errors: int | None
+    cameras: dict[str, CameraHealth]
+
+
 class FleetRegistry:
-    def __init__(self, engine: Engine, fleet: str, topics: Topics | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        fleet: str,
+        topics: Topics | None = None,
+        *,
+        history_interval_s: float = 60.0,
+        history_keep_s: float = 48 * 3600.0,
+    ) -> None:
         self.engine = engine
         self.fleet = fleet
         self.topics = topics or Topics(fleet)
+        self.history_interval = timedelta(seconds=history_interval_s)
+        self.history_keep = timedelta(seconds=history_keep_s)
+        self._history_last: dict[str, datetime] = {}  # device -> last recorded heartbeat
+        self._history_writes = 0
         self.outcomes: Counter[IngestOutcome] = Counter()
         # topic -> newest payload not yet written, oldest first. One lock for all writes, so
         # a held message can never land after a newer one of its topic.
@@ -273,6 +303,7 @@ class FleetRegistry:
     def _heartbeat(self, device_id: str, message: Heartbeat) -> IngestOutcome:
         if self._forged(device_id, message.device_id, "heartbeat"):
             return IngestOutcome.REJECTED_FORGED
+        cameras = _CAMERAS.dump_json(dict(message.cameras)).decode()
         self._upsert(
             device_id,
             {
@@ -285,13 +316,42 @@ class FleetRegistry:
                 "provider": message.provider,
                 "latency_ms_p50": message.latency_ms_p50,
                 "latency_ms_p99": message.latency_ms_p99,
-                "cameras": _CAMERAS.dump_json(dict(message.cameras)).decode(),
+                "cameras": cameras,
                 "ota_enabled": message.ota_enabled,
                 "trusted_keys": _KEYS.dump_json(list(message.trusted_keys)).decode(),
+                "spool_oldest_age_s": message.spool_oldest_age_s,
+                "upload_errors": message.upload_errors,
                 "online": True,
             },
         )
+        self._record_history(device_id, message, cameras)
         return IngestOutcome.APPLIED
+
+    def _record_history(self, device_id: str, message: Heartbeat, cameras: str) -> None:
+        """At most one row per device and history interval; old rows are pruned now and
+        then (every 500 writes), in the same ingest thread."""
+        last = self._history_last.get(device_id)
+        if last is not None and message.sent_at - last < self.history_interval:
+            return
+        self._history_last[device_id] = message.sent_at
+        with self.engine.begin() as connection:
+            connection.execute(
+                device_history.insert().values(
+                    device_id=device_id,
+                    at=message.sent_at,
+                    model_version=message.model_version,
+                    fps=message.fps,
+                    latency_ms_p99=message.latency_ms_p99,
+                    inference_errors=message.inference_errors,
+                    spool_depth=message.spool_depth,
+                    upload_errors=message.upload_errors,
+                    cameras=cameras,
+                )
+            )
+            self._history_writes += 1
+            if self._history_writes % 500 == 1:
+                cutoff = datetime.now(UTC) - self.history_keep
+                connection.execute(device_history.delete().where(device_history.c.at < cutoff))
 
     # ------------------------------------------------------------------ queries
     def drifting_devices(self) -> list[str]:
@@ -301,6 +361,29 @@ class FleetRegistry:
             for d in self.devices()
             if d.online and any(c.drifting for c in d.cameras.values())
         )
+
+    def history(self, device_id: str, since: datetime) -> list[HistoryPoint]:
+        """The device's recorded heartbeats since ``since``, oldest first."""
+        query = (
+            select(device_history)
+            .where(device_history.c.device_id == device_id, device_history.c.at >= since)
+            .order_by(device_history.c.at)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [
+            HistoryPoint(
+                at=row.at,
+                model_version=row.model_version,
+                fps=row.fps,
+                latency_ms_p99=row.latency_ms_p99,
+                inference_errors=row.inference_errors,
+                spool_depth=row.spool_depth,
+                upload_errors=row.upload_errors,
+                cameras=_cameras_from_column(row.cameras),
+            )
+            for row in rows
+        ]
 
     def device(self, device_id: str) -> DeviceRow | None:
         with self.engine.connect() as connection:

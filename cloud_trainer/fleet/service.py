@@ -48,7 +48,13 @@ class ControlPlane:
         self.config = config
         self.topics = Topics(fleet, prefix=config.mqtt.topic_prefix)
         self.engine = engine or open_database(config.fleet.url(config.work_dir))
-        self.registry = FleetRegistry(self.engine, fleet, self.topics)
+        self.registry = FleetRegistry(
+            self.engine,
+            fleet,
+            self.topics,
+            history_interval_s=config.fleet.history_interval_s,
+            history_keep_s=config.fleet.history_keep_h * 3600.0,
+        )
         self._last_message = time.monotonic()
         self.link = MqttLink(
             config.mqtt,

@@ -108,7 +108,16 @@ def test_events_online_and_heartbeat(
         )
         assert beat.cameras["cam0"].state == "streaming" and beat.fps >= 0
         # OTA is off in this config: the fleet is told, so a rollout can warn about it.
-        assert beat.schema_version == 3 and beat.ota_enabled is False and beat.trusted_keys == []
+        assert beat.schema_version == 4 and beat.ota_enabled is False and beat.trusted_keys == []
+        # What the model reported from the camera since the agent started (mining's window),
+        # then a fresh window for the next heartbeat.
+        first = beat.cameras["cam0"].line
+        assert first is not None and first.frames > 0 and first.seconds > 0
+        assert first.detections_per_min and set(first.mean_confidence) == set(
+            first.detections_per_min
+        )
+        second = agent.heartbeat().cameras["cam0"].line
+        assert second is not None and second.seconds < first.seconds
         started = time.monotonic()
         time.sleep(1.0)
         rate = len(listener.on(topics.device("edge-mq", Channel.EVENTS)))

@@ -18,6 +18,7 @@ import cv2
 
 from edge_agent.frame_path import DetectionResult
 from edge_agent.sinks.mining.dedup import NearDuplicateFilter
+from edge_agent.sinks.mining.line_stats import LineStats
 from edge_agent.sinks.mining.samplers import DriftSampler, MiningInput, Sampler
 from edge_agent.upload.spool import Spool, SpoolError
 from shared.hard_examples import HardExampleSidecar
@@ -52,6 +53,7 @@ class HardExamplePolicy:
         dedup: NearDuplicateFilter | None = None,
         queue_size: int = 16,
         jpeg_quality: int = 90,
+        line_stats: LineStats | None = None,
     ) -> None:
         self.samplers = samplers
         self.spool = spool
@@ -60,6 +62,8 @@ class HardExamplePolicy:
         self.device_id = device_id
         self.dedup = dedup or NearDuplicateFilter()
         self.jpeg_quality = jpeg_quality
+        # Counts the examples kept, per camera, into the heartbeat's line window.
+        self.line_stats = line_stats
         self.stats = MiningStats()
         self._queue: queue.Queue[MiningInput] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._loop, name="mining", daemon=True)
@@ -178,4 +182,6 @@ class HardExamplePolicy:
             self.stats.rejected += 1
             return None
         self.stats.accepted += 1
+        if self.line_stats is not None:
+            self.line_stats.hard_example(frame.camera_id)
         return key_base

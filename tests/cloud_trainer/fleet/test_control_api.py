@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -30,7 +30,7 @@ from shared.topics import Topics
 from testing.fleet_simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
 from testing.local_services import MosquittoProcess
 from testing.synthetic_examples import upload_examples
-from tests.browser import HeadlessPage
+from tests.browser import ARTIFACTS, HeadlessPage
 from tests.cloud_trainer.fleet.test_rollout import (  # noqa: F401 - fixtures
     plane_factory,
     registry,
@@ -78,6 +78,11 @@ def test_api_needs_the_token_and_refuses_bad_requests(served: tuple[ControlPlane
         "problems": [],
     }
     assert httpx.get(f"{base}/api/label-quality").status_code == 401
+    missing = httpx.get(f"{base}/api/devices/nobody", headers=auth)
+    assert missing.status_code == 404 and "nobody" in missing.text
+    assert httpx.get(f"{base}/api/devices/nobody").status_code == 401
+    bad_hours = httpx.get(f"{base}/api/devices/x", params={"hours": -1}, headers=auth)
+    assert bad_hours.status_code == 422
     too_many = httpx.get(f"{base}/api/label-quality", params={"problems": 9999}, headers=auth)
     assert too_many.status_code == 422
     assert [m["version"] for m in httpx.get(f"{base}/api/models", headers=auth).json()] == [1, 2]
@@ -222,6 +227,7 @@ def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
     fleet_name: str,
 ) -> None:
     plane, base = served
+    plane.registry.history_interval = timedelta(0)  # every heartbeat, for the charts
     devices = [
         SimulatedDevice(
             f"dev-{i:03d}",
@@ -289,6 +295,27 @@ def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
             assert "1 labeled" in outcomes and "1 rejected" in outcomes
             problems = page.evaluate("document.getElementById('label-problems').textContent")
             assert "unknown label 'screw'" in problems
+            # A device's page: its history drawn, the drifting line shaded, per class.
+            page.evaluate("document.querySelector('#devices tr[data-device=dev-001]').click()")
+            page.wait_for("document.querySelector('#device-detail[data-device=dev-001]')")
+            detections = "document.querySelector('.chart[data-title^=detections]')"
+            page.wait_for(f"Number({detections}.dataset.points) >= 6")
+            series = page.evaluate(
+                f"[...{detections}.querySelectorAll('polyline')].map(p => p.dataset.series)"
+            )
+            assert series == ["bolt", "nut", "washer"]
+            assert page.evaluate(f"{detections}.querySelectorAll('rect.drift').length") >= 1
+            band = page.evaluate(
+                "document.querySelector('.chart[data-title^=share] .legend').textContent"
+            )
+            assert "0.62" in band  # the drifting line: most frames uncertain
+            facts = page.evaluate("document.getElementById('device-facts').textContent")
+            assert "online" in facts and "v1" in facts
+            page.screenshot(ARTIFACTS / "console-device-page.png")
+            page.evaluate("document.querySelector('#devices tr[data-device=dev-003]').click()")
+            page.wait_for("document.querySelector('#device-detail[data-device=dev-003]')")
+            page.wait_for(f"Number({detections}.dataset.points) >= 3")
+            assert page.evaluate(f"{detections}.querySelectorAll('rect.drift').length") == 0
     finally:
         fleet.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from shared.messages import (
     CameraHealth,
     CameraState,
     Heartbeat,
+    LineWindow,
     OtaState,
     ReportedState,
     ReportSequence,
@@ -25,6 +27,7 @@ from shared.topics import Channel, Topics
 from testing.local_services import PostgresProcess, free_port
 
 pytestmark = pytest.mark.integration
+ALL_MIGRATIONS = [1, 2, 3, 4, 5, 6, 7]
 
 
 def reported(device_id: str, sequence: int) -> bytes:
@@ -42,7 +45,7 @@ def reported(device_id: str, sequence: int) -> bytes:
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_agent_sized_sequences_are_stored(database_url: str) -> None:
     engine = open_database(database_url)
-    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
+    assert applied_migrations(engine) == ALL_MIGRATIONS
     registry = FleetRegistry(engine, "plant")
     topic = Topics("plant").device("box-1", Channel.REPORTED)
     sequence = ReportSequence().next()
@@ -51,7 +54,7 @@ def test_agent_sized_sequences_are_stored(database_url: str) -> None:
     device = registry.device("box-1")
     assert device is not None and device.reported_sequence == sequence
     open_database(database_url)  # opening again applies nothing twice
-    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
+    assert applied_migrations(engine) == ALL_MIGRATIONS
 
 
 def test_a_postgres_database_from_migration_1_is_widened(postgres: PostgresProcess) -> None:
@@ -69,7 +72,7 @@ def test_a_postgres_database_from_migration_1_is_widened(postgres: PostgresProce
     assert old.deferred == 0
 
     engine = open_database(url)
-    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
+    assert applied_migrations(engine) == ALL_MIGRATIONS
     with create_engine(url).connect() as connection:
         types = dict(
             connection.execute(
@@ -150,7 +153,7 @@ def test_a_database_from_before_probation_gains_the_column(database_url: str) ->
         connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 3))
     engine.dispose()
     engine = open_database(database_url)
-    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
+    assert applied_migrations(engine) == ALL_MIGRATIONS
     registry = FleetRegistry(engine, "plant")
     topic = Topics("plant").device("box-1", Channel.REPORTED)
     report = ReportedState(
@@ -178,7 +181,7 @@ def test_a_database_from_before_heartbeat_health_gains_the_columns(database_url:
         connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 4))
     engine.dispose()
     engine = open_database(database_url)
-    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
+    assert applied_migrations(engine) == ALL_MIGRATIONS
     registry = FleetRegistry(engine, "plant")
     topic = Topics("plant").device("box-1", Channel.HEARTBEAT)
     stalled = CameraHealth(
@@ -230,7 +233,7 @@ def test_a_database_from_before_ota_trust_gains_the_columns(database_url: str) -
         connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 5))
     engine.dispose()
     engine = open_database(database_url)
-    assert applied_migrations(engine) == [1, 2, 3, 4, 5]
+    assert applied_migrations(engine) == ALL_MIGRATIONS
     registry = FleetRegistry(engine, "plant")
     topic = Topics("plant").device("box-1", Channel.HEARTBEAT)
     beat = Heartbeat(
@@ -252,3 +255,53 @@ def test_a_database_from_before_ota_trust_gains_the_columns(database_url: str) -
     assert registry.ingest(topic, json.dumps(legacy).encode()) == IngestOutcome.APPLIED
     device = registry.device("box-1")
     assert device is not None and device.ota_enabled is None and device.trusted_keys == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_database_from_before_history_gains_it_and_heartbeats_fill_it(
+    database_url: str,
+) -> None:
+    engine = open_database(database_url)
+    # Put the database back as migrations 1-6 left it: no history, no spool age.
+    with engine.begin() as connection:
+        for column in ("spool_oldest_age_s", "upload_errors"):
+            connection.execute(text(f"ALTER TABLE devices DROP COLUMN {column}"))
+        connection.execute(text("DROP TABLE device_history"))
+        connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 7))
+    engine.dispose()
+    engine = open_database(database_url)
+    assert applied_migrations(engine) == ALL_MIGRATIONS
+    registry = FleetRegistry(engine, "plant", history_interval_s=60.0, history_keep_s=3600.0)
+    topic = Topics("plant").device("box-1", Channel.HEARTBEAT)
+    start = utc_now() - timedelta(minutes=10)
+
+    def beat(seconds: float, bolts: float) -> bytes:
+        line = LineWindow(seconds=20.0, frames=100, detections_per_min={"bolt": bolts})
+        return Heartbeat(
+            device_id="box-1",
+            sent_at=start + timedelta(seconds=seconds),
+            uptime_s=seconds,
+            fps=5.0,
+            spool_depth=3,
+            spool_oldest_age_s=420.0,
+            upload_errors=2,
+            cameras={"cam0": CameraHealth(state=CameraState.STREAMING, fps=5.0, line=line)},
+        ).to_payload()
+
+    for seconds, bolts in ((0, 60.0), (20, 61.0), (40, 59.0), (60, 12.0), (130, 11.0)):
+        assert registry.ingest(topic, beat(seconds, bolts)) == IngestOutcome.APPLIED
+    device = registry.device("box-1")
+    assert device is not None and (device.spool_oldest_age_s, device.upload_errors) == (420.0, 2)
+    history = registry.history("box-1", start - timedelta(seconds=1))
+    # One point a minute at most: the heartbeats at 0, 60 and 130 s.
+    assert [
+        p.cameras["cam0"].line.detections_per_min["bolt"] for p in history if p.cameras["cam0"].line
+    ] == [60.0, 12.0, 11.0]
+    assert registry.history("box-1", start + timedelta(seconds=100))[0].spool_depth == 3
+    assert registry.history("box-9", start) == []
+    # Old rows are pruned as new ones come.
+    old = Heartbeat(device_id="box-2", sent_at=start - timedelta(hours=5), uptime_s=1, fps=1.0)
+    registry._history_writes = 0  # the next write prunes
+    registry.ingest(Topics("plant").device("box-2", Channel.HEARTBEAT), old.to_payload())
+    registry.ingest(topic, beat(300, 10.0))
+    assert registry.history("box-2", start - timedelta(hours=6)) == []
