@@ -67,7 +67,7 @@ from shared.infra.http import HttpServer
 from shared.infra.mqtt_link import MqttLink
 from shared.infra.s3 import make_s3_client
 from shared.manifest import ModelManifest
-from shared.messages import Heartbeat, utc_now
+from shared.messages import DriftAlert, Heartbeat, utc_now
 from shared.signing import Verifier
 from shared.topics import Channel, Topics
 
@@ -229,6 +229,7 @@ class Agent:
         # What the model reports per camera between heartbeats: the console's drift charts.
         band = config.mining.confidence_band
         self.line_stats = LineStats((band.low, band.high))
+        self._drifting: dict[str, bool] = {}  # per camera, as the last heartbeat said
         self.pipeline.add_sink(self.line_stats)
         mining = config.mining.enabled
         if mining and not config.storage.enabled and not config.mining.spool_without_storage:
@@ -585,5 +586,35 @@ class Agent:
     def publish_heartbeat(self) -> None:
         if self.mqtt is None:
             return
+        beat = self.heartbeat()
         topic = self.topics.device(self.config.device.id, Channel.HEARTBEAT)
-        self.mqtt.publish(topic, self.heartbeat().to_payload(), qos=0)
+        self.mqtt.publish(topic, beat.to_payload(), qos=0)
+        self.publish_drift_alerts(beat)
+
+    def publish_drift_alerts(self, beat: Heartbeat) -> list[DriftAlert]:
+        """A :class:`DriftAlert` for each camera whose drifting flag changed since the last
+        heartbeat (QoS 1: the plant's systems should not miss one)."""
+        alerts = []
+        for camera_id, health in beat.cameras.items():
+            if self._drifting.get(camera_id, False) == health.drifting:
+                continue
+            self._drifting[camera_id] = health.drifting
+            alert = DriftAlert(
+                device_id=beat.device_id,
+                camera_id=camera_id,
+                drifting=health.drifting,
+                at=beat.sent_at,
+                model_name=beat.model_name,
+                model_version=beat.model_version,
+                line=health.line,
+            )
+            log.warning(
+                "camera line %s under the model",
+                "drifting" if health.drifting else "back to its baseline",
+                extra={"camera": camera_id},
+            )
+            if self.mqtt is not None:
+                topic = self.topics.device(self.config.device.id, Channel.ALERTS)
+                self.mqtt.publish(topic, alert.to_payload(), qos=1)
+            alerts.append(alert)
+        return alerts

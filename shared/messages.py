@@ -302,6 +302,21 @@ class DetectionEvent(_Message):
     detections: list[DetectionRecord] = Field(max_length=MAX_DETECTIONS_PER_EVENT)
 
 
+class DriftAlert(_Message):
+    """Published on ``alerts`` when a camera's line starts or stops drifting under the model
+    (the agent's drift sampler, against the camera's own baseline): for the plant's
+    systems (MES, an andon board), beside the heartbeat flag the console and ``serve`` use."""
+
+    device_id: Identifier
+    camera_id: Identifier
+    drifting: bool
+    at: AwareDatetime
+    model_name: Identifier | None = None
+    model_version: int | None = Field(default=None, ge=1)
+    # The camera's line window of the heartbeat that saw the change, when there was one.
+    line: LineWindow | None = None
+
+
 def parse_payload(model: type[Model], raw: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Model:
     """Decode untrusted MQTT bytes into ``model``; raises :class:`PayloadError` with the reason."""
     if not isinstance(raw, bytes | bytearray | memoryview):

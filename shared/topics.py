@@ -23,6 +23,7 @@ class Channel(StrEnum):
     HEARTBEAT = "heartbeat"
     ONLINE = "online"
     EVENTS = "events"
+    ALERTS = "alerts"  # drift of a camera's line (DriftAlert)
 
 
 class Scope(StrEnum):

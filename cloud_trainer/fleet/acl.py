@@ -57,6 +57,7 @@ def render_acl(inventory: FleetInventory) -> str:
         f"pattern write {dev}/{Channel.REPORTED}",
         f"pattern write {dev}/{Channel.HEARTBEAT}",
         f"pattern write {dev}/{Channel.EVENTS}",
+        f"pattern write {dev}/{Channel.ALERTS}",
         f"pattern write {dev}/{Channel.ONLINE}",
         "",
     ]

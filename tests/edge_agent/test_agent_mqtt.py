@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from shared.messages import DetectionEvent, Heartbeat, OnlineStatus, parse_payload
+from shared.messages import DetectionEvent, DriftAlert, Heartbeat, OnlineStatus, parse_payload
 from shared.topics import Channel, Topics
 from testing.local_services import MosquittoProcess
 from tests.edge_agent.onnx_models import brightness_detector
@@ -118,6 +118,19 @@ def test_events_online_and_heartbeat(
         )
         second = agent.heartbeat().cameras["cam0"].line
         assert second is not None and second.seconds < first.seconds
+        # A camera's line that starts drifting is an alert for the plant (once), and so is
+        # its return to the baseline.
+        cam = beat.cameras["cam0"]
+        drifting = beat.model_copy(
+            update={"cameras": {"cam0": cam.model_copy(update={"drifting": True})}}
+        )
+        assert [a.drifting for a in agent.publish_drift_alerts(drifting)] == [True]
+        assert agent.publish_drift_alerts(drifting) == []
+        assert [a.drifting for a in agent.publish_drift_alerts(beat)] == [False]
+        alerts = listener.wait_for(topics.device("edge-mq", Channel.ALERTS), count=2)
+        received = [parse_payload(DriftAlert, raw) for raw in alerts]
+        assert [(a.camera_id, a.drifting) for a in received] == [("cam0", True), ("cam0", False)]
+        assert received[0].line == first
         started = time.monotonic()
         time.sleep(1.0)
         rate = len(listener.on(topics.device("edge-mq", Channel.EVENTS)))
