@@ -303,7 +303,9 @@ class FleetRegistry:
     def _heartbeat(self, device_id: str, message: Heartbeat) -> IngestOutcome:
         if self._forged(device_id, message.device_id, "heartbeat"):
             return IngestOutcome.REJECTED_FORGED
-        cameras = _CAMERAS.dump_json(dict(message.cameras)).decode()
+        # The fleet table shows each camera's state; the line windows go to the history
+        # only (they would double what /api/devices sends for 5,000 devices).
+        cameras = _CAMERAS.dump_json(dict(message.cameras), exclude={"__all__": {"line"}})
         self._upsert(
             device_id,
             {
@@ -316,7 +318,7 @@ class FleetRegistry:
                 "provider": message.provider,
                 "latency_ms_p50": message.latency_ms_p50,
                 "latency_ms_p99": message.latency_ms_p99,
-                "cameras": cameras,
+                "cameras": cameras.decode(),
                 "ota_enabled": message.ota_enabled,
                 "trusted_keys": _KEYS.dump_json(list(message.trusted_keys)).decode(),
                 "spool_oldest_age_s": message.spool_oldest_age_s,
@@ -324,10 +326,10 @@ class FleetRegistry:
                 "online": True,
             },
         )
-        self._record_history(device_id, message, cameras)
+        self._record_history(device_id, message)
         return IngestOutcome.APPLIED
 
-    def _record_history(self, device_id: str, message: Heartbeat, cameras: str) -> None:
+    def _record_history(self, device_id: str, message: Heartbeat) -> None:
         """At most one row per device and history interval; old rows are pruned now and
         then (every 500 writes), in the same ingest thread."""
         last = self._history_last.get(device_id)
@@ -345,7 +347,7 @@ class FleetRegistry:
                     inference_errors=message.inference_errors,
                     spool_depth=message.spool_depth,
                     upload_errors=message.upload_errors,
-                    cameras=cameras,
+                    cameras=_CAMERAS.dump_json(dict(message.cameras)).decode(),
                 )
             )
             self._history_writes += 1
