@@ -89,8 +89,9 @@ def ensure_project(client: LabelStudioClient, config: TrainerConfig) -> int:
         return int(created["id"])
     project_id = int(project["id"])
     present = _labels_in(str(project.get("label_config") or ""))
-    if present is None or set(present) != set(classes):
-        # Label Studio refuses (with its reason) a config that drops a label in use.
+    if present is None or not set(classes) <= set(present):
+        # The line gained a class. Label Studio refuses (with its reason) a config that
+        # drops a label in use; labels people added themselves are rejected at pull.
         client.update_label_config(project_id, wanted)
         log.info("updated the labels of project %r to %s", title, list(classes))
     return project_id
