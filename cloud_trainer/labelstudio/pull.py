@@ -26,7 +26,7 @@ from cloud_trainer.config import TrainerConfig
 from cloud_trainer.errors import ObjectNotFoundError
 from cloud_trainer.labelstudio.client import LabelStudioClient
 from cloud_trainer.labelstudio.push import find_project
-from cloud_trainer.labelstudio.reviews import Review, ReviewLedger
+from cloud_trainer.labelstudio.reviews import Known, Review, ReviewLedger
 from cloud_trainer.labelstudio.tasks import (
     AnnotationRejected,
     Task,
@@ -109,7 +109,15 @@ class _Puller:
                 tasks.append((task, key))
         known = self.ledger.known([key for _, key in tasks])
         for task, key in tasks:
-            self.task(task, key, known.get(key))
+            row = known.get(key)
+            if row is not None and row.task_id < task.id:
+                # Two tasks for one example (pushes that ran at once): the first one is the
+                # example's, always, so pulls do not flip between them.
+                self.result.ignored += 1
+                self.result.note(f"ignored task {task.id}: task {row.task_id} has {key} too")
+                continue
+            self.task(task, key, row)
+            known[key] = Known(task.id, None, None)  # a duplicate later in this page
 
     def _example_key(self, task: Task) -> str | None:
         key = task.example_key
@@ -132,7 +140,7 @@ class _Puller:
             return None
         return key
 
-    def task(self, task: Task, key: str, known: tuple[int | None, str | None, str] | None) -> None:
+    def task(self, task: Task, key: str, known: Known | None) -> None:
         choice = choose_annotation(task.annotations, require_review=self.require_review)
         if choice.outcome == "pending":
             self.result.pending += 1
@@ -143,7 +151,7 @@ class _Puller:
             when = annotation.updated_at or annotation.created_at
             stamp = when.isoformat() if when else None
         fingerprint = (annotation.id if annotation else None, stamp)
-        if known is not None and known[:2] == fingerprint:
+        if known is not None and (known.annotation_id, known.annotation_stamp) == fingerprint:
             self.result.unchanged += 1  # same annotation, same last edit: done before
             return
         model_name, model_version = self._model_of(task)

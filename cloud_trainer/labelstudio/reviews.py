@@ -23,6 +23,16 @@ COUNT_FIELDS = tuple(ClassCorrections.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
+class Known:
+    """An example's ledger row, as much as a pull needs: which task and which annotation
+    (its id and last edit) its label came from."""
+
+    task_id: int
+    annotation_id: int | None
+    annotation_stamp: str | None
+
+
+@dataclass(frozen=True)
 class Review:
     example_key: str
     fleet: str
@@ -89,18 +99,18 @@ class ReviewLedger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def known(self, keys: list[str]) -> dict[str, tuple[int | None, str | None, str]]:
-        """``example_key -> (annotation id, annotation stamp, outcome)`` for ``keys``."""
+    def known(self, keys: list[str]) -> dict[str, Known]:
+        """What the ledger holds for each of ``keys`` that it has."""
         if not keys:
             return {}
         query = select(
             label_reviews.c.example_key,
+            label_reviews.c.task_id,
             label_reviews.c.annotation_id,
             label_reviews.c.annotation_stamp,
-            label_reviews.c.outcome,
         ).where(label_reviews.c.example_key.in_(keys))
         with self.engine.connect() as connection:
-            return {row[0]: (row[1], row[2], row[3]) for row in connection.execute(query)}
+            return {row[0]: Known(row[1], row[2], row[3]) for row in connection.execute(query)}
 
     def record(self, review: Review, fixes: Corrections | None) -> None:
         """Replace the example's row and its corrections in one transaction."""

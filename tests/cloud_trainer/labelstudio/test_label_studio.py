@@ -114,6 +114,16 @@ def test_push_is_idempotent_most_useful_first_with_prelabels(
     assert len(prediction["result"]) == len(truth)
     project = client.project(first.project_id)
     assert all(f'value="{name}"' in project["label_config"] for name in CLASS_NAMES)
+    # The model line gains a class: the project's labeling interface gains it too.
+    grown = config.model_copy(
+        update={
+            "model_line": config.model_line.model_copy(
+                update={"classes": [*CLASS_NAMES, "scratch"]}
+            )
+        }
+    )
+    assert push_examples(store, client, grown).project_id == first.project_id
+    assert 'value="scratch"' in client.project(first.project_id)["label_config"]
 
 
 def test_images_come_from_the_store_through_label_studio(
@@ -386,3 +396,20 @@ def test_foreign_and_hostile_tasks_are_ignored_with_the_reason(
     assert any("not an image of fleet" in p for p in result.problems)
     assert any("unsafe object key" in p for p in result.problems)
     assert not any(i.key.startswith("labels/") for i in store.list("labels/"))
+
+
+def test_two_tasks_for_one_example_do_not_flip_its_label(
+    store: ObjectStore, config: TrainerConfig, client: LabelStudioClient, ledger: ReviewLedger
+) -> None:
+    """Two pushes that ran at once can import an example twice: the first task is the
+    example's, in every pull."""
+    (example,) = upload(store, config, 1)
+    project_id = push_examples(store, client, config).project_id
+    (task,) = tasks_by_key(client, project_id).values()
+    (twin_id,) = client.import_tasks(project_id, [{"data": task["data"]}])
+    annotate(client, task, truth_result(store, example.keys.image))
+    client.create_annotation(twin_id, [])  # the twin says: nothing there
+    for _ in range(2):
+        result = pull_labels(store, client, ledger, config)
+        assert result.ignored == 1 and f"task {task['id']} has" in result.problems[0]
+        assert len(read_label(store, config, example)) == len(example.truth)
