@@ -304,6 +304,8 @@ def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
                 f"[...{detections}.querySelectorAll('polyline')].map(p => p.dataset.series)"
             )
             assert series == ["bolt", "nut", "washer"]
+            charts = "[...document.querySelectorAll('#device-charts .chart')]"
+            assert len(page.evaluate(f"{charts}.map(c => c.dataset.title)")) == 7
             assert page.evaluate(f"{detections}.querySelectorAll('rect.drift').length") >= 1
             band = page.evaluate(
                 "document.querySelector('.chart[data-title^=share] .legend').textContent"
