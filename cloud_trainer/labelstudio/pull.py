@@ -110,14 +110,15 @@ class _Puller:
         known = self.ledger.known([key for _, key in tasks])
         for task, key in tasks:
             row = known.get(key)
-            if row is not None and row.task_id < task.id:
+            if row is not None and row.project_id == self.project_id and row.task_id < task.id:
                 # Two tasks for one example (pushes that ran at once): the first one is the
-                # example's, always, so pulls do not flip between them.
+                # example's, always, so pulls do not flip between them. (A project made
+                # again after a deletion has new, higher ids: its tasks are not twins.)
                 self.result.ignored += 1
                 self.result.note(f"ignored task {task.id}: task {row.task_id} has {key} too")
                 continue
             self.task(task, key, row)
-            known[key] = Known(task.id, None, None)  # a duplicate later in this page
+            known[key] = Known(self.project_id, task.id, None, None)  # a twin later on
 
     def _example_key(self, task: Task) -> str | None:
         key = task.example_key

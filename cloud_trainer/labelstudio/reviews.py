@@ -24,9 +24,10 @@ COUNT_FIELDS = tuple(ClassCorrections.__dataclass_fields__)
 
 @dataclass(frozen=True)
 class Known:
-    """An example's ledger row, as much as a pull needs: which task and which annotation
-    (its id and last edit) its label came from."""
+    """An example's ledger row, as much as a pull needs: which project and task, and which
+    annotation (its id and last edit) its label came from."""
 
+    project_id: int
     task_id: int
     annotation_id: int | None
     annotation_stamp: str | None
@@ -105,12 +106,13 @@ class ReviewLedger:
             return {}
         query = select(
             label_reviews.c.example_key,
+            label_reviews.c.project_id,
             label_reviews.c.task_id,
             label_reviews.c.annotation_id,
             label_reviews.c.annotation_stamp,
         ).where(label_reviews.c.example_key.in_(keys))
         with self.engine.connect() as connection:
-            return {row[0]: Known(row[1], row[2], row[3]) for row in connection.execute(query)}
+            return {row[0]: Known(*row[1:]) for row in connection.execute(query)}
 
     def record(self, review: Review, fixes: Corrections | None) -> None:
         """Replace the example's row and its corrections in one transaction."""

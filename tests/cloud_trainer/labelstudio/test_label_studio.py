@@ -324,11 +324,18 @@ def test_bad_token_down_server_and_deleted_project_are_clear_errors(
     upload(store, config, 3)
     with LabelStudioClient(label_studio_url(config), label_studio.legacy_token) as legacy:
         project_id = push_examples(store, legacy, config).project_id
+    annotate_with_truth(client, project_id, store, CLASS_NAMES)
+    assert pull_labels(store, client, ledger, config).labeled == 3
     client.request("DELETE", f"/api/projects/{project_id}/")
     with pytest.raises(LabelStudioNotFoundError):
         find_project(client, config)
     again = push_examples(store, client, config)  # a deleted project is made again
     assert again.pushed == 3 and again.project_id != project_id
+    # Its tasks are the examples' now (not twins of the deleted project's).
+    for task in client.iter_tasks(again.project_id, with_annotations=False):
+        client.create_annotation(int(task["id"]), [])
+    relabeled = pull_labels(store, client, ledger, config)
+    assert (relabeled.labeled, relabeled.ignored) == (3, 0)
 
 
 def test_cli_push_pull_quality(

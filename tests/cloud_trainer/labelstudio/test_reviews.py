@@ -47,7 +47,9 @@ def test_a_re_pulled_example_replaces_its_row_and_rates_add_up(database_url: str
     # "a" edited after a pull: its corrections are replaced, never counted twice.
     ledger.record(review("a", stamp="t2"), fixes(prelabeled=4, labeled=4, kept=4))
     assert ledger.known([review("a").example_key]) == {
-        review("a").example_key: Known(task_id=7, annotation_id=3, annotation_stamp="t2")
+        review("a").example_key: Known(
+            project_id=1, task_id=7, annotation_id=3, annotation_stamp="t2"
+        )
     }
     (v3,), (v2,) = (ledger.quality("f", model_version=v) for v in (3, 2))
     assert (v2.examples, v2.prelabeled, v2.kept, v2.removed) == (2, 5, 4, 1)
