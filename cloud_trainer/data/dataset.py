@@ -183,17 +183,9 @@ def _prepare(
 ) -> _Prepared | None:
     selection = request.selection
     try:
-        raw, _ = store.get(ref.sidecar.key, max_bytes=MAX_SIDECAR_BYTES)
-        sidecar = HardExampleSidecar.model_validate_json(raw)
-    except ValidationError as exc:
-        outcome.skip(ref.base, "bad_sidecar", exc.errors()[0]["msg"])
-        return None
-    except StorageError as exc:
-        outcome.skip(ref.base, "unreadable", str(exc))
-        return None
-    problem = sidecar_disagreement(ref, sidecar, request.class_names)
-    if problem is not None:
-        outcome.skip(ref.base, "bad_sidecar", problem)
+        sidecar = read_sidecar(store, ref, request.class_names)
+    except SidecarProblem as problem:
+        outcome.skip(ref.base, problem.reason, problem.detail)
         return None
     if selection.since is not None and sidecar.captured_at < selection.since:
         return None
@@ -249,6 +241,32 @@ def _prepare(
     return _Prepared(
         ref, jpeg, hashlib.sha256(jpeg).hexdigest(), labels, width, height, sidecar.priority
     )
+
+
+class SidecarProblem(Exception):  # noqa: N818 - a reported skip, not an error
+    """The example's sidecar cannot be used: ``reason`` is the skip's code (``bad_sidecar``,
+    ``unreadable``), ``detail`` says why."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def read_sidecar(store: ObjectStore, ref: ExampleRef, class_names: list[str]) -> HardExampleSidecar:
+    """The example's sidecar, read, validated and checked against its key and the model
+    line's classes (the dataset builder and ``labels push`` both trust nothing less)."""
+    try:
+        raw, _ = store.get(ref.sidecar.key, max_bytes=MAX_SIDECAR_BYTES)
+        sidecar = HardExampleSidecar.model_validate_json(raw)
+    except ValidationError as exc:
+        raise SidecarProblem("bad_sidecar", exc.errors()[0]["msg"]) from exc
+    except StorageError as exc:
+        raise SidecarProblem("unreadable", str(exc)) from exc
+    problem = sidecar_disagreement(ref, sidecar, class_names)
+    if problem is not None:
+        raise SidecarProblem("bad_sidecar", problem)
+    return sidecar
 
 
 def sidecar_disagreement(

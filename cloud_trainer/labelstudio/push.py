@@ -20,20 +20,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.data.dataset import (
-    MAX_SIDECAR_BYTES,
     ExampleRef,
+    SidecarProblem,
+    read_sidecar,
     select_examples,
-    sidecar_disagreement,
 )
-from cloud_trainer.errors import LabelError, LabelStudioNotFoundError, StorageError
+from cloud_trainer.errors import LabelError, LabelStudioNotFoundError
 from cloud_trainer.labelstudio.client import LabelStudioClient
 from cloud_trainer.labelstudio.tasks import label_config, task_for_example
 from cloud_trainer.store import ObjectStore
 from shared.hard_examples import HardExampleSidecar
+from shared.object_keys import HARD_EXAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ def ensure_storage(client: LabelStudioClient, project_id: int, config: TrainerCo
     settings: dict[str, Any] = {
         "title": f"linefleet {storage.bucket}",
         "bucket": storage.bucket,
-        "prefix": f"hard-examples/{config.model_line.fleet}/",
+        "prefix": f"{HARD_EXAMPLES}/{config.model_line.fleet}/",
         "regex_filter": r".*\.jpg$",
         "use_blob_urls": True,
         "presign": True,
@@ -158,15 +157,11 @@ class _Candidate:
 
 
 def _read(store: ObjectStore, ref: ExampleRef, classes: list[str]) -> HardExampleSidecar | str:
+    """The sidecar, or why the example is not pushed."""
     try:
-        raw, _ = store.get(ref.sidecar.key, max_bytes=MAX_SIDECAR_BYTES)
-        sidecar = HardExampleSidecar.model_validate_json(raw)
-    except ValidationError as exc:
-        return f"bad sidecar: {exc.errors()[0]['msg']}"
-    except StorageError as exc:
-        return f"unreadable sidecar: {exc}"
-    problem = sidecar_disagreement(ref, sidecar, classes)
-    return problem if problem is not None else sidecar
+        return read_sidecar(store, ref, classes)
+    except SidecarProblem as problem:
+        return str(problem)
 
 
 def push_examples(
