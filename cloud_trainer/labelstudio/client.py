@@ -157,13 +157,6 @@ class LabelStudioClient:
         raise LabelStudioError(f"{where}: {reason}")
 
     # ------------------------------------------------------------------ projects
-    def health(self) -> bool:
-        try:
-            response = self._http.get("/health")
-        except httpx.TransportError:
-            return False
-        return response.status_code == 200
-
     def find_project(self, title: str) -> dict[str, Any] | None:
         """The project with exactly this title (Label Studio's filter is a substring match)."""
         page = 1
@@ -218,10 +211,10 @@ class LabelStudioClient:
             )
         return [int(i) for i in ids]
 
-    def iter_tasks(
+    def task_pages(
         self, project_id: int, *, with_annotations: bool, page_size: int = 100
-    ) -> Iterator[dict[str, Any]]:
-        """Every task of a project, one page in memory at a time, in id order."""
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every task of a project, a page at a time (one page in memory), in id order."""
         page = 1
         seen = 0
         while True:
@@ -240,12 +233,22 @@ class LabelStudioClient:
                     return  # past the last page (the total changed under us)
                 raise
             tasks = body.get("tasks", []) if isinstance(body, dict) else []
-            yield from (dict(task) for task in tasks)
+            if tasks:
+                yield [dict(task) for task in tasks]
             seen += len(tasks)
             total = body.get("total", 0) if isinstance(body, dict) else 0
             if not tasks or seen >= int(total):
                 return
             page += 1
+
+    def iter_tasks(
+        self, project_id: int, *, with_annotations: bool, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        """:meth:`task_pages`, one task at a time."""
+        for page in self.task_pages(
+            project_id, with_annotations=with_annotations, page_size=page_size
+        ):
+            yield from page
 
     def task(self, task_id: int, *, resolve_uri: bool = False) -> dict[str, Any]:
         params = {"resolve_uri": str(resolve_uri).lower()}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,17 +69,6 @@ class PullResult:
             f"{self.pending} waiting for people, {self.ignored} ignored"
         ]
         return "\n".join(lines + self.problems[:20])
-
-
-def _pages(tasks: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    page: list[dict[str, Any]] = []
-    for task in tasks:
-        page.append(task)
-        if len(page) == size:
-            yield page
-            page = []
-    if page:
-        yield page
 
 
 class _Puller:
@@ -224,8 +212,7 @@ def pull_labels(
     project_id = find_project(client, config)
     puller = _Puller(store, ledger, config, project_id)
     page_size = config.labeling.label_studio.page_size
-    tasks = client.iter_tasks(project_id, with_annotations=True, page_size=page_size)
-    for page in _pages(tasks, page_size):
+    for page in client.task_pages(project_id, with_annotations=True, page_size=page_size):
         puller.page(page)
     result = puller.result
     log.info("pulled labels: %s", result.summary().splitlines()[0])

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.detections import Detections, box_iou
 from shared.hard_examples import HardExampleSidecar
+from shared.validation import describe_validation_error
 
 FROM_NAME = "label"
 TO_NAME = "image"
@@ -155,7 +156,6 @@ class Annotation(_Loose):
     ground_truth: bool = False
     updated_at: datetime | None = None
     created_at: datetime | None = None
-    completed_by: Any = None
 
 
 class Prediction(_Loose):
@@ -180,13 +180,9 @@ def parse_task(raw: object) -> Task:
     try:
         return Task.model_validate(raw)
     except ValidationError as exc:
-        raise AnnotationRejected(f"malformed task: {_first_error(exc)}") from exc
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {error['msg']}" if where else str(error["msg"])
+        raise AnnotationRejected(
+            f"malformed task: {describe_validation_error(exc, limit=1)}"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -240,7 +236,9 @@ def boxes_from_result(
         try:
             item = ResultItem.model_validate(raw)
         except ValidationError as exc:
-            raise AnnotationRejected(f"result {position}: {_first_error(exc)}") from exc
+            raise AnnotationRejected(
+                f"result {position}: {describe_validation_error(exc, limit=1)}"
+            ) from exc
         if item.type != RECTANGLE:
             continue  # another tool's result (a note, a choice): not a box
         if from_name is not None and item.from_name != from_name:
@@ -251,7 +249,9 @@ def boxes_from_result(
         try:
             value = RectangleValue.model_validate(item.value)
         except ValidationError as exc:
-            raise AnnotationRejected(f"box {position}: {_first_error(exc)}") from exc
+            raise AnnotationRejected(
+                f"box {position}: {describe_validation_error(exc, limit=1)}"
+            ) from exc
         if len(value.rectanglelabels) != 1:
             raise AnnotationRejected(f"box {position} has {len(value.rectanglelabels)} labels")
         name = value.rectanglelabels[0]
@@ -297,11 +297,6 @@ class ClassCorrections:
     relabeled: int = 0
     added: int = 0
     removed: int = 0
-
-    def __iadd__(self, other: ClassCorrections) -> ClassCorrections:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        return self
 
 
 @dataclass
