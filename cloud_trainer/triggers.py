@@ -129,24 +129,24 @@ class RetrainTriggers:
             self._busy.release()
 
     def check_threshold(self) -> RunReport | None:
-        needed = self.config.schedule.min_new_examples
-        if needed is None:
-            return None
-        count = self.new_examples()
-        if count < needed:
-            log.debug("%d new hard example(s), threshold %d", count, needed)
-            return None
-        return self.fire(f"{count} new hard examples >= threshold {needed}")
+        return self._check_new(
+            self.config.schedule.min_new_examples, self.new_examples, "hard examples"
+        )
 
     def check_labels(self) -> RunReport | None:
-        needed = self.config.schedule.min_new_labels
+        return self._check_new(self.config.schedule.min_new_labels, self.new_labels, "labels")
+
+    def _check_new(
+        self, needed: int | None, count_new: Callable[[], int], what: str
+    ) -> RunReport | None:
+        """Fire when ``count_new()`` reached ``needed`` (None: this trigger is off)."""
         if needed is None:
             return None
-        count = self.new_labels()
+        count = count_new()
         if count < needed:
-            log.debug("%d new label(s), threshold %d", count, needed)
+            log.debug("%d new %s, threshold %d", count, what, needed)
             return None
-        return self.fire(f"{count} new labels >= threshold {needed}")
+        return self.fire(f"{count} new {what} >= threshold {needed}")
 
     def check_drift(self) -> RunReport | None:
         """Fire when enough devices report drift and the drift brought enough new examples:

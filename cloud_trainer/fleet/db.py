@@ -209,50 +209,45 @@ def _widen_sequences(connection: Connection) -> None:
     connection.execute(text("ALTER TABLE counters ALTER COLUMN value TYPE BIGINT"))
 
 
+def _add_device_columns(connection: Connection, columns: dict[str, str]) -> None:
+    """Add the ``{name: SQL type}`` columns ``devices`` lacks: a database made by an older
+    migration lacks them, one made since has them already (migration 1 creates the table
+    from today's metadata)."""
+    present = {c["name"] for c in inspect(connection).get_columns("devices")}
+    for name, kind in columns.items():
+        if name not in present:
+            connection.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
+
+
 def _add_probation(connection: Connection) -> None:
-    """Reported state schema 2 says whether the running version is on probation; a database
-    made by migration 1 before that has no column for it (one made since has it already)."""
-    columns = {c["name"] for c in inspect(connection).get_columns("devices")}
-    if "probation" not in columns:
-        connection.execute(
-            text("ALTER TABLE devices ADD COLUMN probation BOOLEAN NOT NULL DEFAULT FALSE")
-        )
-
-
-_HEARTBEAT_HEALTH = {
-    "provider": "VARCHAR(64)",
-    "latency_ms_p50": "FLOAT",
-    "latency_ms_p99": "FLOAT",
-    "cameras": "TEXT",
-}
+    """Reported state schema 2 says whether the running version is on probation."""
+    _add_device_columns(connection, {"probation": "BOOLEAN NOT NULL DEFAULT FALSE"})
 
 
 def _add_heartbeat_health(connection: Connection) -> None:
     """The dashboard shows each device's runtime, latency and cameras (heartbeat schema 2
-    added the cameras' rates, frame age and last error); a database made by migration 1
-    before that lacks the columns (one made since has them already)."""
-    columns = {c["name"] for c in inspect(connection).get_columns("devices")}
-    for name, kind in _HEARTBEAT_HEALTH.items():
-        if name not in columns:
-            connection.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
+    added the cameras' rates, frame age and last error)."""
+    _add_device_columns(
+        connection,
+        {
+            "provider": "VARCHAR(64)",
+            "latency_ms_p50": "FLOAT",
+            "latency_ms_p99": "FLOAT",
+            "cameras": "TEXT",
+        },
+    )
 
 
 def _add_ota_trust(connection: Connection) -> None:
     """Heartbeat schema 3 says whether OTA is on and which keys the agent trusts, so a
     rollout warns about devices that will never take it."""
-    columns = {c["name"] for c in inspect(connection).get_columns("devices")}
-    for name, kind in (("ota_enabled", "BOOLEAN"), ("trusted_keys", "TEXT")):
-        if name not in columns:
-            connection.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
+    _add_device_columns(connection, {"ota_enabled": "BOOLEAN", "trusted_keys": "TEXT"})
 
 
 def _add_device_history(connection: Connection) -> None:
     """Heartbeat schema 4: spool backlog age and upload errors on the device row, and the
-    history table for the device page (a database made since has the columns already)."""
-    columns = {c["name"] for c in inspect(connection).get_columns("devices")}
-    for name, kind in (("spool_oldest_age_s", "FLOAT"), ("upload_errors", "INTEGER")):
-        if name not in columns:
-            connection.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
+    history table for the device page."""
+    _add_device_columns(connection, {"spool_oldest_age_s": "FLOAT", "upload_errors": "INTEGER"})
     metadata.create_all(connection, tables=[device_history])
 
 
