@@ -127,7 +127,7 @@ class AgentStatus(_View):
         self, sent_at: datetime, lines: Mapping[str, LineWindow] | None = None
     ) -> Heartbeat:
         """The periodic heartbeat for the fleet: a summary of this status, with each
-        camera's line window (``lines``) when mining measured one."""
+        camera's line window (``lines``) where the agent measured one."""
         lines = lines or {}
         return Heartbeat(
             device_id=self.device.id,

@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from edge_agent.frame_path import DetectionResult
+from edge_agent.sinks.mining.samplers import in_band
 from shared.detections import Detections
 from shared.messages import LineWindow
 
@@ -55,7 +54,7 @@ class LineStats:
         with self._lock:
             sums = self._window(camera_id)
             sums.frames += 1
-            if len(conf) and bool(np.any((conf >= self.low) & (conf < self.high))):
+            if in_band(conf, self.low, self.high):
                 sums.band_frames += 1
             for class_id, score in zip(detections.class_id, conf, strict=True):
                 name = class_names[class_id] if 0 <= class_id < len(class_names) else None

@@ -47,6 +47,11 @@ class Sampler:
         raise NotImplementedError
 
 
+def in_band(confidence: NDArray[np.float32], low: float, high: float) -> bool:
+    """Whether a frame holds an uncertain detection: ``low <= confidence < high``."""
+    return bool(np.any((confidence >= low) & (confidence < high)))
+
+
 @dataclass
 class ConfidenceBandSampler(Sampler):
     """Uncertain frames: at least one detection with ``low <= confidence < high``."""
@@ -55,8 +60,7 @@ class ConfidenceBandSampler(Sampler):
     high: float = 0.5
 
     def observe(self, item: MiningInput) -> MiningInput | None:
-        conf = item.detections.confidence
-        return item if np.any((conf >= self.low) & (conf < self.high)) else None
+        return item if in_band(item.detections.confidence, self.low, self.high) else None
 
 
 @dataclass
