@@ -5,6 +5,7 @@ truth the synthetic line attached to each example's sidecar."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cloud_trainer.labelstudio.client import LabelStudioClient
 from cloud_trainer.labelstudio.tasks import rectangles_result
@@ -17,6 +18,22 @@ from shared.hard_examples import HardExampleSidecar
 class Annotated:
     submitted: int = 0
     skipped: int = 0
+
+
+def truth_result(
+    store: ObjectStore, example_key: str, classes: list[str]
+) -> list[dict[str, Any]] | None:
+    """The synthetic truth of an example as an annotation's ``result`` (what a person would
+    draw), or None when its sidecar carries no truth."""
+    body, _ = store.get(example_key.removesuffix(".jpg") + ".json", max_bytes=1024 * 1024)
+    sidecar = HardExampleSidecar.model_validate_json(body)
+    if sidecar.synthetic_truth is None:
+        return None
+    truth = Detections.from_records(r.model_dump() for r in sidecar.synthetic_truth)
+    result = rectangles_result(truth, classes, sidecar.image_width, sidecar.image_height)
+    for item in result:
+        item.pop("score", None)  # a person's box has no score
+    return result
 
 
 def annotate_with_truth(
@@ -36,17 +53,11 @@ def annotate_with_truth(
             break
         if task.get("annotations"):
             continue
-        key = str(task["data"]["example_key"])
-        body, _ = store.get(key.removesuffix(".jpg") + ".json", max_bytes=1024 * 1024)
-        sidecar = HardExampleSidecar.model_validate_json(body)
-        if sidecar.synthetic_truth is None:
+        result = truth_result(store, str(task["data"]["example_key"]), classes)
+        if result is None:
             client.create_annotation(int(task["id"]), [], was_cancelled=True)
             done.skipped += 1
             continue
-        truth = Detections.from_records(r.model_dump() for r in sidecar.synthetic_truth)
-        result = rectangles_result(truth, classes, sidecar.image_width, sidecar.image_height)
-        for item in result:
-            item.pop("score", None)
         client.create_annotation(int(task["id"]), result)
         done.submitted += 1
     return done

@@ -26,12 +26,11 @@ from cloud_trainer.labelstudio.client import LabelStudioClient
 from cloud_trainer.labelstudio.pull import pull_labels
 from cloud_trainer.labelstudio.push import find_project, push_examples
 from cloud_trainer.labelstudio.reviews import ReviewLedger
-from cloud_trainer.labelstudio.tasks import rectangles_result
 from cloud_trainer.store import ObjectStore
-from shared.detections import Detections
 from shared.hard_examples import HardExampleSidecar
 from shared.synth import CLASS_NAMES
 from testing.label_studio_annotator import annotate_with_truth
+from testing.label_studio_annotator import truth_result as truth_of_example
 from testing.local_services import LabelStudioProcess, MotoS3Process, free_port
 from testing.synthetic_examples import Uploaded, upload_examples
 from tests.cloud_trainer.conftest import storage_section
@@ -153,12 +152,9 @@ def annotate(
 
 
 def truth_result(store: ObjectStore, key: str) -> list[dict[str, Any]]:
-    body, _ = store.get(key.removesuffix(".jpg") + ".json")
-    sidecar = HardExampleSidecar.model_validate_json(body)
-    truth = [r.model_dump() for r in sidecar.synthetic_truth or []]
-    return rectangles_result(
-        Detections.from_records(truth), CLASS_NAMES, sidecar.image_width, sidecar.image_height
-    )
+    result = truth_of_example(store, key, list(CLASS_NAMES))
+    assert result is not None, "upload() attaches the truth"
+    return result
 
 
 def read_label(store: ObjectStore, config: TrainerConfig, uploaded: Uploaded) -> Any:
