@@ -5,6 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# pip keeps no cache: the CUDA build of torch alone is several GB, and CI disks can be small.
+export PIP_NO_CACHE_DIR := 1
 # Re-install only when the dependency list (or how it is installed) changes.
 DEV_STAMP := $(VENV)/.installed-dev
 # Label Studio in a virtual environment of its own: its pins would fight ours (about 1 GB).
