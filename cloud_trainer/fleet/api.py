@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cloud_trainer.errors import ObjectNotFoundError, StorageError, TrainerError
 from cloud_trainer.fleet.device_registry import DeviceRow, FleetRegistry, HistoryPoint
@@ -36,7 +36,6 @@ from shared.object_keys import HARD_EXAMPLES, RUNS, parse_hard_example_key
 
 MAX_THUMBNAIL_BYTES = 4 * 1024 * 1024
 MAX_SIDECAR_BYTES = 1024 * 1024
-_DEVICE_ROWS = TypeAdapter(list[DeviceRow])
 
 
 class DeviceView(BaseModel):
@@ -88,10 +87,11 @@ def create_control_app(
 
     @app.get("/api/devices", dependencies=guarded, response_model=list[DeviceRow])
     def devices() -> Response:
-        # Serialized by pydantic-core in one call: FastAPI's own path validates every row
-        # again and encodes in Python, 3-4x the database's time for a fleet of thousands
-        # (benchmarks/console.py). The schema in /openapi.json stays the same.
-        return Response(_DEVICE_ROWS.dump_json(registry.devices()), media_type="application/json")
+        # Built from the rows with the stored cameras spliced in: FastAPI's own path validates
+        # every row again and encodes in Python, and even one pydantic dump of parsed rows is
+        # 5-6x the database's time for a fleet of thousands (benchmarks/console.py). The
+        # schema in /openapi.json stays the one of DeviceRow.
+        return Response(registry.devices_json(), media_type="application/json")
 
     @app.get("/api/devices/{device_id}", dependencies=guarded)
     def device(

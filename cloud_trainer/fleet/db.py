@@ -99,6 +99,8 @@ devices = Table(
     # failed uploads since the agent started.
     Column("spool_oldest_age_s", Float),
     Column("upload_errors", Integer),
+    # A fingerprint of the shape ``cameras`` was written in (device_columns.cameras_format).
+    Column("cameras_format", String(32)),
 )
 
 # Each device's recent past, one row per heartbeat at most every fleet.history_interval_s:
@@ -251,6 +253,11 @@ def _add_device_history(connection: Connection) -> None:
     metadata.create_all(connection, tables=[device_history])
 
 
+def _add_cameras_format(connection: Connection) -> None:
+    """/api/devices splices the stored cameras into its answer when they are in today's shape."""
+    _add_device_columns(connection, {"cameras_format": "VARCHAR(32)"})
+
+
 def _add_label_reviews(connection: Connection) -> None:
     metadata.create_all(connection, tables=[label_reviews, label_corrections])
 
@@ -263,6 +270,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (5, "devices: OTA enabled and trusted keys from heartbeats", _add_ota_trust),
     (6, "label_reviews, label_corrections: people's labels, corrections", _add_label_reviews),
     (7, "device_history; devices: spool oldest age, upload errors", _add_device_history),
+    (8, "devices.cameras_format", _add_cameras_format),
 ]
 
 

@@ -7,11 +7,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from pydantic import TypeAdapter
+from sqlalchemy import create_engine, select, text, update
 
 from cloud_trainer.errors import TrainerConfigError, TrainerError
 from cloud_trainer.fleet.db import applied_migrations, devices, open_database, schema_migrations
-from cloud_trainer.fleet.device_registry import FleetRegistry
+from cloud_trainer.fleet.device_registry import DeviceRow, FleetRegistry
 from cloud_trainer.fleet.states import IngestOutcome
 from shared.messages import (
     CameraHealth,
@@ -27,7 +28,7 @@ from shared.topics import Channel, Topics
 from testing.local_services import PostgresProcess, free_port
 
 pytestmark = pytest.mark.integration
-ALL_MIGRATIONS = [1, 2, 3, 4, 5, 6, 7]
+ALL_MIGRATIONS = [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def reported(device_id: str, sequence: int) -> bytes:
@@ -305,3 +306,72 @@ def test_a_database_from_before_history_gains_it_and_heartbeats_fill_it(
     registry.ingest(Topics("plant").device("box-2", Channel.HEARTBEAT), old.to_payload())
     registry.ingest(topic, beat(300, 10.0))
     assert registry.history("box-2", start - timedelta(hours=6)) == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_the_fleet_as_json_is_the_rows_serialized_old_rows_included(database_url: str) -> None:
+    """/api/devices splices stored cameras; rows from before that (or in an older shape, or
+    unreadable) must come out exactly as parsing and serializing them would make them."""
+    engine = open_database(database_url)
+    registry = FleetRegistry(engine, "plant")
+    topics = Topics("plant")
+    line = LineWindow(seconds=20.0, frames=100, detections_per_min={"bolt": 3.0})
+
+    def beat(device: str, **fields: object) -> bytes:
+        cameras = {
+            "cam0": CameraHealth(state=CameraState.STREAMING, fps=5.0, line=line),
+            "cam1": CameraHealth(
+                state=CameraState.RECONNECTING, fps=0.0, errors=4, last_error="EOF"
+            ),
+        }
+        return Heartbeat(
+            device_id=device, sent_at=utc_now(), uptime_s=3.5, fps=5.25, cameras=cameras, **fields
+        ).to_payload()
+
+    assert registry.ingest(topics.device("box-1", Channel.REPORTED), reported("box-1", 7)) == (
+        IngestOutcome.APPLIED
+    )
+    for device in ("box-1", "box-2", "box-3"):
+        registry.ingest(
+            topics.device(device, Channel.HEARTBEAT),
+            beat(device, ota_enabled=device == "box-1", trusted_keys=["k1", "k2"]),
+        )
+    registry.ingest(topics.device("box-4", Channel.REPORTED), reported("box-4", 1))
+    FleetRegistry(engine, "other").ingest(
+        Topics("other").device("box-9", Channel.HEARTBEAT), beat("box-9")
+    )
+    # box-2: written before the cameras had a format, in an older shape; box-3: unreadable.
+    with engine.begin() as connection:
+        for device, cameras in (
+            ("box-2", '{"cam0": {"state": "streaming", "fps": 2.0}}'),
+            ("box-3", "{not json"),
+        ):
+            connection.execute(
+                update(devices)
+                .where(devices.c.device_id == device)
+                .values(cameras=cameras, cameras_format=None, trusted_keys="[1, {}]")
+            )
+
+    spliced = json.loads(registry.devices_json())
+    parsed = json.loads(TypeAdapter(list[DeviceRow]).dump_json(registry.devices()))
+    assert [d["device_id"] for d in spliced] == ["box-1", "box-2", "box-3", "box-4"]
+    assert spliced == parsed
+    assert spliced[0]["cameras"]["cam0"]["line"] is None  # windows go to the history only
+    assert spliced[1]["cameras"]["cam0"]["fps"] == 2.0 and spliced[1]["trusted_keys"] == []
+    assert spliced[2]["cameras"] == {} and spliced[3]["cameras"] == {}
+
+
+def test_a_database_from_before_the_cameras_format_gains_the_column(database_url: str) -> None:
+    engine = open_database(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE devices DROP COLUMN cameras_format"))
+        connection.execute(schema_migrations.delete().where(schema_migrations.c.version == 8))
+    engine.dispose()
+    engine = open_database(database_url)
+    assert applied_migrations(engine) == ALL_MIGRATIONS
+    registry = FleetRegistry(engine, "plant")
+    registry.ingest(
+        Topics("plant").device("box-1", Channel.HEARTBEAT),
+        Heartbeat(device_id="box-1", sent_at=utc_now(), uptime_s=1, fps=1.0).to_payload(),
+    )
+    assert json.loads(registry.devices_json())[0]["device_id"] == "box-1"
