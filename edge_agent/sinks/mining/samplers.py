@@ -174,6 +174,7 @@ class _DriftState:
     slow: NDArray[np.float64]  # the same over about an hour: the camera's baseline
     first: float
     last: float
+    model: tuple[str, int | None]  # whose reports these are: a new model starts a new baseline
 
 
 @dataclass
@@ -188,6 +189,10 @@ class DriftSampler(Sampler):
     hour); while the mix has moved by ``shift`` (L1 distance of the class shares, 0-2) or the
     count by ``count_change`` (relative), frames are flagged with ``probability``, which
     spreads the picks over the changed line like a random sample of it.
+
+    The baseline is the camera's under the model now running: an update (another model or
+    version) starts a new one with its own warm-up. The update exists to change what the model
+    reports, so measuring it against the old model's baseline would call its own fix a drift.
     """
 
     shift: float = 0.5
@@ -222,9 +227,10 @@ class DriftSampler(Sampler):
             classes[(classes >= 0) & (classes < len(item.class_names))],
             minlength=len(item.class_names),
         ).astype(np.float64)
+        model = (item.model_name, item.model_version)
         state = self._state.get(camera)
-        if state is None or state.fast.shape != counts.shape:  # first frame, or a new model
-            state = _DriftState(counts.copy(), counts.copy(), now, now)
+        if state is None or state.model != model or state.fast.shape != counts.shape:
+            state = _DriftState(counts.copy(), counts.copy(), now, now, model)
             self._state[camera] = state
         dt = max(0.0, now - state.last)
         state.fast += (counts - state.fast) * (1.0 - math.exp(-dt / self.fast_s))

@@ -6,8 +6,10 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +26,8 @@ from cloud_trainer.release.gate import judge
 from cloud_trainer.release.model_registry import ModelRegistry
 from cloud_trainer.retrain import RunReport, RunStatus
 from cloud_trainer.store import ObjectStore
+from edge_agent.agent import Agent
+from edge_agent.config import load_config
 from shared.manifest import EvalMetrics
 from shared.object_keys import RUNS
 from shared.topics import Topics
@@ -36,6 +40,7 @@ from tests.cloud_trainer.fleet.test_rollout import (  # noqa: F401 - fixtures
     registry,
     sim_fleet,
 )
+from tests.edge_agent.test_agent_mqtt import write_config
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -200,6 +205,49 @@ def test_the_dashboard_shows_devices_examples_and_a_rollout_advancing(
         assert 'data-state="succeeded"' in after and "wave 2 (100%): 2/2 active" in after
     finally:
         fleet.stop()
+
+
+def test_a_real_agent_shows_on_the_console_with_its_cameras_and_history(
+    served: tuple[ControlPlane, str],
+    mosquitto: MosquittoProcess,
+    fleet_name: str,
+    tmp_path: Path,
+) -> None:
+    """Not a simulated device: the edge agent itself, its camera and model, over the broker."""
+    plane, base = served
+    plane.registry.history_interval = timedelta(0)  # every heartbeat, for the charts
+    agent = Agent(load_config(write_config(tmp_path, mosquitto, fleet_name)))
+    agent.start()
+    try:
+        wait_for(lambda: plane.registry.device("edge-mq") is not None, timeout=15)
+        for _ in range(3):
+            time.sleep(0.5)  # a line window with frames in it
+            agent.publish_heartbeat()
+        wait_for(
+            lambda: len(plane.registry.history("edge-mq", datetime(2026, 1, 1, tzinfo=UTC))) >= 3,
+            timeout=15,
+        )
+        device = plane.registry.device("edge-mq")
+        assert device is not None and device.online and "cam0" in device.cameras
+        with HeadlessPage() as page:
+            page.goto(f"{base}/#token={TOKEN}")
+            row = "document.querySelector('#devices tr[data-device=edge-mq]')"
+            page.wait_for(row)
+            page.wait_for(
+                "document.querySelector('#devices tr[data-device=edge-mq] "
+                "[data-camera=cam0][data-state=streaming]')"
+            )
+            text = page.evaluate(f"{row}.textContent")
+            assert device.provider and device.provider in text
+            assert "disabled" in text  # this agent's config has OTA off, and says so
+            page.evaluate(f"{row}.click()")
+            page.wait_for("document.querySelector('#device-detail[data-device=edge-mq]')")
+            detections = "document.querySelector('.chart[data-title^=detections]')"
+            page.wait_for(f"Number({detections}.dataset.points) >= 3")
+            facts = page.evaluate("document.getElementById('device-facts').textContent")
+            assert "online" in facts
+    finally:
+        agent.stop()
 
 
 def a_run_report(run_id: str) -> bytes:

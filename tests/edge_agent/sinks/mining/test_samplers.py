@@ -44,6 +44,7 @@ def item(
     camera: str = "cam0",
     image: np.ndarray | None = None,
     at: float | None = None,
+    version: int | None = 1,
 ) -> MiningInput:
     boxes = boxes or []
     det = (
@@ -58,7 +59,7 @@ def item(
         datetime.now(UTC),
         time.monotonic() if at is None else at,
     )
-    return MiningInput(frame, det, "m", 1, NAMES)
+    return MiningInput(frame, det, "m", version, NAMES)
 
 
 BOX = [10.0, 10.0, 30.0, 30.0]
@@ -217,6 +218,22 @@ def test_drift_sampler_sees_a_line_gone_blind() -> None:
     # From when the fast average has halved (about 0.7 of its 10 s) to the end.
     assert 50 < flagged[0] < 100 and len(flagged) == 300 - flagged[0]
     assert not DriftSampler("drift").drifting("cam0"), "nothing seen, nothing said"
+
+
+def test_drift_sampler_measures_against_the_running_models_own_baseline() -> None:
+    """After an OTA update the new model reports the line differently (that is the point of
+    it): its first frames start a new baseline and warm-up instead of reading as a drift."""
+    other = [50.0, 50.0, 70.0, 70.0]
+    kept, updated = (DriftSampler("drift", fast_s=10.0, warmup_s=30.0) for _ in range(2))
+    for sampler in (kept, updated):
+        for i in range(600):
+            sampler.observe(item([BOX, other], [0.9, 0.9], [0, 1], at=i / 10))
+    # The same change of reports from 60 s on: under the old model, and under an update.
+    for i in range(900):
+        kept.observe(item([BOX, other], [0.9, 0.9], [3, 3], at=60 + i / 10))
+        updated.observe(item([BOX, other], [0.9, 0.9], [3, 3], at=60 + i / 10, version=2))
+    assert not updated.drifting("cam0"), "the updated model's steady reports are its new normal"
+    assert kept.drifting("cam0"), "the same reports under the old model are a drift"
 
 
 def test_drift_sampler_is_built_from_config() -> None:
