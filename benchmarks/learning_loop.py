@@ -213,7 +213,13 @@ class Loop:
 
     def trainer_config(self, name: str) -> TrainerConfig:
         a = self.args
-        training: dict[str, Any] = {"epochs": a.epochs, "batch": 16, "device": "cpu"}
+        training: dict[str, Any] = {
+            "epochs": a.epochs,
+            "batch": 16,
+            "device": "cpu",
+            "freeze": a.freeze,
+            "lr0": a.lr0,
+        }
         return TrainerConfig(
             storage=StorageSection(
                 bucket="bench-loop",
@@ -411,6 +417,9 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=TrainingSection().epochs)
     parser.add_argument("--replay", type=int, default=48, help="replayed bootstrap images")
+    recipe = TrainingSection()
+    parser.add_argument("--freeze", type=int, default=recipe.freeze, help="layers kept frozen")
+    parser.add_argument("--lr0", type=float, default=recipe.lr0, help="AdamW learning rate")
     parser.add_argument(
         "--second-round",
         metavar="SCENARIO:DRIFT",
@@ -506,6 +515,7 @@ def main() -> None:
         "lead_in_frames": args.lead_in,
         "budget_fraction": args.budget,
         "epochs": args.epochs,
+        "recipe": {"freeze": args.freeze, "lr0": args.lr0, "replay": args.replay},
         "seeds": seeds,
         "bootstrap_undrifted": {
             "map50": before.map50,

@@ -173,6 +173,12 @@ class TrainingSection(_Section):
     patience: int = Field(default=0, ge=0, description="0: no early stopping")
     close_mosaic: int = Field(default=3, ge=0)
     warmup_epochs: float = Field(default=0.5, ge=0.0, le=10.0)
+    # The fine-tuning recipe (benchmarks/learning_loop.py measures it): the first `freeze`
+    # layers keep the parent's weights (YOLOv8's backbone is layers 0-9); `lr0` None lets
+    # ultralytics pick (with optimizer "auto": AdamW at about 0.001 for short runs).
+    freeze: int = Field(default=0, ge=0, le=22)
+    optimizer: Literal["auto", "SGD", "AdamW", "Adam"] = "auto"
+    lr0: float | None = Field(default=None, gt=0.0, le=1.0)
     cpu_price_per_hour_usd: float = Field(default=0.0, ge=0.0)
     gpu_price_per_hour_usd: float = Field(default=0.35, ge=0.0)
     max_cost_usd: float | None = Field(

@@ -53,9 +53,28 @@ class TrainSpec(BaseModel):
     patience: int
     close_mosaic: int
     warmup_epochs: float
+    freeze: int = 0
+    optimizer: Literal["auto", "SGD", "AdamW", "Adam"] = "auto"
+    lr0: float | None = None
     cpu_price_per_hour_usd: float = 0.0
     gpu_price_per_hour_usd: float = 0.0
     max_cost_usd: float | None = None
+
+
+def recipe_arguments(spec: TrainSpec) -> dict[str, Any]:
+    """ultralytics' arguments for the recipe; nothing where the spec keeps its defaults, so
+    a run without a recipe trains exactly as before. ultralytics ignores ``lr0`` under
+    optimizer "auto", so a learning rate alone means AdamW at that rate."""
+    arguments: dict[str, Any] = {}
+    if spec.freeze:
+        arguments["freeze"] = spec.freeze
+    optimizer = spec.optimizer
+    if spec.lr0 is not None:
+        arguments["lr0"] = spec.lr0
+        optimizer = "AdamW" if optimizer == "auto" else optimizer
+    if optimizer != "auto":
+        arguments["optimizer"] = optimizer
+    return arguments
 
 
 class EpochReport(BaseModel):
@@ -239,6 +258,7 @@ class LocalTrainer:
                     close_mosaic=spec.close_mosaic,
                     warmup_epochs=spec.warmup_epochs,
                     save=True,
+                    **recipe_arguments(spec),
                 )
         except GpuRequiredError:
             raise
