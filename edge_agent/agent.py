@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import ValidationError
@@ -36,7 +37,12 @@ from edge_agent.inference import (
     RunnerOptions,
     intra_op_threads,
 )
-from edge_agent.inference.selection import RuntimeChoice, choose_runtime
+from edge_agent.inference.selection import (
+    ModelWorkRunner,
+    RuntimeChoice,
+    choose_runtime,
+    run_in_place,
+)
 from edge_agent.metrics import AgentMetrics
 from edge_agent.ota.controller import OtaController, OtaPolicy
 from edge_agent.ota.health import HealthPolicy
@@ -135,10 +141,17 @@ def _runner_factory(
     )
 
 
-def _active(runner: InferenceRunner, path: Path, manifest: ModelManifest | None) -> ActiveModel:
+def _active(
+    runner: InferenceRunner,
+    path: Path,
+    manifest: ModelManifest | None,
+    choice: RuntimeChoice | None = None,
+) -> ActiveModel:
     if manifest is None:
-        return ActiveModel(runner, path.stem, None)
-    return ActiveModel(runner, manifest.model_name, manifest.version, manifest.artifact.sha256)
+        return ActiveModel(runner, path.stem, None, runtime_choice=choice)
+    return ActiveModel(
+        runner, manifest.model_name, manifest.version, manifest.artifact.sha256, choice
+    )
 
 
 def load_model(path: Path, options: RunnerOptions, manifest: ModelManifest | None) -> ActiveModel:
@@ -147,13 +160,24 @@ def load_model(path: Path, options: RunnerOptions, manifest: ModelManifest | Non
 
 
 def load_model_choosing_runtime(
-    path: Path, options: RunnerOptions, manifest: ModelManifest | None, min_agreement: float
-) -> tuple[ActiveModel, RuntimeChoice]:
-    """Load the model in the fastest installed runtime that agrees with onnxruntime fp32."""
+    path: Path,
+    options: RunnerOptions,
+    manifest: ModelManifest | None,
+    min_agreement: float,
+    *,
+    live_images: list[Any] | None = None,
+    run_model_work: ModelWorkRunner = run_in_place,
+) -> ActiveModel:
+    """Load the model in the fastest installed runtime that agrees with onnxruntime fp32 (on
+    ``live_images`` when there are enough, each run as ``run_model_work``)."""
     runner, choice = choose_runtime(
-        _runner_factory(path, manifest), options, min_agreement=min_agreement
+        _runner_factory(path, manifest),
+        options,
+        live_images=live_images,
+        run_model_work=run_model_work,
+        min_agreement=min_agreement,
     )
-    return _active(runner, path, manifest), choice
+    return _active(runner, path, manifest, choice)
 
 
 def read_local_manifest(model_path: Path) -> ModelManifest | None:
@@ -175,9 +199,9 @@ class Agent:
         self._started = False
         self._stops = contextlib.ExitStack()
         # The runner options models load with; with model.runtime "auto", the runtime chosen
-        # when the first model loads (edge_agent.inference.selection), kept for OTA candidates.
+        # when the first model loads (edge_agent.inference.selection), kept for the shadow
+        # model. Each OTA candidate chooses again, on the line's recent frames.
         self.runner_options = runner_options(config)
-        self.runtime_choice: RuntimeChoice | None = None
         self.metrics = AgentMetrics()
         self.hub = FrameHub()
         self.models = ModelSlot()
@@ -273,12 +297,14 @@ class Agent:
             )
         self.store: ModelStore | None = None
         self.ota: OtaController | None = None
+        self._recent: RecentFrames | None = None  # the line's last frames, for OTA trials
         if config.ota.enabled and self.mqtt is not None:  # the config requires MQTT for OTA
             self.store = ModelStore(
                 config.state_dir / "models", keep_versions=config.ota.keep_versions
             )
             recent = RecentFrames()
             self.pipeline.add_sink(recent)
+            self._recent = recent
             self.ota = OtaController(
                 target=OtaTarget(
                     device_id=config.device.id,
@@ -292,7 +318,12 @@ class Agent:
                 topics=self.topics,
                 store=self.store,
                 verifier=Verifier.from_pem_files(dict(config.ota.trusted_keys)),
-                loader=CandidateLoader(self.runner_options, load_model),
+                loader=CandidateLoader(
+                    self.runner_options,
+                    self._load_candidate_choosing_runtime
+                    if config.model.runtime == "auto"
+                    else load_model,
+                ),
                 artifacts=ArtifactSource(
                     make_s3_client(config.storage.target()), config.storage.bucket
                 )
@@ -350,18 +381,32 @@ class Agent:
         return False
 
     def _load_line_model(self, path: Path, manifest: ModelManifest | None) -> ActiveModel:
-        """The model the line runs; with ``model.runtime: auto`` the first one loaded picks
-        the runtime, and every later one (OTA candidates too) loads in it."""
-        if self.config.model.runtime != "auto" or self.runtime_choice is not None:
+        """The model the line starts with; with ``model.runtime: auto`` in the runtime chosen
+        on the synthetic line (no camera frame exists yet)."""
+        if self.config.model.runtime != "auto":
             return load_model(path, self.runner_options, manifest)
-        model, choice = load_model_choosing_runtime(
+        model = load_model_choosing_runtime(
             path, self.runner_options, manifest, self.config.model.runtime_min_agreement
         )
-        self.runtime_choice = choice
-        self.runner_options = dataclasses.replace(self.runner_options, runtime=choice.chosen)
-        if self.ota is not None:
-            self.ota.loader = CandidateLoader(self.runner_options, load_model)
+        assert model.runtime_choice is not None
+        self.runner_options = dataclasses.replace(
+            self.runner_options, runtime=model.runtime_choice.chosen
+        )
         return model
+
+    def _load_candidate_choosing_runtime(
+        self, path: Path, options: RunnerOptions, manifest: ModelManifest | None
+    ) -> ActiveModel:
+        """An OTA candidate with ``model.runtime: auto``: its runtime chosen again, judged on
+        the line's recent frames, each trial run as model work in the line's gaps."""
+        return load_model_choosing_runtime(
+            path,
+            options,
+            manifest,
+            self.config.model.runtime_min_agreement,
+            live_images=self._recent.images() if self._recent is not None else None,
+            run_model_work=self.pipeline.call_between_batches,
+        )
 
     def load_configured_model(self) -> None:
         if self.load_stored_model():
@@ -495,7 +540,7 @@ class Agent:
                 name=model.name,
                 version=model.version,
                 provider=model.runner.provider,
-                runtime_choice=self.runtime_choice,
+                runtime_choice=model.runtime_choice,
                 input=(model.runner.info.input_height, model.runner.info.input_width),
                 classes=list(model.class_names),
             ),

@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_agent.camera import Frame
 from edge_agent.inference import CancelToken, InferenceRunner
+from edge_agent.inference.selection import RuntimeChoice
 from shared.detections import Detections
 
 
@@ -30,6 +31,8 @@ class ActiveModel:
     # The artifact's digest from its manifest: a version is identified by it, not by its
     # number alone (None for a model configured without a manifest).
     sha256: str | None = None
+    # With model.runtime "auto": how this model's runtime was chosen (None: configured).
+    runtime_choice: RuntimeChoice | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:

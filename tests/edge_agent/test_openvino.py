@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,36 @@ def test_auto_refuses_a_runtime_that_disagrees_or_cannot_load(
     )
 
 
+def test_live_frames_judge_the_runtimes_each_run_as_one_piece_of_model_work(
+    tmp_path: Path,
+) -> None:
+    """At OTA staging: the line's recent frames (when there are enough) are the probe, and
+    every model run is handed to the line's scheduler, one frame's run at a time."""
+    model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES), size=320)
+    line = SyntheticLine(LineConfig(width=640, height=480, seed=11))
+    live = [line.next_frame().image for _ in range(4)]
+    pieces: list[object] = []
+
+    def between_batches(work: Callable[[CancelToken], object]) -> object:
+        pieces.append(work)
+        return work(CancelToken())
+
+    def load(options: RunnerOptions) -> InferenceRunner:
+        return InferenceRunner(model, options)
+
+    _, choice = choose_runtime(
+        load, RunnerOptions(), live_images=live, run_model_work=between_batches, runs=6
+    )
+    assert (choice.probe, choice.probe_images) == ("live", 4)
+    judged = [t for t in choice.trials if t.agreement is not None]
+    timed = [t for t in choice.trials if t.latency_ms is not None]
+    assert len(judged) == 2, choice.trials  # both runtimes loaded and were compared
+    # One detection per live frame for each runtime compared, then each eligible's runs.
+    assert len(pieces) == 4 * len(judged) + 6 * len(timed)
+    _, too_few = choose_runtime(load, RunnerOptions(), live_images=live[:2], runs=3)
+    assert too_few.probe == "synthetic" and too_few.probe_images == 6
+
+
 def test_an_agent_on_auto_reports_its_choice(tmp_path: Path) -> None:
     agent = line_agent(tmp_path, "runtime: auto")
     agent.start()
@@ -188,7 +219,7 @@ def test_an_agent_on_auto_reports_its_choice(tmp_path: Path) -> None:
         assert {t.runtime for t in choice.trials} == {"onnxruntime", "openvino"}
         chosen = next(t for t in choice.trials if t.runtime == choice.chosen)
         assert status.model.provider == chosen.device
-        assert agent.runner_options.runtime == choice.chosen, "OTA candidates load in it too"
+        assert agent.runner_options.runtime == choice.chosen, "the shadow model loads in it"
         dumped = status.model_dump(mode="json")["model"]["runtime_choice"]
         assert dumped["chosen"] == choice.chosen
     finally:

@@ -27,6 +27,7 @@ from shared.topics import Topics
 from testing.local_services import MosquittoProcess, MotoS3Process
 from tests.edge_agent.onnx_models import brightness_detector
 from tests.edge_agent.ota.helpers import ControlPlane, make_manifest
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 DEVICE = "edge-ota"
@@ -158,6 +159,40 @@ def test_update_goes_active_and_frames_keep_flowing(
             agent.config.ota.trusted_keys
         )
         assert beat.trusted_keys, "the test agent trusts the control plane's key"
+    finally:
+        agent.stop()
+
+
+def test_on_runtime_auto_a_candidate_chooses_its_runtime_on_live_frames(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    """At first start no frame exists: the synthetic line judges the runtimes. An update is
+    judged on the line's own recent frames, its trial runs in the line's gaps."""
+    config = write_agent_config(tmp_path, plane, s3_server)
+    text = config.read_text()
+    config.write_text(text.replace("model: {path: ", "model: {runtime: auto, path: "))
+    agent = Agent(load_config(config))
+    agent.start()
+    try:
+        plane.wait_report(lambda r: r.device_id == DEVICE and r.running_version == 1)
+        first = agent.models.current
+        assert first is not None and first.runtime_choice is not None
+        assert first.runtime_choice.probe == "synthetic"
+        wait_for(lambda: agent.pipeline.stats.processed >= 10, timeout=10)
+        v2 = brightness_detector(tmp_path / "v2.onnx", names=list(CLASS_NAMES))
+        plane.send(DEVICE, plane.desired(plane.upload(v2, 2)))
+        plane.wait_report(
+            lambda r: r.ota_state is OtaState.ACTIVE and r.running_version == 2 and not r.probation
+        )
+        status = agent.status()
+        assert status.model is not None and status.model.version == 2
+        choice = status.model.runtime_choice
+        assert choice is not None and choice.probe == "live" and choice.probe_images >= 3
+        assert {t.runtime for t in choice.trials} == {"onnxruntime", "openvino"}
+        chosen = next(t for t in choice.trials if t.runtime == choice.chosen)
+        assert status.model.provider == chosen.device and chosen.latency_ms is not None
+        processed = agent.pipeline.stats.processed
+        wait_for(lambda: agent.pipeline.stats.processed > processed + 5, timeout=10)
     finally:
         agent.stop()
 
