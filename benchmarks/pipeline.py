@@ -2,11 +2,18 @@
 
 Each contender runs in its own process, so start-up time and peak memory are its own
 (``pipeline_contenders.py``):
-  raw          session.run on pre-letterboxed tensors: the ceiling for the pipeline
+  raw          onnxruntime's session.run on pre-letterboxed tensors
+  limit        the runtime the agent chose (``--runtime``, default auto: as the agent
+               chooses at first start) in a bare loop on pre-letterboxed tensors, every
+               core on each run: the box's limit, which the pipeline is held to
   pipeline     the agent's cameras -> hub -> prepare/infer/finish -> events sink
-               (JPEG decode + letterbox + inference + decode/NMS + event JSON), with one
-               infer worker per core on CPU (throughput mode) and with one (latency mode)
+               (JPEG decode + letterbox + inference + decode/NMS + event JSON), in the
+               runtime the agent chose, with one infer worker per core on CPU (throughput
+               mode) and with one (latency mode)
   ultralytics  YOLO(model.onnx).predict(jpeg_path) frame after frame
+  ultralytics_openvino
+               the same on ultralytics' own OpenVINO export (``format=openvino``): what
+               ultralytics advises for CPUs, the peer a user would pick on a CPU box
 All contenders stay loaded and run in alternating slices of a few seconds, the order
 flipping every round; each ratio is the median of per-round ratios. On this shared machine
 the same session.run took 13 ms and 19 ms a minute apart, so contenders run minutes apart
@@ -182,6 +189,28 @@ def paired_ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> list
     ]
 
 
+def peer_figures(
+    pipe: dict[str, Any], one: dict[str, Any], peer: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The pipeline (its better mode, per round) against ultralytics on its OpenVINO export;
+    nothing when that export could not be made (no openvino package)."""
+    if peer is None:
+        return {"ultralytics_openvino": "not measured: no OpenVINO export (pip install openvino)"}
+    best = [
+        max(p["fps"], o["fps"]) / u["fps"]
+        for p, o, u in zip(pipe["slices"], one["slices"], peer["slices"], strict=True)
+        if u["fps"] > 0
+    ]
+    return {
+        "ultralytics_openvino_fps": round(peer["fps"], 2),
+        "pipeline_vs_ultralytics_openvino": round(statistics.median(best), 3),
+        "pipeline_vs_ultralytics_openvino_per_round": [round(r, 3) for r in best],
+        "rss_vs_ultralytics_openvino": round(pipe["peak_rss_mb"] / peer["peak_rss_mb"], 3),
+        "cold_start_vs_ultralytics_openvino": round(pipe["cold_start_s"] / peer["cold_start_s"], 3),
+        "ultralytics_openvino_p50_ms": peer["p50_ms"],
+    }
+
+
 # ----------------------------------------------------------------- orchestration
 def export_models(weights: Path | None, out: Path, sizes: list[int]) -> dict[str, Path]:
     """Static and dynamic-batch exports per size; files already in ``out`` are reused."""
@@ -202,6 +231,14 @@ def export_models(weights: Path | None, out: Path, sizes: list[int]) -> dict[str
                 )
                 Path(exported).rename(target)
             models[f"{size}{'_dyn' if dynamic else ''}"] = target
+        openvino = out / f"model_{size}_openvino_model"
+        if not openvino.exists() and weights is not None:
+            from ultralytics import YOLO
+
+            exported = YOLO(str(weights)).export(format="openvino", imgsz=size, batch=1)
+            Path(exported).rename(openvino)
+        if openvino.exists():
+            models[f"{size}_openvino"] = openvino
     return models
 
 
@@ -222,6 +259,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=0, help="slices per contender (10)")
     parser.add_argument("--slice-s", type=float, default=0.0, help="seconds per slice (2.0)")
     parser.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    parser.add_argument(
+        "--runtime",
+        choices=("auto", "onnxruntime", "openvino"),
+        default="auto",
+        help="the pipeline's and the limit's runtime (default: chosen as the agent does)",
+    )
     parser.add_argument(
         "--infer-workers",
         type=int,
@@ -262,29 +305,50 @@ def main() -> None:
     def options(size: int, **extra: Any) -> dict[str, Any]:
         return {"imgsz": size, "work_dir": work, "provider": args.provider, **extra}
 
+    def agent(size: int, **extra: Any) -> dict[str, Any]:
+        return options(size, runtime=args.runtime, **extra)
+
     try:
         for size in sizes:
             model = models[str(size)]
-            results = compare(
-                {
-                    "raw": (model, options(size)),
-                    "pipeline": (
-                        model,
-                        options(size, worker="pipeline", mqtt_port=port, infer_workers=workers),
-                    ),
-                    "one_worker": (model, options(size, worker="pipeline", mqtt_port=port)),
-                    "ultralytics": (model, options(size)),
-                },
-                work / "single.json",
-                rounds=rounds,
-                slice_s=slice_s,
-            )
-            raw, pipe, one, ultra = (
-                results[k] for k in ("raw", "pipeline", "one_worker", "ultralytics")
+            contenders = {
+                "raw": (model, options(size, worker="raw")),
+                "limit": (model, agent(size, worker="limit")),
+                "pipeline": (
+                    model,
+                    agent(size, worker="pipeline", mqtt_port=port, infer_workers=workers),
+                ),
+                "one_worker": (model, agent(size, worker="pipeline", mqtt_port=port)),
+                "ultralytics": (model, options(size, worker="ultralytics")),
+            }
+            openvino = models.get(f"{size}_openvino")
+            if openvino is not None:
+                contenders["ultralytics_openvino"] = (
+                    openvino,
+                    options(size, worker="ultralytics_openvino"),
+                )
+            results = compare(contenders, work / "single.json", rounds=rounds, slice_s=slice_s)
+            raw, limit, pipe, one, ultra = (
+                results[k] for k in ("raw", "limit", "pipeline", "one_worker", "ultralytics")
             )
             vs_raw = paired_ratio(pipe, raw)
             vs_ultra = paired_ratio(pipe, ultra)
+            # Against the box's limit: the better of the pipeline's two modes, per round.
+            best_vs_limit = [
+                max(p["fps"], o["fps"]) / li["fps"]
+                for p, o, li in zip(pipe["slices"], one["slices"], limit["slices"], strict=True)
+                if li["fps"] > 0
+            ]
+            peer = results.get("ultralytics_openvino")
             report["sizes"][str(size)] = {
+                "limit_runtime": limit["provider"],
+                "variant": "fp32",  # the only one until versions carry variants
+                "limit_fps": round(limit["fps"], 2),
+                "limit_infer_p50_ms": limit["infer_p50_ms"],
+                "pipeline_vs_limit": round(statistics.median(best_vs_limit), 3),
+                "pipeline_vs_limit_per_round": [round(r, 3) for r in best_vs_limit],
+                "one_worker_vs_limit": round(statistics.median(paired_ratio(one, limit)), 3),
+                **peer_figures(pipe, one, peer),
                 "raw_ort_fps": round(raw["fps"], 2),
                 "pipeline_fps": round(pipe["fps"], 2),
                 "ultralytics_fps": round(ultra["fps"], 2),
@@ -318,24 +382,26 @@ def main() -> None:
             size = sizes[0]
             multi = write_frames(work, count, seed=100, cameras=args.cameras)
             (work / "multi.json").write_text(json.dumps(multi))
-            results = compare(
-                {
-                    # One worker, the cameras' frames in one batch (dynamic-batch export).
-                    "batched": (
-                        models[f"{size}_dyn"],
-                        options(size, worker="pipeline", max_batch=args.cameras, mqtt_port=port),
-                    ),
-                    # Frame by frame, ``workers`` at once.
-                    "interleaved": (
-                        models[str(size)],
-                        options(size, worker="pipeline", mqtt_port=port, infer_workers=workers),
-                    ),
-                    "ultralytics": (models[str(size)], options(size)),
-                },
-                work / "multi.json",
-                rounds=rounds,
-                slice_s=slice_s,
-            )
+            multi_contenders = {
+                # One worker, the cameras' frames in one batch (dynamic-batch export).
+                "batched": (
+                    models[f"{size}_dyn"],
+                    agent(size, worker="pipeline", max_batch=args.cameras, mqtt_port=port),
+                ),
+                # Frame by frame, ``workers`` at once.
+                "interleaved": (
+                    models[str(size)],
+                    agent(size, worker="pipeline", mqtt_port=port, infer_workers=workers),
+                ),
+                "ultralytics": (models[str(size)], options(size, worker="ultralytics")),
+            }
+            openvino = models.get(f"{size}_openvino")
+            if openvino is not None:
+                multi_contenders["ultralytics_openvino"] = (
+                    openvino,
+                    options(size, worker="ultralytics_openvino"),
+                )
+            results = compare(multi_contenders, work / "multi.json", rounds=rounds, slice_s=slice_s)
             batched, interleaved, ultra = (
                 results[k] for k in ("batched", "interleaved", "ultralytics")
             )
@@ -359,7 +425,21 @@ def main() -> None:
                 "interleaved_vs_ultralytics": round(statistics.median(interleaved_vs), 3),
                 "batched_vs_ultralytics_per_round": [round(r, 3) for r in batched_vs],
                 "batched_stages": batched["stages"],
+                "batched_provider": batched["provider"],
             }
+            peer = results.get("ultralytics_openvino")
+            if peer is not None:
+                best_vs_peer = [
+                    max(b["fps"], i["fps"]) / u["fps"]
+                    for b, i, u in zip(
+                        batched["slices"], interleaved["slices"], peer["slices"], strict=True
+                    )
+                    if u["fps"] > 0
+                ]
+                report["multi_camera"]["ultralytics_openvino_fps"] = round(peer["fps"], 2)
+                report["multi_camera"]["pipeline_vs_ultralytics_openvino"] = round(
+                    statistics.median(best_vs_peer), 3
+                )
     finally:
         if broker is not None:
             broker.stop()

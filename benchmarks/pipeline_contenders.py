@@ -14,6 +14,7 @@ at the edges of a slice are not counted as work.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -83,6 +84,21 @@ def providers(name: str) -> tuple[str, ...]:
     }[name]
 
 
+def agent_runner(args: argparse.Namespace, intra_op_threads: int, **options: Any) -> Any:
+    """The runner the agent would run: ``--runtime auto`` chooses as the agent does at first
+    start (edge_agent.inference.selection), any other value pins that runtime."""
+    from edge_agent.inference import InferenceRunner, RunnerOptions
+    from edge_agent.inference.selection import choose_runtime
+
+    base = RunnerOptions(
+        providers=providers(args.provider), intra_op_threads=intra_op_threads, **options
+    )
+    if args.runtime == "auto":
+        runner, _ = choose_runtime(lambda o: InferenceRunner(Path(args.model), o), base)
+        return runner
+    return InferenceRunner(Path(args.model), dataclasses.replace(base, runtime=args.runtime))
+
+
 class Contender(Protocol):
     def run_for(self, seconds: float) -> dict[str, Any]: ...
 
@@ -129,6 +145,45 @@ class RawOrt:
         }
 
 
+# ----------------------------------------------------------------- the box's limit
+class RawLimit:
+    """The runtime the agent chose (``--runtime``), called in a bare loop on pre-letterboxed
+    tensors with every core: no camera, no decoding, no events. The box's limit."""
+
+    def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
+        from edge_agent.inference import intra_op_threads, letterbox
+
+        runner = agent_runner(args, intra_op_threads(0, workers=1), thread_spinning=True)
+        info = runner.info
+        self.provider = info.provider
+        self.backend = runner._backend  # the runtime's own call: no validation, no decoding
+        self.blobs = [
+            letterbox(
+                [read_jpeg(path)], info.input_height, info.input_width, dtype=info.input_dtype
+            )[0]
+            for path in frames[0]
+        ]
+        self.backend.run(self.blobs[0], None)
+        self.cold_start_s = time.time() - args.spawned
+        self.latencies: list[float] = []
+        self.next = 0
+
+    def run_for(self, seconds: float) -> dict[str, Any]:
+        return run_loop(self._run_one, seconds, self.latencies)
+
+    def _run_one(self) -> None:
+        self.backend.run(self.blobs[self.next % len(self.blobs)], None)
+        self.next += 1
+
+    def close(self) -> dict[str, Any]:
+        return {
+            "peak_rss_mb": peak_rss_mb(),
+            "provider": self.provider,
+            "infer_p50_ms": percentile_ms(self.latencies, 0.5),
+            "infer_p99_ms": percentile_ms(self.latencies, 0.99),
+        }
+
+
 # ----------------------------------------------------------------- the agent pipeline
 class AgentPipeline:
     """The agent's cameras -> hub -> prepare/infer/finish -> events sink, on looping JPEGs
@@ -140,11 +195,7 @@ class AgentPipeline:
         from edge_agent.camera import CameraWorker, FrameHub, FrameSource
         from edge_agent.config import MqttSection
         from edge_agent.frame_path import ActiveModel, DetectionResult, ModelSlot
-        from edge_agent.inference import (
-            InferenceRunner,
-            RunnerOptions,
-            intra_op_threads,
-        )
+        from edge_agent.inference import intra_op_threads
         from edge_agent.metrics import AgentMetrics
         from edge_agent.pipeline import Pipeline
         from edge_agent.sinks.events import EventsSink
@@ -187,13 +238,7 @@ class AgentPipeline:
         self.agreement_frames = args.agreement_frames
         self.sampling = False
         # As the agent does: threads per inference = cores / workers.
-        runner = InferenceRunner(
-            Path(args.model),
-            RunnerOptions(
-                providers=providers(args.provider),
-                intra_op_threads=intra_op_threads(0, workers=args.infer_workers),
-            ),
-        )
+        runner = agent_runner(args, intra_op_threads(0, workers=args.infer_workers))
         self.provider = runner.info.provider
         metrics = AgentMetrics()
         hub = FrameHub()
@@ -294,7 +339,9 @@ class AgentPipeline:
 
 # ----------------------------------------------------------------- ultralytics predict()
 class UltralyticsPredict:
-    """``YOLO(model.onnx).predict(jpeg_path)`` frame after frame, cameras round-robin."""
+    """``YOLO(model).predict(jpeg_path)`` frame after frame, cameras round-robin; the model
+    is ultralytics' ONNX export, or its OpenVINO export (a ``*_openvino_model`` folder: what
+    ultralytics advises for Intel/AMD CPUs)."""
 
     def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
         from cloud_trainer.training.offline import prepare_offline_ultralytics
@@ -347,10 +394,14 @@ def percentile_ms(values: list[float], q: float) -> float:
     return round(float(np.quantile(np.asarray(values), q)) * 1000.0, 3) if values else 0.0
 
 
-CONTENDERS: dict[str, type[RawOrt] | type[AgentPipeline] | type[UltralyticsPredict]] = {
+CONTENDERS: dict[
+    str, type[RawOrt] | type[RawLimit] | type[AgentPipeline] | type[UltralyticsPredict]
+] = {
     "raw": RawOrt,
+    "limit": RawLimit,
     "pipeline": AgentPipeline,
     "ultralytics": UltralyticsPredict,
+    "ultralytics_openvino": UltralyticsPredict,
 }
 
 
@@ -386,6 +437,7 @@ def main() -> None:
     parser.add_argument("--mqtt-port", type=int, default=0)
     parser.add_argument("--agreement-frames", type=int, default=20)
     parser.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    parser.add_argument("--runtime", choices=("auto", "onnxruntime", "openvino"), default="auto")
     serve(parser.parse_args())
 
 
