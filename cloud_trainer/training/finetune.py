@@ -64,7 +64,9 @@ class TrainSpec(BaseModel):
 def recipe_arguments(spec: TrainSpec) -> dict[str, Any]:
     """ultralytics' arguments for the recipe; nothing where the spec keeps its defaults, so
     a run without a recipe trains exactly as before. ultralytics ignores ``lr0`` under
-    optimizer "auto", so a learning rate alone means AdamW at that rate."""
+    optimizer "auto", so a learning rate alone means AdamW at that rate. An optimizer named
+    explicitly would start the biases' warm-up at lr 0.1 (ultralytics' default, meant for
+    training from scratch; "auto" sets it to 0): a fine-tune starts it at 0 too."""
     arguments: dict[str, Any] = {}
     if spec.freeze:
         arguments["freeze"] = spec.freeze
@@ -74,6 +76,7 @@ def recipe_arguments(spec: TrainSpec) -> dict[str, Any]:
         optimizer = "AdamW" if optimizer == "auto" else optimizer
     if optimizer != "auto":
         arguments["optimizer"] = optimizer
+        arguments["warmup_bias_lr"] = 0.0
     return arguments
 
 

@@ -17,9 +17,15 @@ def test_the_default_recipe_adds_nothing_so_ultralytics_picks_as_before() -> Non
 def test_a_learning_rate_alone_means_adamw_at_that_rate() -> None:
     """ultralytics drops lr0 under optimizer "auto": asking for a rate must not be ignored."""
     spec = SPEC.model_copy(update={"lr0": 0.0003, "freeze": 10})
-    assert recipe_arguments(spec) == {"lr0": 0.0003, "optimizer": "AdamW", "freeze": 10}
+    no_bias_kick = {"warmup_bias_lr": 0.0}  # as under "auto": no lr 0.1 on the biases
+    assert recipe_arguments(spec) == {
+        "lr0": 0.0003,
+        "optimizer": "AdamW",
+        "freeze": 10,
+        **no_bias_kick,
+    }
     sgd = SPEC.model_copy(update={"lr0": 0.01, "optimizer": "SGD"})
-    assert recipe_arguments(sgd) == {"lr0": 0.01, "optimizer": "SGD"}
+    assert recipe_arguments(sgd) == {"lr0": 0.01, "optimizer": "SGD", **no_bias_kick}
 
 
 def test_recipe_settings_are_checked_and_old_specs_still_parse() -> None:
