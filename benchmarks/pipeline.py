@@ -180,6 +180,18 @@ def compare(
             contender.kill()
 
 
+def best_of_ratio(
+    first: dict[str, Any], second: dict[str, Any], denominator: dict[str, Any]
+) -> list[float]:
+    """Per round: the better of two modes of the agent (e.g. throughput and latency, batched
+    and interleaved) over ``denominator``, all three slices of a round seconds apart."""
+    return [
+        max(a["fps"], b["fps"]) / d["fps"]
+        for a, b, d in zip(first["slices"], second["slices"], denominator["slices"], strict=True)
+        if d["fps"] > 0
+    ]
+
+
 def paired_ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> list[float]:
     """Per-round throughput ratios: both slices of a round ran seconds apart."""
     return [
@@ -196,11 +208,7 @@ def peer_figures(
     nothing when that export could not be made (no openvino package)."""
     if peer is None:
         return {"ultralytics_openvino": "not measured: no OpenVINO export (pip install openvino)"}
-    best = [
-        max(p["fps"], o["fps"]) / u["fps"]
-        for p, o, u in zip(pipe["slices"], one["slices"], peer["slices"], strict=True)
-        if u["fps"] > 0
-    ]
+    best = best_of_ratio(pipe, one, peer)
     return {
         "ultralytics_openvino_fps": round(peer["fps"], 2),
         "pipeline_vs_ultralytics_openvino": round(statistics.median(best), 3),
@@ -334,11 +342,7 @@ def main() -> None:
             vs_raw = paired_ratio(pipe, raw)
             vs_ultra = paired_ratio(pipe, ultra)
             # Against the box's limit: the better of the pipeline's two modes, per round.
-            best_vs_limit = [
-                max(p["fps"], o["fps"]) / li["fps"]
-                for p, o, li in zip(pipe["slices"], one["slices"], limit["slices"], strict=True)
-                if li["fps"] > 0
-            ]
+            best_vs_limit = best_of_ratio(pipe, one, limit)
             peer = results.get("ultralytics_openvino")
             report["sizes"][str(size)] = {
                 "limit_runtime": limit["provider"],
@@ -407,13 +411,7 @@ def main() -> None:
             )
             batched_vs = paired_ratio(batched, ultra)
             interleaved_vs = paired_ratio(interleaved, ultra)
-            best_vs = [  # the agent's better mode for this box, per round
-                max(b["fps"], i["fps"]) / u["fps"]
-                for b, i, u in zip(
-                    batched["slices"], interleaved["slices"], ultra["slices"], strict=True
-                )
-                if u["fps"] > 0
-            ]
+            best_vs = best_of_ratio(batched, interleaved, ultra)  # the agent's better mode
             report["multi_camera"] = {
                 "cameras": args.cameras,
                 "imgsz": size,
@@ -429,13 +427,7 @@ def main() -> None:
             }
             peer = results.get("ultralytics_openvino")
             if peer is not None:
-                best_vs_peer = [
-                    max(b["fps"], i["fps"]) / u["fps"]
-                    for b, i, u in zip(
-                        batched["slices"], interleaved["slices"], peer["slices"], strict=True
-                    )
-                    if u["fps"] > 0
-                ]
+                best_vs_peer = best_of_ratio(batched, interleaved, peer)
                 report["multi_camera"]["ultralytics_openvino_fps"] = round(peer["fps"], 2)
                 report["multi_camera"]["pipeline_vs_ultralytics_openvino"] = round(
                     statistics.median(best_vs_peer), 3

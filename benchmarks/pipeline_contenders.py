@@ -105,74 +105,37 @@ class Contender(Protocol):
     def close(self) -> dict[str, Any]: ...
 
 
-# ----------------------------------------------------------------- raw onnxruntime
-class RawOrt:
-    """``session.run`` on pre-letterboxed tensors: the ceiling for the pipeline."""
+# ----------------------------------------------------------------- bare model calls
+class BareLoop:
+    """A model called in a bare loop on pre-letterboxed tensors (no camera, no decoding, no
+    events); subclasses say which call. The ceilings the pipeline is held to."""
 
-    def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
-        from edge_agent.inference import InferenceRunner, RunnerOptions, letterbox
+    provider: str
 
-        runner = InferenceRunner(  # onnxruntime as it comes: threads spinning
-            Path(args.model),
-            RunnerOptions(providers=providers(args.provider), thread_spinning=True),
-        )
+    def __init__(self, args: argparse.Namespace, frames: list[list[str]], runner: Any) -> None:
+        from edge_agent.inference import letterbox
+
         info = runner.info
         self.provider = info.provider
-        self.session = runner._backend.session  # the bare session: no validation, no decoding
-        self.input_name = info.input_name
-        self.blobs: list[NDArray[np.floating]] = []
-        for path in frames[0]:
-            self.blobs.append(letterbox([read_jpeg(path)], info.input_height, info.input_width)[0])
-            if len(self.blobs) == 1:
-                self.session.run(None, {self.input_name: self.blobs[0]})
-                self.cold_start_s = time.time() - args.spawned
-        self.latencies: list[float] = []
-        self.next = 0
-
-    def run_for(self, seconds: float) -> dict[str, Any]:
-        return run_loop(self._run_one, seconds, self.latencies)
-
-    def _run_one(self) -> None:
-        self.session.run(None, {self.input_name: self.blobs[self.next % len(self.blobs)]})
-        self.next += 1
-
-    def close(self) -> dict[str, Any]:
-        return {
-            "peak_rss_mb": peak_rss_mb(),
-            "provider": self.provider,
-            "infer_p50_ms": percentile_ms(self.latencies, 0.5),
-            "infer_p99_ms": percentile_ms(self.latencies, 0.99),
-        }
-
-
-# ----------------------------------------------------------------- the box's limit
-class RawLimit:
-    """The runtime the agent chose (``--runtime``), called in a bare loop on pre-letterboxed
-    tensors with every core: no camera, no decoding, no events. The box's limit."""
-
-    def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
-        from edge_agent.inference import intra_op_threads, letterbox
-
-        runner = agent_runner(args, intra_op_threads(0, workers=1), thread_spinning=True)
-        info = runner.info
-        self.provider = info.provider
-        self.backend = runner._backend  # the runtime's own call: no validation, no decoding
-        self.blobs = [
+        self.blobs: list[NDArray[np.floating]] = [
             letterbox(
                 [read_jpeg(path)], info.input_height, info.input_width, dtype=info.input_dtype
             )[0]
             for path in frames[0]
         ]
-        self.backend.run(self.blobs[0], None)
-        self.cold_start_s = time.time() - args.spawned
         self.latencies: list[float] = []
         self.next = 0
+        self.call(self.blobs[0])
+        self.cold_start_s = time.time() - args.spawned
+
+    def call(self, blob: NDArray[np.floating]) -> None:
+        raise NotImplementedError
 
     def run_for(self, seconds: float) -> dict[str, Any]:
         return run_loop(self._run_one, seconds, self.latencies)
 
     def _run_one(self) -> None:
-        self.backend.run(self.blobs[self.next % len(self.blobs)], None)
+        self.call(self.blobs[self.next % len(self.blobs)])
         self.next += 1
 
     def close(self) -> dict[str, Any]:
@@ -182,6 +145,39 @@ class RawLimit:
             "infer_p50_ms": percentile_ms(self.latencies, 0.5),
             "infer_p99_ms": percentile_ms(self.latencies, 0.99),
         }
+
+
+class RawOrt(BareLoop):
+    """onnxruntime's ``session.run`` as it comes (threads spinning)."""
+
+    def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
+        from edge_agent.inference import InferenceRunner, RunnerOptions
+
+        runner = InferenceRunner(
+            Path(args.model),
+            RunnerOptions(providers=providers(args.provider), thread_spinning=True),
+        )
+        self.session = runner._backend.session  # the bare session: no validation, no decoding
+        self.input_name = runner.info.input_name
+        super().__init__(args, frames, runner)
+
+    def call(self, blob: NDArray[np.floating]) -> None:
+        self.session.run(None, {self.input_name: blob})
+
+
+class RawLimit(BareLoop):
+    """The runtime the agent chose (``--runtime``) with every core on each call: the box's
+    limit."""
+
+    def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
+        from edge_agent.inference import intra_op_threads
+
+        runner = agent_runner(args, intra_op_threads(0, workers=1), thread_spinning=True)
+        self.backend = runner._backend  # the runtime's own call: no validation, no decoding
+        super().__init__(args, frames, runner)
+
+    def call(self, blob: NDArray[np.floating]) -> None:
+        self.backend.run(blob, None)
 
 
 # ----------------------------------------------------------------- the agent pipeline
