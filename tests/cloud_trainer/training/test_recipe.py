@@ -10,8 +10,18 @@ from cloud_trainer.training.finetune import TrainSpec, recipe_arguments
 from tests.cloud_trainer.training.test_skypilot import SPEC
 
 
-def test_the_default_recipe_adds_nothing_so_ultralytics_picks_as_before() -> None:
+def test_a_spec_without_a_recipe_adds_nothing_so_ultralytics_picks_as_before() -> None:
     assert recipe_arguments(SPEC) == {}
+
+
+def test_the_default_recipe_is_the_one_the_learning_loop_benchmark_chose() -> None:
+    training = TrainingSection()
+    assert (training.epochs, training.lr0, training.optimizer, training.freeze) == (
+        20,
+        3e-4,
+        "auto",
+        0,
+    )
 
 
 def test_a_learning_rate_alone_means_adamw_at_that_rate() -> None:
