@@ -180,7 +180,7 @@ class TrainingSection(_Section):
     warmup_epochs: float = Field(default=0.5, ge=0.0, le=10.0)
     # The fine-tuning recipe (benchmarks/learning_loop.py measures it): the first `freeze`
     # layers keep the parent's weights (YOLOv8's backbone is layers 0-9; frozen, the lighting
-    # drift recovered 0.64 instead of 0.82); `lr0` None lets ultralytics pick (with optimizer
+    # drift recovered 0.64 instead of 0.87); `lr0` None lets ultralytics pick (with optimizer
     # "auto": AdamW at about 0.001 for short runs, which forgot bolts).
     freeze: int = Field(default=0, ge=0, le=22)
     optimizer: Literal["auto", "SGD", "AdamW", "Adam"] = "auto"

@@ -67,7 +67,7 @@ def cameras_from_column(stored: str | None) -> dict[str, CameraHealth]:
 def rows_to_json(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
     """The device rows (columns ``names``, which include ``cameras``, ``trusted_keys`` and
     ``cameras_format``) as the JSON array ``/api/devices`` answers, equal to what pydantic makes
-    of ``DeviceRow`` (tests/cloud_trainer/fleet/test_device_columns.py holds them equal)."""
+    of ``DeviceRow`` (tests/cloud_trainer/fleet/test_fleet_db.py holds them equal)."""
     current = cameras_format()
     out: list[dict[str, Any]] = []
     for row in rows:
