@@ -201,6 +201,17 @@ def paired_ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> list
     ]
 
 
+def add_openvino_peer(
+    contenders: dict[str, tuple[Path, dict[str, Any]]],
+    models: dict[str, Path],
+    peer_options: dict[str, Any],
+) -> None:
+    """ultralytics on its OpenVINO export joins ``contenders`` when that export exists."""
+    openvino = models.get(f"{peer_options['imgsz']}_openvino")
+    if openvino is not None:
+        contenders["ultralytics_openvino"] = (openvino, peer_options)
+
+
 def peer_figures(
     pipe: dict[str, Any], one: dict[str, Any], peer: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -329,12 +340,7 @@ def main() -> None:
                 "one_worker": (model, agent(size, worker="pipeline", mqtt_port=port)),
                 "ultralytics": (model, options(size, worker="ultralytics")),
             }
-            openvino = models.get(f"{size}_openvino")
-            if openvino is not None:
-                contenders["ultralytics_openvino"] = (
-                    openvino,
-                    options(size, worker="ultralytics_openvino"),
-                )
+            add_openvino_peer(contenders, models, options(size, worker="ultralytics_openvino"))
             results = compare(contenders, work / "single.json", rounds=rounds, slice_s=slice_s)
             raw, limit, pipe, one, ultra = (
                 results[k] for k in ("raw", "limit", "pipeline", "one_worker", "ultralytics")
@@ -399,12 +405,9 @@ def main() -> None:
                 ),
                 "ultralytics": (models[str(size)], options(size, worker="ultralytics")),
             }
-            openvino = models.get(f"{size}_openvino")
-            if openvino is not None:
-                multi_contenders["ultralytics_openvino"] = (
-                    openvino,
-                    options(size, worker="ultralytics_openvino"),
-                )
+            add_openvino_peer(
+                multi_contenders, models, options(size, worker="ultralytics_openvino")
+            )
             results = compare(multi_contenders, work / "multi.json", rounds=rounds, slice_s=slice_s)
             batched, interleaved, ultra = (
                 results[k] for k in ("batched", "interleaved", "ultralytics")
