@@ -15,8 +15,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -25,6 +27,11 @@ from shared.object_keys import validate_object_key
 
 MAX_ARTIFACT_BYTES = 2 * 1024**3
 MAX_CLASSES = 1000
+MAX_VARIANTS = 4
+
+VariantPrecision = Literal["fp16", "int8"]
+# The runtimes an agent runs ONNX files with (edge_agent.inference.backend.RUNTIMES).
+RuntimeName = Literal["onnxruntime", "openvino"]
 
 ClassName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 LanguageTag = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
@@ -88,8 +95,38 @@ class Lineage(_Strict):
     backend: Literal["local", "skypilot", "bootstrap", "unknown"] = "unknown"
 
 
+class ModelVariant(_Strict):
+    """The same model at a lower precision, for the boxes whose runtimes run it faster.
+
+    ``accelerator``: where it pays (``int8``: CPUs; ``fp16``: GPUs). ``metrics``: measured by
+    the trainer on onnxruntime through the agent's own inference path, on the same held-out
+    set as the manifest's ``metrics``. ``runtimes``: those the trainer found within its
+    tolerance of the fp32 reference (a QDQ model is not computed alike by every runtime:
+    OpenVINO runs more of it in integer arithmetic); a box tries the variant on those only,
+    and still checks that its detections agree with fp32 on its own frames first.
+    """
+
+    precision: VariantPrecision
+    accelerator: Literal["cpu", "gpu"]
+    artifact: ArtifactRef
+    metrics: EvalMetrics
+    runtimes: list[RuntimeName] = Field(min_length=1, max_length=4)
+
+    @field_validator("runtimes")
+    @classmethod
+    def _distinct(cls, value: list[RuntimeName]) -> list[RuntimeName]:
+        if len(set(value)) != len(value):
+            raise ValueError("runtimes must be distinct")
+        return value
+
+
 class ModelManifest(_Strict):
-    schema_version: Literal[1] = 1
+    """Schema 2 added ``variants``. A manifest without variants is schema 1 and serializes
+    exactly as before (the empty list is left out), so its signature, and agents that predate
+    variants, are unaffected; a schema-2 manifest is refused by those agents with a validation
+    error naming the schema."""
+
+    schema_version: Literal[1, 2] = 1
     model_name: Identifier
     version: int = Field(ge=1, le=10**9)
     created_at: AwareDatetime
@@ -104,6 +141,8 @@ class ModelManifest(_Strict):
     output_format: Literal["yolo_raw", "nms_in_graph"]
     classes: list[ClassInfo] = Field(min_length=1, max_length=MAX_CLASSES)
     metrics: EvalMetrics | None = None
+    # Lower-precision copies of ``artifact``; ``artifact`` (fp32) stays the reference.
+    variants: list[ModelVariant] = Field(default_factory=list, max_length=MAX_VARIANTS)
     lineage: Lineage = Field(default_factory=Lineage)
     notes: ShortText = ""
     key_id: Identifier | None = None
@@ -119,7 +158,29 @@ class ModelManifest(_Strict):
             raise ValueError("class names must be unique")
         if self.expires_at is not None and self.expires_at <= self.created_at:
             raise ValueError("expires_at must be after created_at")
+        if self.variants and self.schema_version < 2:
+            raise ValueError("variants need schema_version 2")
+        if self.variants and self.precision != "fp32":
+            raise ValueError("variants are copies of an fp32 reference artifact")
+        precisions = [v.precision for v in self.variants]
+        if len(set(precisions)) != len(precisions):
+            raise ValueError("one variant per precision")
+        keys = [self.artifact.key, *(v.artifact.key for v in self.variants)]
+        if len(set(keys)) != len(keys):
+            raise ValueError("each variant needs its own artifact key")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_empty_variants(self, handler: SerializerFunctionWrapHandler) -> object:
+        """Leave out an empty ``variants``: a schema-1 manifest's bytes, and so the
+        signatures made before variants existed, stay what they were."""
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("variants"):
+            data.pop("variants", None)
+        return data
+
+    def variant(self, precision: VariantPrecision) -> ModelVariant | None:
+        return next((v for v in self.variants if v.precision == precision), None)
 
     @property
     def class_names(self) -> list[str]:

@@ -129,6 +129,11 @@ def model_artifact_key(name: str, version: int) -> str:
     return f"{model_prefix(name, version)}/model.onnx"
 
 
+def model_variant_key(name: str, version: int, precision: str) -> str:
+    """A lower-precision variant of the version's model (``int8``, ``fp16``)."""
+    return f"{model_prefix(name, version)}/model.{_id(precision, 'precision')}.onnx"
+
+
 def model_weights_key(name: str, version: int) -> str:
     return f"{model_prefix(name, version)}/model.pt"
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.manifest import ArtifactRef, ClassInfo, InputSpec, ModelManifest
+from shared.manifest import (
+    ArtifactRef,
+    ClassInfo,
+    EvalMetrics,
+    InputSpec,
+    ModelManifest,
+    ModelVariant,
+)
 from shared.messages import DesiredState, DesiredTarget
 from shared.synth import CLASS_NAMES
 
@@ -47,3 +54,19 @@ def make_desired(manifest: ModelManifest | None = None, **overrides: Any) -> Des
     }
     fields.update(overrides)
     return DesiredState(**fields)
+
+
+def make_variant(precision: str = "int8", **overrides: Any) -> ModelVariant:
+    fields: dict[str, Any] = {
+        "precision": precision,
+        "accelerator": "gpu" if precision == "fp16" else "cpu",
+        "artifact": ArtifactRef(
+            key=f"models/line-detector/3/model.{precision}.onnx",
+            sha256="cd" * 32,
+            size_bytes=4_321,
+        ),
+        "metrics": EvalMetrics(map50=0.76, map50_95=0.5, per_class_recall={"bolt": 0.9}),
+        "runtimes": ["onnxruntime"],
+    }
+    fields.update(overrides)
+    return ModelVariant(**fields)
