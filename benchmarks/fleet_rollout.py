@@ -35,7 +35,14 @@ from cloud_trainer.fleet.params import RolloutParams, RolloutTargets  # noqa: E4
 from cloud_trainer.fleet.service import ControlPlane  # noqa: E402
 from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles  # noqa: E402
 from cloud_trainer.store import ObjectStore  # noqa: E402
-from shared.manifest import ArtifactRef, ClassInfo, InputSpec, Lineage, ModelManifest  # noqa: E402
+from shared.manifest import (  # noqa: E402
+    ArtifactRef,
+    ClassInfo,
+    InputSpec,
+    Lineage,
+    ModelManifest,
+    ModelVariant,
+)
 from shared.messages import utc_now  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
 from shared.topics import Topics  # noqa: E402
@@ -68,7 +75,10 @@ def publish_two_versions(store: ObjectStore, key: SigningKey, work: Path) -> Mod
         onnx.write_bytes(b"bench-model-%d" % index)
 
         def build(
-            version: int, artifact: ArtifactRef, weights: ArtifactRef | None
+            version: int,
+            artifact: ArtifactRef,
+            weights: ArtifactRef | None,
+            variants: list[ModelVariant],
         ) -> ModelManifest:
             return ModelManifest(
                 model_name=MODEL,

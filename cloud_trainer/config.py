@@ -204,7 +204,13 @@ class GateSection(_Section):
 class ExportSection(_Section):
     opset: int = Field(default=18, ge=11, le=21)
     dynamic_batch: bool = False
-    fp16_copy: bool = False
+    # Lower-precision variants published beside the fp32 reference when each passes
+    # ``variant_*_tolerance`` against it on the held-out set (cloud_trainer.release.variants).
+    variants: tuple[Literal["int8", "fp16"], ...] = ("int8", "fp16")
+    variant_map50_tolerance: float = Field(default=0.01, ge=0.0, le=1.0)
+    variant_class_recall_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
+    # Training images (hard examples and replay) INT8's activation ranges are measured on.
+    int8_calibration_images: int = Field(default=64, ge=8, le=1024)
     parity_max_abs_diff: float = Field(
         default=0.05, gt=0.0, description="bound on |onnx - torch| of the raw head (pixels, scores)"
     )

@@ -34,6 +34,7 @@ from cloud_trainer.release.evaluate import evaluate_onnx
 from cloud_trainer.release.export import ExportResult, export_and_check
 from cloud_trainer.release.gate import GateVerdict, judge
 from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles
+from cloud_trainer.release.variants import VariantVerdict, make_variants
 from cloud_trainer.store import ObjectStore
 from cloud_trainer.training.finetune import (
     EpochReport,
@@ -44,7 +45,15 @@ from cloud_trainer.training.finetune import (
     save_spec,
 )
 from shared.errors import LinefleetError
-from shared.manifest import ArtifactRef, ClassInfo, EvalMetrics, InputSpec, Lineage, ModelManifest
+from shared.manifest import (
+    ArtifactRef,
+    ClassInfo,
+    EvalMetrics,
+    InputSpec,
+    Lineage,
+    ModelManifest,
+    ModelVariant,
+)
 from shared.messages import utc_now
 from shared.object_keys import run_prefix
 from shared.signing import SigningKey
@@ -84,6 +93,8 @@ class RunReport(BaseModel):
     training: TrainResult | None = None
     parity_max_abs_diff: float | None = None
     gate: GateVerdict | None = None
+    # Each lower-precision variant against the published fp32 model: published or why not.
+    variants: list[VariantVerdict] = Field(default_factory=list)
     published_version: int | None = None
     cost_usd: float = 0.0
 
@@ -121,9 +132,11 @@ def build_manifest(
     lineage: Lineage,
     ttl_days: int | None,
     notes: str = "",
+    variants: list[ModelVariant] | None = None,
 ) -> ModelManifest:
     created = utc_now()
     return ModelManifest(
+        schema_version=2 if variants else 1,
         model_name=name,
         version=version,
         created_at=created,
@@ -136,6 +149,7 @@ def build_manifest(
         output_format="yolo_raw",
         classes=[ClassInfo(id=i, name=n) for i, n in enumerate(export.class_names)],
         metrics=metrics,
+        variants=variants or [],
         lineage=lineage,
         notes=notes,
     )
@@ -155,7 +169,7 @@ def publish_export(
 ) -> ModelManifest:
     """Publish an exported model as the registry's next version, signed."""
     return registry.publish(
-        lambda version, artifact, weights: build_manifest(
+        lambda version, artifact, weights, variants: build_manifest(
             name=registry.name,
             version=version,
             artifact=artifact,
@@ -165,6 +179,7 @@ def publish_export(
             lineage=lineage,
             ttl_days=ttl_days,
             notes=notes,
+            variants=variants,
         ),
         files,
         signer,
@@ -372,6 +387,28 @@ class Retrainer:
         if not verdict.passed:
             report.status, report.reason = RunStatus.REJECTED, "; ".join(verdict.reasons)
             return
+        with stages.stage("variants"):
+            variants, report.variants = make_variants(
+                exported.onnx,
+                self.work_dir / "runs" / spec.run_id / "export",
+                config=config.export,
+                reference=candidate_metrics,
+                holdout=holdout,
+                calibration=dataset.image_paths("train"),
+                class_names=line.classes,
+                imgsz=line.imgsz,
+                operating_confidence=gate_conf,
+            )
+        for outcome in report.variants:
+            self.announce(
+                f"  variant {outcome.precision}: "
+                + (
+                    f"mAP50 {outcome.map50:.3f} ({outcome.map50_delta:+.4f} vs fp32) -> "
+                    if outcome.map50 is not None and outcome.map50_delta is not None
+                    else ""
+                )
+                + ("published" if outcome.published else "left out: " + "; ".join(outcome.reasons))
+            )
         lineage = Lineage(
             parent_version=production.version,
             dataset_version=manifest.version,
@@ -384,7 +421,7 @@ class Retrainer:
             signed = publish_export(
                 self.registry,
                 exported,
-                PublishFiles(onnx=exported.onnx, weights=best, fp16_onnx=exported.fp16_onnx),
+                PublishFiles(onnx=exported.onnx, weights=best, variants=tuple(variants)),
                 signer,
                 metrics=candidate_metrics,
                 lineage=lineage,

@@ -330,6 +330,13 @@ class BuiltDataset:
     root: Path  # local YOLO folder
     data_yaml: Path
 
+    def image_paths(self, split: Split) -> list[Path]:
+        """The images of ``split``, without reading them (e.g. to calibrate INT8 on)."""
+        return [
+            self.root / "images" / split / f"{item.stem}.jpg"
+            for item in self.manifest.split_items(split)
+        ]
+
     def labelled(self, split: Split) -> list[LabelledImage]:
         """Images of ``split`` with their labels, for evaluation."""
         out: list[LabelledImage] = []

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from cloud_trainer.errors import DatasetError
 
 # The agent's own inference path: what the gate measures is exactly what runs on the box.
-from edge_agent.inference import InferenceRunner, RunnerOptions
+from edge_agent.inference import InferenceRunner, RunnerOptions, Runtime
 from shared.detections import Detections, box_iou
 from shared.manifest import EvalMetrics
 
@@ -136,8 +136,9 @@ def evaluate_onnx(
     *,
     operating_confidence: float = 0.25,
     intra_op_threads: int = 0,
+    runtime: Runtime = "onnxruntime",
 ) -> EvalMetrics:
-    """mAP50, mAP50-95 and per-class recall of ``model`` on ``images``."""
+    """mAP50, mAP50-95 and per-class recall of ``model`` on ``images``, run by ``runtime``."""
     runner = InferenceRunner(
         model,
         RunnerOptions(
@@ -146,6 +147,7 @@ def evaluate_onnx(
             warmup_runs=1,
             intra_op_threads=intra_op_threads,
             thread_spinning=True,  # runs back to back: nothing else wants the cores
+            runtime=runtime,
         ),
         class_names=tuple(class_names),
     )

@@ -1,9 +1,9 @@
-"""Export fine-tuned weights to ONNX (pinned opset, fixed or dynamic batch, optional FP16 copy)
-and prove the export computes what the torch model computes before anything is signed."""
+"""Export fine-tuned weights to ONNX (pinned opset, fixed or dynamic batch) and prove the export
+computes what the torch model computes before anything is signed. Lower-precision variants are
+made from this export: :mod:`cloud_trainer.release.variants`."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,23 +17,19 @@ from cloud_trainer.errors import ExportError
 # The agent's own inference path: what the gate measures is exactly what runs on the box.
 from edge_agent.inference import InferenceRunner, RunnerOptions, letterbox
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class ExportResult:
     onnx: Path
-    fp16_onnx: Path | None
     opset: int
     batch: int  # -1: dynamic
     imgsz: int
     class_names: tuple[str, ...]
     parity_max_abs_diff: float
-    fp16_parity_max_abs_diff: float | None
     parity_images: int
 
 
-def _export(weights: Path, imgsz: int, config: ExportSection, *, fp16: bool) -> Path:
+def _export(weights: Path, imgsz: int, config: ExportSection) -> Path:
     from ultralytics import YOLO  # noqa: PLC0415 - trainer only
 
     try:
@@ -45,7 +41,6 @@ def _export(weights: Path, imgsz: int, config: ExportSection, *, fp16: bool) -> 
             simplify=True,
             nms=False,
             device="cpu",
-            **({"quantize": 16} if fp16 else {}),
         )
     except Exception as exc:
         raise ExportError(f"ONNX export of {weights} failed: {str(exc)[:500]}") from exc
@@ -98,7 +93,7 @@ def export_and_check(
     if not parity_images:
         raise ExportError("no image to check ONNX parity on")
     out_dir.mkdir(parents=True, exist_ok=True)
-    fp32 = _export(weights, imgsz, config, fp16=False).replace(out_dir / "model.onnx")
+    fp32 = _export(weights, imgsz, config).replace(out_dir / "model.onnx")
     images = list(parity_images)[: config.parity_images]
     worst, names = _raw_outputs_differ(weights, fp32, images, imgsz)
     if names != tuple(expected_classes):
@@ -108,20 +103,12 @@ def export_and_check(
             f"ONNX and torch outputs differ by up to {worst:.4g} on {len(images)} held-out "
             f"images (bound {config.parity_max_abs_diff}): refusing the export"
         )
-    fp16: Path | None = None
-    fp16_worst: float | None = None
-    if config.fp16_copy:
-        fp16 = _export(weights, imgsz, config, fp16=True).replace(out_dir / "model.fp16.onnx")
-        fp16_worst, _ = _raw_outputs_differ(weights, fp16, images, imgsz)
-        log.info("fp16 copy: max abs diff %.4g vs torch", fp16_worst)
     return ExportResult(
         onnx=fp32,
-        fp16_onnx=fp16,
         opset=config.opset,
         batch=-1 if config.dynamic_batch else 1,
         imgsz=imgsz,
         class_names=names,
         parity_max_abs_diff=round(worst, 6),
-        fp16_parity_max_abs_diff=None if fp16_worst is None else round(fp16_worst, 6),
         parity_images=len(images),
     )

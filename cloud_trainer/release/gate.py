@@ -21,18 +21,26 @@ class GateVerdict(BaseModel):
     delta_class_recall: dict[str, float]
 
 
-def judge(candidate: EvalMetrics, production: EvalMetrics, config: GateSection) -> GateVerdict:
+def judge(
+    candidate: EvalMetrics,
+    production: EvalMetrics,
+    config: GateSection,
+    *,
+    reference_name: str = "production",
+) -> GateVerdict:
+    """``reference_name``: what ``production`` is, in the reasons (a variant is judged
+    against its own fp32 model)."""
     reasons: list[str] = []
     delta50 = candidate.map50 - production.map50
     delta5095 = candidate.map50_95 - production.map50_95
     if delta50 < -config.map50_tolerance:
         reasons.append(
-            f"mAP50 {candidate.map50:.3f} is {-delta50:.3f} below production's "
+            f"mAP50 {candidate.map50:.3f} is {-delta50:.3f} below {reference_name}'s "
             f"{production.map50:.3f} (tolerance {config.map50_tolerance})"
         )
     if delta5095 < -config.map50_95_tolerance:
         reasons.append(
-            f"mAP50-95 {candidate.map50_95:.3f} is {-delta5095:.3f} below production's "
+            f"mAP50-95 {candidate.map50_95:.3f} is {-delta5095:.3f} below {reference_name}'s "
             f"{production.map50_95:.3f} (tolerance {config.map50_95_tolerance})"
         )
     deltas: dict[str, float] = {}
@@ -48,7 +56,7 @@ def judge(candidate: EvalMetrics, production: EvalMetrics, config: GateSection) 
         deltas.setdefault(name, round(after, 4))
     return GateVerdict(
         passed=not reasons,
-        reasons=reasons or ["not worse than production within the tolerances"],
+        reasons=reasons or [f"not worse than {reference_name} within the tolerances"],
         candidate=candidate,
         production=production,
         delta_map50=round(delta50, 4),

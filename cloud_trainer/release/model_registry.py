@@ -28,17 +28,18 @@ from cloud_trainer.errors import (
     PreconditionFailedError,
     RegistryError,
 )
+from cloud_trainer.release.variants import ACCELERATOR, VariantFile
 from cloud_trainer.store import ObjectStore
 from shared.digests import file_sha256
 from shared.identifiers import Identifier
-from shared.manifest import ArtifactRef, Lineage, ModelManifest
+from shared.manifest import ArtifactRef, Lineage, ModelManifest, ModelVariant
 from shared.messages import utc_now
 from shared.object_keys import (
     MODELS,
     model_artifact_key,
     model_index_key,
     model_manifest_key,
-    model_prefix,
+    model_variant_key,
     model_weights_key,
 )
 from shared.signing import SigningKey, Verifier
@@ -96,14 +97,18 @@ class RegistryIndex(BaseModel):
         return max((e.version for e in self.entries), default=0) + 1
 
 
-ManifestBuilder = Callable[[int, ArtifactRef, ArtifactRef | None], ModelManifest]
+# (version, artifact, weights, variants) -> the manifest to sign
+ManifestBuilder = Callable[
+    [int, ArtifactRef, ArtifactRef | None, list[ModelVariant]], ModelManifest
+]
 
 
 @dataclass(frozen=True)
 class PublishFiles:
     onnx: Path
     weights: Path | None = None
-    fp16_onnx: Path | None = None
+    # Variants that passed their gate against ``onnx`` (cloud_trainer.release.variants).
+    variants: tuple[VariantFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -275,11 +280,19 @@ class ModelRegistry:
         weights = None
         if files.weights is not None:
             weights = self._upload_file(files.weights, model_weights_key(self.name, version))
-        if files.fp16_onnx is not None:
-            self._upload_file(
-                files.fp16_onnx, f"{model_prefix(self.name, version)}/model.fp16.onnx"
+        variants = [
+            ModelVariant(
+                precision=variant.precision,
+                accelerator=ACCELERATOR[variant.precision],
+                artifact=self._upload_file(
+                    variant.path, model_variant_key(self.name, version, variant.precision)
+                ),
+                metrics=variant.metrics,
+                runtimes=list(variant.runtimes),
             )
-        manifest = build(version, artifact, weights)
+            for variant in files.variants
+        ]
+        manifest = build(version, artifact, weights, variants)
         if manifest.model_name != self.name or manifest.version != version:
             raise RegistryError(
                 f"manifest builder made {manifest.model_name} v{manifest.version}, "

@@ -32,13 +32,11 @@ def describe_onnx(path: Path) -> ExportResult:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return ExportResult(
         onnx=path,
-        fp16_onnx=None,
         opset=opset,
         batch=-1 if info.batch is None else info.batch,
         imgsz=info.input_height,
         class_names=info.class_names,
         parity_max_abs_diff=0.0,
-        fp16_parity_max_abs_diff=None,
         parity_images=0,
     )
 

@@ -54,6 +54,9 @@ def trainer_setup(
         "dataset": {"min_train_images": 4, "min_holdout_images": 3, "replay_max_train_images": 16},
         "training": FAST_TRAINING,
         "gate": {"map50_tolerance": 1.0, "map50_95_tolerance": 1.0, "class_recall_tolerance": 1.0},
+        # Two epochs on a few images: any variant of such a model is published, so the test
+        # sees the whole path (test_variants.py holds the tolerances themselves).
+        "export": {"variant_map50_tolerance": 1.0, "variant_class_recall_tolerance": 1.0},
     }
     config = write_config(tmp_path / "trainer.yaml", data)
     folder = tmp_path / "bootstrap-data"
@@ -84,6 +87,7 @@ def test_retrain_publishes_a_signed_gated_model_with_its_report(
         "train",
         "export",
         "evaluate",
+        "variants",
         "publish",
     }
     assert report.dataset_counts["train"]["images"] > 16  # new examples + replayed bootstrap data
@@ -105,6 +109,15 @@ def test_retrain_publishes_a_signed_gated_model_with_its_report(
     assert manifest.lineage.dataset_version == report.dataset_version
     assert manifest.metrics == report.gate.candidate
     assert manifest.weights is not None
+    # Its INT8 and fp16 variants, each measured on the same held-out set, signed with it.
+    assert [v.precision for v in report.variants if v.published] == ["int8", "fp16"]
+    assert manifest.schema_version == 2
+    assert {v.precision: v.accelerator for v in manifest.variants} == {"int8": "cpu", "fp16": "gpu"}
+    for variant in manifest.variants:
+        assert variant.metrics.images == report.gate.candidate.images
+        assert variant.runtimes[0] == "onnxruntime"
+        assert store.exists(variant.artifact.key)
+        assert variant.artifact.key == f"models/line-a/2/model.{variant.precision}.onnx"
     assert store.exists(f"runs/{report.run_id}/checkpoints/last.pt")
     assert main(["models", "list", "--config", str(config_path)]) == 0
     listing = capsys.readouterr().out

@@ -20,7 +20,7 @@ from cloud_trainer.fleet.service import ControlPlane
 from cloud_trainer.fleet.states import RolloutState
 from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles
 from cloud_trainer.store import ObjectStore
-from shared.manifest import ArtifactRef, Lineage, ModelManifest
+from shared.manifest import ArtifactRef, Lineage, ModelManifest, ModelVariant
 from shared.signing import SigningKey, Verifier
 from shared.topics import Topics
 from testing.fleet_simulator import DeviceBehaviour, SimulatedDevice, SimulatedFleet
@@ -42,7 +42,10 @@ def publish_versions(store: ObjectStore, tmp_path: Path, count: int) -> ModelReg
         onnx.write_bytes(b"model-%d" % index)
 
         def build(
-            version: int, artifact: ArtifactRef, weights: ArtifactRef | None
+            version: int,
+            artifact: ArtifactRef,
+            weights: ArtifactRef | None,
+            variants: list[ModelVariant],
         ) -> ModelManifest:
             return make_manifest().model_copy(
                 update={"model_name": MODEL, "version": version, "artifact": artifact}

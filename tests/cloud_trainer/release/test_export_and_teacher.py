@@ -24,7 +24,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return sorted((root / "images" / "val").glob("*.jpg"))
 
 
-def test_dynamic_batch_and_fp16_copy_pass_parity(
+def test_a_dynamic_batch_export_passes_parity(
     bootstrap_model: tuple[Path, Path], images: list[Path], tmp_path: Path
 ) -> None:
     weights = tmp_path / "weights.pt"
@@ -33,15 +33,12 @@ def test_dynamic_batch_and_fp16_copy_pass_parity(
         weights,
         tmp_path / "out",
         imgsz=320,
-        config=ExportSection(dynamic_batch=True, fp16_copy=True, parity_images=4),
+        config=ExportSection(dynamic_batch=True, parity_images=4),
         parity_images=images,
         expected_classes=CLASS_NAMES,
     )
     assert result.batch == -1 and result.opset == 18
     assert result.parity_max_abs_diff < 0.01
-    assert result.fp16_onnx is not None and result.fp16_onnx.is_file()
-    assert result.fp16_parity_max_abs_diff is not None
-    assert result.fp16_parity_max_abs_diff < 2.0  # pixels: fp16 rounding of box coordinates
     assert InferenceRunner(result.onnx).info.batch is None  # the agent sees a dynamic batch
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,8 +13,9 @@ import pytest
 from cloud_trainer.config import StorageSection
 from cloud_trainer.errors import ModelNotFoundError, RegistryError, StorageError
 from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles
+from cloud_trainer.release.variants import VariantFile
 from cloud_trainer.store import ObjectStore
-from shared.manifest import ArtifactRef, Lineage, ModelManifest
+from shared.manifest import ArtifactRef, EvalMetrics, Lineage, ModelManifest, ModelVariant
 from shared.object_keys import model_artifact_key
 from shared.signing import SigningKey, Verifier
 from testing.local_services import NanioS3Process
@@ -22,13 +25,20 @@ KEY = SigningKey.generate("reg-test")
 
 
 def builder(name: str) -> object:
-    def build(version: int, artifact: ArtifactRef, weights: ArtifactRef | None) -> ModelManifest:
+    def build(
+        version: int,
+        artifact: ArtifactRef,
+        weights: ArtifactRef | None,
+        variants: list[ModelVariant],
+    ) -> ModelManifest:
         return make_manifest().model_copy(
             update={
+                "schema_version": 2 if variants else 1,
                 "model_name": name,
                 "version": version,
                 "artifact": artifact,
                 "weights": weights,
+                "variants": variants,
                 "lineage": Lineage(training_run=f"run-{version}"),
             }
         )
@@ -56,6 +66,28 @@ def test_publish_signs_uploads_and_lists(store: ObjectStore, tmp_path: Path) -> 
     fetched = registry.fetch(1, tmp_path / "cache")
     assert fetched.onnx.read_bytes() == b"onnx-a"
     assert fetched.weights is not None and fetched.weights.read_bytes() == b"pt-a"
+    assert signed.schema_version == 1 and signed.variants == []
+
+
+def test_variants_are_uploaded_beside_the_model_and_signed_with_it(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    registry = ModelRegistry(
+        store, "line-a", verifier=Verifier({"reg-test": KEY.private_key.public_key()})
+    )
+    int8 = tmp_path / "model.int8.onnx"
+    int8.write_bytes(b"int8 bytes")
+    metrics = EvalMetrics(map50=0.7, map50_95=0.4, per_class_recall={"bolt": 0.9}, images=40)
+    with_variant = dataclasses.replace(
+        files(tmp_path, "a"), variants=(VariantFile("int8", int8, metrics, ("onnxruntime",)),)
+    )
+    signed = registry.publish(builder("line-a"), with_variant, KEY, lineage=Lineage())
+    (variant,) = registry.manifest(signed.version).variants  # verified on read
+    assert (variant.precision, variant.accelerator, variant.metrics) == ("int8", "cpu", metrics)
+    assert variant.runtimes == ["onnxruntime"]
+    assert variant.artifact.key == "models/line-a/1/model.int8.onnx"
+    assert store.get(variant.artifact.key)[0] == b"int8 bytes"
+    assert variant.artifact.sha256 == hashlib.sha256(b"int8 bytes").hexdigest()
 
 
 def test_concurrent_publishers_never_lose_or_share_a_version(
