@@ -261,6 +261,121 @@ def export_models(weights: Path | None, out: Path, sizes: list[int]) -> dict[str
     return models
 
 
+def with_variants(model: Path, size: int, out: Path, precisions: tuple[str, ...]) -> Path:
+    """``model`` beside its variants, made and gated exactly as the trainer does
+    (cloud_trainer.release.variants; frames of the synthetic line stand in for the fleet's
+    examples and the held-out set), with the signed-shape ``manifest.json`` an agent reads
+    beside a configured model. Returns the folder's ``model.onnx``."""
+    from cloud_trainer.config import ExportSection
+    from cloud_trainer.release.evaluate import evaluate_onnx
+    from cloud_trainer.release.variants import ACCELERATOR, make_variants
+    from shared.digests import file_sha256
+    from shared.manifest import ArtifactRef, ClassInfo, InputSpec, ModelManifest, ModelVariant
+    from shared.messages import utc_now
+    from shared.object_keys import model_artifact_key, model_variant_key
+    from shared.synth import CLASS_NAMES
+
+    folder = out / f"variants_{size}"
+    folder.mkdir(exist_ok=True)
+    reference = folder / "model.onnx"
+    reference.write_bytes(model.read_bytes())
+    calibration = [path for path, _ in _scenes(folder / "calibration", VARIANT_SEEDS[0], 64)]
+    holdout = _holdout(folder)
+    reference_metrics = evaluate_onnx(reference, holdout, CLASS_NAMES)
+    variants, verdicts = make_variants(
+        reference,
+        folder,
+        config=ExportSection(variants=precisions),  # type: ignore[arg-type]
+        reference=reference_metrics,
+        holdout=holdout,
+        calibration=calibration,
+        class_names=CLASS_NAMES,
+        imgsz=size,
+        operating_confidence=0.25,
+    )
+    for verdict in verdicts:
+        print(f"[pipeline] {size}: {verdict.model_dump_json()}", file=sys.stderr)
+
+    def ref(path: Path, key: str) -> ArtifactRef:
+        return ArtifactRef(key=key, sha256=file_sha256(path), size_bytes=path.stat().st_size)
+
+    manifest = ModelManifest(
+        schema_version=2 if variants else 1,
+        model_name="bench",
+        version=1,
+        created_at=utc_now(),
+        artifact=ref(reference, model_artifact_key("bench", 1)),
+        onnx_opset=18,
+        input=InputSpec(height=size, width=size),
+        output_format="yolo_raw",
+        classes=[ClassInfo(id=i, name=n) for i, n in enumerate(CLASS_NAMES)],
+        metrics=reference_metrics,
+        variants=[
+            ModelVariant(
+                precision=v.precision,
+                accelerator=ACCELERATOR[v.precision],
+                artifact=ref(v.path, model_variant_key("bench", 1, v.precision)),
+                metrics=v.metrics,
+                runtimes=list(v.runtimes),
+            )
+            for v in variants
+        ],
+    )
+    (folder / "manifest.json").write_text(manifest.model_dump_json())
+    return reference
+
+
+VARIANT_SEEDS = (4242, 777)  # calibration, held-out
+
+
+def _scenes(folder: Path, seed: int, count: int) -> list[tuple[Path, Any]]:
+    import cv2
+
+    from shared.synth import SyntheticLine
+
+    folder.mkdir(exist_ok=True)
+    line = SyntheticLine(seed=seed)
+    scenes = []
+    for i in range(count):
+        scene = line.random_scene(i)
+        path = folder / f"{i}.jpg"
+        cv2.imwrite(str(path), scene.image)
+        scenes.append((path, scene.truth))
+    return scenes
+
+
+def _holdout(folder: Path) -> list[Any]:
+    from cloud_trainer.release.evaluate import LabelledImage
+
+    return [
+        LabelledImage(image_path=path, truth=truth)
+        for path, truth in _scenes(folder / "holdout", VARIANT_SEEDS[1], 200)
+    ]
+
+
+def variant_figures(reference: Path, limit_provider: str) -> dict[str, Any]:
+    """What the limit (as the agent chose) runs, and its mAP50 through the agent's runner in
+    that runtime against fp32 on onnxruntime, on the same held-out frames."""
+    from cloud_trainer.release.evaluate import evaluate_onnx
+    from edge_agent.inference.variants import variant_path
+    from shared.synth import CLASS_NAMES
+
+    precision = limit_provider.rsplit(" ", 1)[1] if " " in limit_provider else "fp32"
+    runtime = "openvino" if limit_provider.startswith("OpenVINO") else "onnxruntime"
+    holdout = _holdout(reference.parent)
+    fp32 = evaluate_onnx(reference, holdout, CLASS_NAMES).map50
+    chosen = reference if precision == "fp32" else variant_path(reference, precision)
+    measured = evaluate_onnx(chosen, holdout, CLASS_NAMES, runtime=runtime).map50  # type: ignore[arg-type]
+    return {
+        "variant": precision,
+        "variant_runtime": runtime,
+        "variant_map50": round(measured, 4),
+        "fp32_map50": round(fp32, 4),
+        "variant_map50_delta": round(measured - fp32, 4),
+        "variant_scored_frames": len(holdout),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -291,6 +406,12 @@ def main() -> None:
         help="the pipeline's workers in its throughput mode (default: one per core on CPU, "
         "1 on a GPU); the one-worker (latency) mode is always measured beside it",
     )
+    parser.add_argument(
+        "--variants",
+        default="int8",
+        help="variants made and gated as the trainer does, for the agent to choose among "
+        "(comma-separated: int8,fp16; 'none': the fp32 model only)",
+    )
     args = parser.parse_args()
     if args.weights is None and args.models_dir is None:
         parser.error("--weights (an ultralytics .pt, e.g. the bootstrap) or --models-dir is needed")
@@ -303,6 +424,10 @@ def main() -> None:
     slice_s = args.slice_s or (0.75 if args.quick else 2.0)
     work = Path(tempfile.mkdtemp(prefix="lf-bench-"))
     models = export_models(args.weights, args.models_dir or work, sizes)
+    precisions = tuple(p for p in args.variants.split(",") if p and p != "none")
+    if precisions:  # the agent's contenders run the folder with the variants and manifest
+        for size in sizes:
+            models[f"{size}_agent"] = with_variants(models[str(size)], size, work, precisions)
     single = write_frames(work, count, seed=7, cameras=1)
     (work / "single.json").write_text(json.dumps(single))
     try:
@@ -330,14 +455,15 @@ def main() -> None:
     try:
         for size in sizes:
             model = models[str(size)]
+            agent_model = models.get(f"{size}_agent", model)
             contenders = {
                 "raw": (model, options(size, worker="raw")),
-                "limit": (model, agent(size, worker="limit")),
+                "limit": (agent_model, agent(size, worker="limit")),
                 "pipeline": (
-                    model,
+                    agent_model,
                     agent(size, worker="pipeline", mqtt_port=port, infer_workers=workers),
                 ),
-                "one_worker": (model, agent(size, worker="pipeline", mqtt_port=port)),
+                "one_worker": (agent_model, agent(size, worker="pipeline", mqtt_port=port)),
                 "ultralytics": (model, options(size, worker="ultralytics")),
             }
             add_openvino_peer(contenders, models, options(size, worker="ultralytics_openvino"))
@@ -352,7 +478,11 @@ def main() -> None:
             peer = results.get("ultralytics_openvino")
             report["sizes"][str(size)] = {
                 "limit_runtime": limit["provider"],
-                "variant": "fp32",  # the only one until versions carry variants
+                **(
+                    variant_figures(agent_model, limit["provider"])
+                    if agent_model != model
+                    else {"variant": "fp32", "variant_map50_delta": 0.0}
+                ),
                 "limit_fps": round(limit["fps"], 2),
                 "limit_infer_p50_ms": limit["infer_p50_ms"],
                 "pipeline_vs_limit": round(statistics.median(best_vs_limit), 3),
@@ -400,7 +530,7 @@ def main() -> None:
                 ),
                 # Frame by frame, ``workers`` at once.
                 "interleaved": (
-                    models[str(size)],
+                    models.get(f"{size}_agent", models[str(size)]),
                     agent(size, worker="pipeline", mqtt_port=port, infer_workers=workers),
                 ),
                 "ultralytics": (models[str(size)], options(size, worker="ultralytics")),

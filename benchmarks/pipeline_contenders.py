@@ -85,18 +85,26 @@ def providers(name: str) -> tuple[str, ...]:
 
 
 def agent_runner(args: argparse.Namespace, intra_op_threads: int, **options: Any) -> Any:
-    """The runner the agent would run: ``--runtime auto`` chooses as the agent does at first
-    start (edge_agent.inference.selection), any other value pins that runtime."""
+    """The runner the agent would run, and what runs it (the provider, and the precision when
+    a variant won). ``--runtime auto`` chooses as the agent does at first start
+    (edge_agent.agent.load_model_choosing): every installed runtime, with the variants a
+    ``manifest.json`` beside the model lists for this box; any other value pins that runtime
+    and runs the fp32 model."""
+    from edge_agent.agent import Choosing, load_model_choosing, read_local_manifest
     from edge_agent.inference import InferenceRunner, RunnerOptions
-    from edge_agent.inference.selection import choose_runtime
 
     base = RunnerOptions(
         providers=providers(args.provider), intra_op_threads=intra_op_threads, **options
     )
+    path = Path(args.model)
     if args.runtime == "auto":
-        runner, _ = choose_runtime(lambda o: InferenceRunner(Path(args.model), o), base)
-        return runner
-    return InferenceRunner(Path(args.model), dataclasses.replace(base, runtime=args.runtime))
+        model = load_model_choosing(
+            path, base, read_local_manifest(path), Choosing("auto", "auto", 0.95, 0.9)
+        )
+        suffix = "" if model.precision == "fp32" else f" {model.precision}"
+        return model.runner, model.runner.provider + suffix
+    runner = InferenceRunner(path, dataclasses.replace(base, runtime=args.runtime))
+    return runner, runner.provider
 
 
 class Contender(Protocol):
@@ -112,11 +120,17 @@ class BareLoop:
 
     provider: str
 
-    def __init__(self, args: argparse.Namespace, frames: list[list[str]], runner: Any) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        frames: list[list[str]],
+        runner: Any,
+        provider: str | None = None,
+    ) -> None:
         from edge_agent.inference import letterbox
 
         info = runner.info
-        self.provider = info.provider
+        self.provider = provider or info.provider
         self.blobs: list[NDArray[np.floating]] = [
             letterbox(
                 [read_jpeg(path)], info.input_height, info.input_width, dtype=info.input_dtype
@@ -172,9 +186,9 @@ class RawLimit(BareLoop):
     def __init__(self, args: argparse.Namespace, frames: list[list[str]]) -> None:
         from edge_agent.inference import intra_op_threads
 
-        runner = agent_runner(args, intra_op_threads(0, workers=1), thread_spinning=True)
+        runner, provider = agent_runner(args, intra_op_threads(0, workers=1), thread_spinning=True)
         self.backend = runner._backend  # the runtime's own call: no validation, no decoding
-        super().__init__(args, frames, runner)
+        super().__init__(args, frames, runner, provider)
 
     def call(self, blob: NDArray[np.floating]) -> None:
         self.backend.run(blob, None)
@@ -234,8 +248,7 @@ class AgentPipeline:
         self.agreement_frames = args.agreement_frames
         self.sampling = False
         # As the agent does: threads per inference = cores / workers.
-        runner = agent_runner(args, intra_op_threads(0, workers=args.infer_workers))
-        self.provider = runner.info.provider
+        runner, self.provider = agent_runner(args, intra_op_threads(0, workers=args.infer_workers))
         metrics = AgentMetrics()
         hub = FrameHub()
 

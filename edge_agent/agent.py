@@ -12,8 +12,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import ValidationError
@@ -29,7 +30,7 @@ from edge_agent.camera import (
     PyAVSource,
     SyntheticSource,
 )
-from edge_agent.config import AgentConfig, StreamCamera, SyntheticCamera
+from edge_agent.config import AgentConfig, ModelSection, StreamCamera, SyntheticCamera
 from edge_agent.errors import EdgeAgentError, ModelLoadError
 from edge_agent.frame_path import ActiveModel, ModelSlot, Sink
 from edge_agent.inference import (
@@ -37,11 +38,18 @@ from edge_agent.inference import (
     RunnerOptions,
     intra_op_threads,
 )
+from edge_agent.inference.backend import RUNTIMES
 from edge_agent.inference.selection import (
     ModelWorkRunner,
     RuntimeChoice,
     choose_runtime,
     run_in_place,
+)
+from edge_agent.inference.variants import (
+    ModelFile,
+    PrecisionSetting,
+    model_files,
+    wanted_variants,
 )
 from edge_agent.metrics import AgentMetrics
 from edge_agent.ota.controller import OtaController, OtaPolicy
@@ -126,14 +134,14 @@ def runner_options(config: AgentConfig) -> RunnerOptions:
 
 
 def _runner_factory(
-    path: Path, manifest: ModelManifest | None
-) -> Callable[[RunnerOptions], InferenceRunner]:
-    """Builds the model's runner for given options; the manifest (if any) pins classes, input
-    size and format."""
+    manifest: ModelManifest | None,
+) -> Callable[[ModelFile, RunnerOptions], InferenceRunner]:
+    """Builds a runner for one of the version's model files; the manifest (if any) pins
+    classes, input size and format."""
     if manifest is None:
-        return lambda options: InferenceRunner(path, options)
-    return lambda options: InferenceRunner(
-        path,
+        return lambda file, options: InferenceRunner(file.path, options)
+    return lambda file, options: InferenceRunner(
+        file.path,
         options,
         class_names=tuple(manifest.class_names),
         expected_input=(manifest.input.height, manifest.input.width),
@@ -155,27 +163,55 @@ def _active(
 
 
 def load_model(path: Path, options: RunnerOptions, manifest: ModelManifest | None) -> ActiveModel:
-    """Load and warm up a model in the runtime ``options`` names."""
-    return _active(_runner_factory(path, manifest)(options), path, manifest)
+    """Load and warm up the fp32 model in the runtime ``options`` names."""
+    return _active(_runner_factory(manifest)(ModelFile("fp32", path), options), path, manifest)
 
 
-def load_model_choosing_runtime(
+@dataclass(frozen=True)
+class Choosing:
+    """What ``model`` config allows the agent to choose among, and how it judges agreement."""
+
+    runtime: Literal["onnxruntime", "openvino", "auto"]
+    precision: PrecisionSetting
+    min_agreement: float
+    match_iou: float
+
+    @classmethod
+    def from_config(cls, model: ModelSection) -> Choosing:
+        return cls(
+            model.runtime, model.precision, model.runtime_min_agreement, model.runtime_match_iou
+        )
+
+    def needed(self, manifest: ModelManifest | None, options: RunnerOptions) -> bool:
+        """Whether there is a choice to make (several runtimes, or variants for this box to
+        try), or a pinned precision to report on."""
+        if self.runtime == "auto" or self.precision in ("fp16", "int8"):
+            return True
+        return bool(wanted_variants(manifest, options, self.precision))
+
+
+def load_model_choosing(
     path: Path,
     options: RunnerOptions,
     manifest: ModelManifest | None,
-    min_agreement: float,
+    choosing: Choosing,
     *,
     live_images: list[Any] | None = None,
     run_model_work: ModelWorkRunner = run_in_place,
 ) -> ActiveModel:
-    """Load the model in the fastest installed runtime that agrees with onnxruntime fp32 (on
+    """Load the fastest (runtime, model file) that agrees with onnxruntime fp32 (on
     ``live_images`` when there are enough, each run as ``run_model_work``)."""
+    files, refused = model_files(path, manifest, options, choosing.precision)
     runner, choice = choose_runtime(
-        _runner_factory(path, manifest),
+        _runner_factory(manifest),
         options,
+        files,
+        runtimes=RUNTIMES if choosing.runtime == "auto" else (choosing.runtime,),
+        refused=refused,
         live_images=live_images,
         run_model_work=run_model_work,
-        min_agreement=min_agreement,
+        min_agreement=choosing.min_agreement,
+        iou=choosing.match_iou,
     )
     return _active(runner, path, manifest, choice)
 
@@ -202,6 +238,7 @@ class Agent:
         # when the first model loads (edge_agent.inference.selection), kept for the shadow
         # model. Each OTA candidate chooses again, on the line's recent frames.
         self.runner_options = runner_options(config)
+        self.choosing = Choosing.from_config(config.model)
         self.metrics = AgentMetrics()
         self.hub = FrameHub()
         self.models = ModelSlot()
@@ -319,10 +356,7 @@ class Agent:
                 store=self.store,
                 verifier=Verifier.from_pem_files(dict(config.ota.trusted_keys)),
                 loader=CandidateLoader(
-                    self.runner_options,
-                    self._load_candidate_choosing_runtime
-                    if config.model.runtime == "auto"
-                    else load_model,
+                    self.runner_options, self._load_candidate, config.model.precision
                 ),
                 artifacts=ArtifactSource(
                     make_s3_client(config.storage.target()), config.storage.bucket
@@ -381,29 +415,29 @@ class Agent:
         return False
 
     def _load_line_model(self, path: Path, manifest: ModelManifest | None) -> ActiveModel:
-        """The model the line starts with; with ``model.runtime: auto`` in the runtime chosen
-        on the synthetic line (no camera frame exists yet)."""
-        if self.config.model.runtime != "auto":
+        """The model the line starts with; when there is a runtime or variant to choose, it
+        is chosen on the synthetic line (no camera frame exists yet)."""
+        if not self.choosing.needed(manifest, self.runner_options):
             return load_model(path, self.runner_options, manifest)
-        model = load_model_choosing_runtime(
-            path, self.runner_options, manifest, self.config.model.runtime_min_agreement
-        )
+        model = load_model_choosing(path, self.runner_options, manifest, self.choosing)
         assert model.runtime_choice is not None
         self.runner_options = dataclasses.replace(
             self.runner_options, runtime=model.runtime_choice.chosen
         )
         return model
 
-    def _load_candidate_choosing_runtime(
+    def _load_candidate(
         self, path: Path, options: RunnerOptions, manifest: ModelManifest | None
     ) -> ActiveModel:
-        """An OTA candidate with ``model.runtime: auto``: its runtime chosen again, judged on
-        the line's recent frames, each trial run as model work in the line's gaps."""
-        return load_model_choosing_runtime(
+        """An OTA candidate: its runtime and model file chosen again when there is a choice,
+        judged on the line's recent frames, each trial run as model work in the line's gaps."""
+        if not self.choosing.needed(manifest, options):
+            return load_model(path, options, manifest)
+        return load_model_choosing(
             path,
             options,
             manifest,
-            self.config.model.runtime_min_agreement,
+            self.choosing,
             live_images=self._recent.images() if self._recent is not None else None,
             run_model_work=self.pipeline.call_between_batches,
         )
@@ -423,6 +457,7 @@ class Agent:
                 "model": model.name,
                 "version": model.version,
                 "provider": model.runner.provider,
+                "precision": model.precision,
             },
         )
 
@@ -540,6 +575,7 @@ class Agent:
                 name=model.name,
                 version=model.version,
                 provider=model.runner.provider,
+                precision=model.precision,
                 runtime_choice=model.runtime_choice,
                 input=(model.runner.info.input_height, model.runner.info.input_width),
                 classes=list(model.class_names),

@@ -159,7 +159,14 @@ class ModelSection(_Section):
     # "auto": each installed runtime loads the model and runs probe frames; the fastest whose
     # detections agree with onnxruntime fp32 (runtime_min_agreement of the boxes) runs it.
     runtime: Literal["onnxruntime", "openvino", "auto"] = "onnxruntime"
+    # The model file: "auto" tries the fp32 reference and each variant the version lists for
+    # this box's accelerators (INT8: CPU, fp16: GPU) in the allowed runtimes, and runs the
+    # fastest that agrees with fp32; a precision pins it (fp32: variants never downloaded).
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    # Agreement with onnxruntime fp32 on the probe frames: boxes of the same class matched at
+    # runtime_match_iou, over the larger set, at least runtime_min_agreement of them.
     runtime_min_agreement: float = Field(default=0.95, gt=0.0, le=1.0)
+    runtime_match_iou: float = Field(default=0.9, gt=0.0, le=1.0)
     openvino_device: str = Field(default="CPU", pattern=r"^[A-Z][A-Z0-9_.:,]{0,40}$")
     # "auto": OpenVINO's choice (bf16 on CPUs that have it); "f32" pins full precision.
     openvino_precision: Literal["auto", "f32", "bf16", "f16"] = "auto"

@@ -31,12 +31,17 @@ class ActiveModel:
     # The artifact's digest from its manifest: a version is identified by it, not by its
     # number alone (None for a model configured without a manifest).
     sha256: str | None = None
-    # With model.runtime "auto": how this model's runtime was chosen (None: configured).
+    # How this model's runtime and model file were chosen (None: configured, no choice).
     runtime_choice: RuntimeChoice | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.runner.info.class_names
+
+    @property
+    def precision(self) -> str:
+        """Of the model file running: fp32 (the reference) or the variant chosen."""
+        return "fp32" if self.runtime_choice is None else self.runtime_choice.precision
 
 
 class ModelSlot:

@@ -31,8 +31,14 @@ class ModelStatus(_View):
     provider: str
     input: tuple[int, int]  # height, width
     classes: list[str]
-    # With model.runtime "auto": each installed runtime's trial and the one chosen.
+    precision: str = "fp32"  # of the model file running: the reference or a variant
+    # When there was a choice (model.runtime "auto", or variants): each trial and the chosen.
     runtime_choice: RuntimeChoice | None = None
+
+    @property
+    def runs_on(self) -> str:
+        """The provider, and the precision when it is a variant (heartbeats, the console)."""
+        return self.provider if self.precision == "fp32" else f"{self.provider} {self.precision}"
 
 
 class PipelineStatus(_View):
@@ -135,7 +141,7 @@ class AgentStatus(_View):
             uptime_s=self.uptime_s,
             model_name=self.model.name if self.model else None,
             model_version=self.model.version if self.model else None,
-            provider=self.model.provider if self.model else "none",
+            provider=self.model.runs_on if self.model else "none",
             fps=self.pipeline.fps,
             latency_ms_p50=self.pipeline.infer_latency_ms_p50,
             latency_ms_p99=self.pipeline.infer_latency_ms_p99,

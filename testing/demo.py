@@ -443,11 +443,24 @@ class Demo:
             "labels_used": sum(n for source, n in sources.items() if source != "replay"),
             "devices_updated": len(updated),
             "devices_total": len(self.devices),
+            # The new version's variants that passed their gate against its fp32 model, and
+            # what each agent chose to run (provider, and the precision when not fp32).
+            "variants_published": [v.precision for v in report.variants if v.published],
+            "running_on": self._running_on(),
             "new_version": new_version,
             "rollout_id": rollout_id,
             "train_seconds": training.compute_seconds if training else None,
             "demo_seconds": round(time.monotonic() - self.started, 1),
         }
+
+    def _running_on(self) -> dict[str, str]:
+        running = {}
+        for device in self.devices:
+            model = httpx.get(f"http://127.0.0.1:{device.api_port}/status").json()["model"]
+            precision = model.get("precision", "fp32")
+            suffix = "" if precision == "fp32" else f" {precision}"
+            running[device.device_id] = f"{model['provider']}{suffix}"
+        return running
 
     def _frames_seen(self) -> int:
         total = 0

@@ -57,6 +57,12 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     assert summary["map50_after_update"] >= summary["map50_after_drift"] + MIN_RECOVERY
     assert "rollout succeeded" in stdout
     assert summary["labeler"] == "synthetic"
+    # Each agent runs fp32 or a variant the new version published (never anything else).
+    assert set(summary["variants_published"]) <= {"int8", "fp16"}
+    assert len(summary["running_on"]) == 2
+    for running in summary["running_on"].values():
+        precision = running.rsplit(" ", 1)[1] if " " in running else "fp32"
+        assert precision == "fp32" or precision in summary["variants_published"], running
 
 
 @pytest.mark.timeout(1200)

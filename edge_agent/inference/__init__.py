@@ -1,5 +1,7 @@
-"""ONNX detection: letterbox, onnxruntime session, YOLO decoding and NMS."""
+"""ONNX detection: letterbox, runtimes, YOLO decoding and NMS, and the errors a runner raises
+(a model that cannot load, a run that fails)."""
 
+from edge_agent.errors import InferenceError, ModelLoadError
 from edge_agent.inference.backend import RUNTIMES, CancelToken, Runtime
 from edge_agent.inference.decode import decode_nms_in_graph, decode_yolo_raw, nms
 from edge_agent.inference.preprocess import (
@@ -19,9 +21,11 @@ from edge_agent.inference.runner import (
 __all__ = [
     "RUNTIMES",
     "CancelToken",
+    "InferenceError",
     "InferenceRunner",
     "Letterbox",
     "ModelInfo",
+    "ModelLoadError",
     "RunnerOptions",
     "Runtime",
     "blob_from_canvases",

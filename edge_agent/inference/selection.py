@@ -1,11 +1,14 @@
-"""``model.runtime: auto``: the fastest runtime installed on this box whose detections agree
-with onnxruntime fp32 (the reference the gate measured), chosen when a model is loaded.
+"""The fastest (runtime, precision) on this box whose detections agree with onnxruntime fp32
+(the reference the gate measured), chosen when a model is loaded.
 
-Each installed runtime loads the model; each runs the same probe images; the reference's
-detections are the yardstick (boxes of the same class matched at an IoU, over the larger
-set). A runtime that cannot load the model, or whose detections disagree, is refused with
-its reason; the reference always qualifies, so a box never ends up without a model. The
-trials, with their measured latency, are kept for ``/status``.
+Candidates: each allowed runtime (all installed ones with ``model.runtime: auto``) with each
+model file the box has for the version: the fp32 reference and the variants the manifest lists
+for this box's accelerators (INT8 for CPUs, fp16 for GPUs; see
+:mod:`edge_agent.inference.variants`). Each loads; each runs the same probe images; the
+reference's detections are the yardstick (boxes of the same class matched at an IoU, over the
+larger set). A candidate that cannot load, or whose detections disagree, is refused with its
+reason; the reference always qualifies, so a box never ends up without a model. The trials,
+with their measured latency, are kept for ``/status`` and the OTA report.
 
 Probe images: at OTA staging, the line's own recent frames (the plant's parts, light and
 camera judge the agreement), each model run as model work in the line's gaps so the live
@@ -21,7 +24,7 @@ import functools
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -32,6 +35,7 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.inference.backend import RUNTIMES, CancelToken, Runtime
 from edge_agent.inference.preprocess import letterbox
 from edge_agent.inference.runner import InferenceRunner, RunnerOptions
+from edge_agent.inference.variants import ModelFile
 from shared.detections import Detections, count_matches
 from shared.synth import LineConfig, SyntheticLine
 
@@ -53,11 +57,12 @@ def run_in_place(work: Callable[[CancelToken], T]) -> T:
 
 @dataclass(frozen=True)
 class RuntimeTrial:
-    runtime: str
+    runtime: str  # "*": a variant refused before any runtime tried it (e.g. its digest)
     device: str | None
     latency_ms: float | None  # median model run on the probe images
     agreement: float | None  # boxes matched with the reference's, over the larger set
     refused: str | None  # why it was not eligible
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,34 @@ class RuntimeChoice:
     # What the runtimes were judged on: the line's recent frames, or the synthetic line.
     probe: Literal["live", "synthetic"] = "synthetic"
     probe_images: int = 0
+    precision: str = "fp32"  # of the model file chosen
+
+    def chosen_trial(self) -> RuntimeTrial | None:
+        return next(
+            (
+                t
+                for t in self.trials
+                if t.runtime == self.chosen and t.precision == self.precision and not t.refused
+            ),
+            None,
+        )
+
+    def summary(self) -> str:
+        """One line for the OTA report: what runs, how fast against fp32, what was refused."""
+        chosen = self.chosen_trial()
+        reference = next(
+            (t for t in self.trials if t.runtime == REFERENCE and t.precision == "fp32"), None
+        )
+        text = f"running {self.precision} on {self.chosen}"
+        if chosen is not None and chosen.latency_ms is not None:
+            text += f" ({chosen.latency_ms:.1f} ms"
+            if reference is not None and reference.latency_ms and reference is not chosen:
+                text += f"; fp32 on {REFERENCE} {reference.latency_ms:.1f} ms"
+            text += ")"
+        refused = [f"{t.precision}/{t.runtime}: {t.refused}" for t in self.trials if t.refused]
+        if refused:
+            text += "; refused " + "; ".join(refused)
+        return text[:480]
 
 
 def probe_images(
@@ -84,16 +117,19 @@ def agreement(candidate: list[Detections], reference: list[Detections], iou: flo
     return 1.0 if total == 0 else matched / total
 
 
+Candidate = tuple[Runtime, str]  # (runtime, precision)
+
+
 def _median_runs_ms(
-    runners: dict[Runtime, InferenceRunner],
+    runners: dict[Candidate, InferenceRunner],
     blobs: list[NDArray[np.floating]],
     runs: int,
     run_model_work: ModelWorkRunner,
-) -> dict[Runtime, float]:
+) -> dict[Candidate, float]:
     """Median model run per runtime, measured in alternating slices of three runs, so a burst
     of load on the box falls on all of them alike. Each run is one piece of model work."""
 
-    times: dict[Runtime, list[float]] = {name: [] for name in runners}
+    times: dict[Candidate, list[float]] = {name: [] for name in runners}
     for start in range(0, runs, 3):
         for name, runner in runners.items():
             for i in range(start, min(start + 3, runs)):
@@ -120,19 +156,27 @@ def _detect_each(
 
 
 def choose_runtime(
-    load: Callable[[RunnerOptions], InferenceRunner],
+    load: Callable[[ModelFile, RunnerOptions], InferenceRunner],
     options: RunnerOptions,
+    files: Sequence[ModelFile],
     *,
+    runtimes: Sequence[Runtime] = RUNTIMES,
+    refused: Mapping[str, str] | None = None,
     live_images: list[NDArray[np.uint8]] | None = None,
     run_model_work: ModelWorkRunner = run_in_place,
     min_agreement: float = 0.95,
     iou: float = 0.9,
     runs: int = 12,
 ) -> tuple[InferenceRunner, RuntimeChoice]:
-    """Load the model in every runtime (``load`` builds a runner for given options) and keep
-    the fastest eligible one; the others are closed. ``live_images``: the line's recent
+    """Load each of ``files`` (the fp32 reference first, then variants) in each of
+    ``runtimes`` (``load`` builds a runner for a file and options) and keep the fastest
+    eligible candidate; the others are closed. ``refused``: variants turned down before
+    loading (precision -> why), listed among the trials. ``live_images``: the line's recent
     frames, used when there are at least ``MIN_LIVE_PROBE_IMAGES``."""
-    reference = load(dataclasses.replace(options, runtime=REFERENCE))
+    reference_file = files[0]
+    if reference_file.precision != "fp32":
+        raise ValueError("the first model file must be the fp32 reference")
+    reference = load(reference_file, dataclasses.replace(options, runtime=REFERENCE))
     info = reference.info
     live = live_images is not None and len(live_images) >= MIN_LIVE_PROBE_IMAGES
     images = list(live_images or []) if live else probe_images(info.input_height, info.input_width)
@@ -141,60 +185,116 @@ def choose_runtime(
         letterbox([image], info.input_height, info.input_width, dtype=info.input_dtype)[0]
         for image in images
     ]
-    runners: dict[Runtime, InferenceRunner] = {REFERENCE: reference}
-    agreements: dict[str, float] = {REFERENCE: 1.0}
-    trials: list[RuntimeTrial] = []
-    for runtime in RUNTIMES:
-        if runtime == REFERENCE:
-            continue
-        try:
-            runner = load(dataclasses.replace(options, runtime=runtime))
-        except EdgeAgentError as exc:
-            trials.append(RuntimeTrial(runtime, None, None, None, str(exc)[:300]))
-            continue
-        try:
-            agreed = agreement(_detect_each(runner, images, run_model_work), expected, iou)
-        except EdgeAgentError as exc:  # e.g. non-finite output on these frames
-            runner.close()
-            trials.append(RuntimeTrial(runtime, runner.provider, None, None, str(exc)[:300]))
-            continue
-        if agreed < min_agreement:
-            trials.append(
-                RuntimeTrial(
-                    runtime,
-                    runner.provider,
-                    None,
-                    round(agreed, 4),
-                    f"detections agree {agreed:.0%} with {REFERENCE} fp32 (< {min_agreement:.0%})",
+    runners: dict[Candidate, InferenceRunner] = {}
+    agreements: dict[Candidate, float] = {}
+    if REFERENCE in runtimes and reference_file.candidate:
+        runners[(REFERENCE, "fp32")] = reference
+        agreements[(REFERENCE, "fp32")] = 1.0
+    trials = [
+        RuntimeTrial("*", None, None, None, reason[:300], precision)
+        for precision, reason in (refused or {}).items()
+    ]
+    judge = _Judge(images, expected, run_model_work, min_agreement, iou)
+    for file in files:
+        for runtime in runtimes:
+            if (runtime, file.precision) in runners or not file.candidate:
+                continue
+            if not file.vouched_for(runtime):
+                trials.append(
+                    RuntimeTrial(
+                        runtime,
+                        None,
+                        None,
+                        None,
+                        f"the trainer measured this variant within tolerance on "
+                        f"{', '.join(file.runtimes or ())} only",
+                        file.precision,
+                    )
                 )
-            )
-            runner.close()
-            continue
-        runners[runtime] = runner
-        agreements[runtime] = agreed
+                continue
+            trial = judge.try_candidate(load, dataclasses.replace(options, runtime=runtime), file)
+            if isinstance(trial, RuntimeTrial):
+                trials.append(trial)
+                continue
+            runner, agreed = trial
+            runners[(runtime, file.precision)] = runner
+            agreements[(runtime, file.precision)] = agreed
+    if not runners:  # every allowed candidate refused: the reference runs, and says why
+        runners[(REFERENCE, "fp32")] = reference
+        agreements[(REFERENCE, "fp32")] = 1.0
     measured = _median_runs_ms(runners, blobs, runs, run_model_work)
-    for name, runner in runners.items():
+    for (runtime, precision), runner in runners.items():
         trials.append(
             RuntimeTrial(
-                name, runner.provider, round(measured[name], 3), round(agreements[name], 4), None
+                runtime,
+                runner.provider,
+                round(measured[(runtime, precision)], 3),
+                round(agreements[(runtime, precision)], 4),
+                None,
+                precision,
             )
         )
-    chosen: Runtime = min(runners, key=lambda name: measured[name])
-    for name, runner in runners.items():
-        if name != chosen:
+    chosen = min(runners, key=lambda candidate: measured[candidate])
+    for candidate, runner in runners.items():
+        if candidate != chosen:
             runner.close()
+    if (REFERENCE, "fp32") not in runners:
+        reference.close()
     choice = RuntimeChoice(
-        chosen,
-        tuple(sorted(trials, key=lambda t: t.runtime)),
+        chosen[0],
+        tuple(sorted(trials, key=lambda t: (t.runtime, t.precision))),
         probe="live" if live else "synthetic",
         probe_images=len(images),
+        precision=chosen[1],
     )
     log.info(
         "runtime chosen",
         extra={
-            "runtime": chosen,
+            "runtime": chosen[0],
+            "precision": chosen[1],
             "probe": choice.probe,
             "trials": [dataclasses.asdict(t) for t in choice.trials],
         },
     )
     return runners[chosen], choice
+
+
+@dataclass(frozen=True)
+class _Judge:
+    """The yardstick every candidate is held to: the reference's detections on the probe."""
+
+    images: list[NDArray[np.uint8]]
+    expected: list[Detections]
+    run_model_work: ModelWorkRunner
+    min_agreement: float
+    iou: float
+
+    def try_candidate(
+        self,
+        load: Callable[[ModelFile, RunnerOptions], InferenceRunner],
+        options: RunnerOptions,
+        file: ModelFile,
+    ) -> tuple[InferenceRunner, float] | RuntimeTrial:
+        """The loaded runner and its agreement with the reference, or the refusing trial."""
+        runtime, precision = options.runtime, file.precision
+        try:
+            runner = load(file, options)
+        except EdgeAgentError as exc:
+            return RuntimeTrial(runtime, None, None, None, str(exc)[:300], precision)
+        try:
+            detected = _detect_each(runner, self.images, self.run_model_work)
+        except EdgeAgentError as exc:  # e.g. non-finite output on these frames
+            runner.close()
+            return RuntimeTrial(runtime, runner.provider, None, None, str(exc)[:300], precision)
+        agreed = agreement(detected, self.expected, self.iou)
+        if agreed < self.min_agreement:
+            runner.close()
+            return RuntimeTrial(
+                runtime,
+                runner.provider,
+                None,
+                round(agreed, 4),
+                f"detections agree {agreed:.0%} with {REFERENCE} fp32 (< {self.min_agreement:.0%})",
+                precision,
+            )
+        return runner, agreed

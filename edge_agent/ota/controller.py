@@ -115,6 +115,8 @@ class OtaController:
         rate = self.policy.download_bytes_per_s
         # A burst of one chunk: the pace holds from the first byte.
         self._download_bandwidth = TokenBucket(rate, burst_bytes=CHUNK) if rate > 0 else None
+        # Variants of the version being fetched that were left out, with why (for reported).
+        self._variant_refusals: dict[str, str] = {}
         self.smoke_check = SmokeCheck(
             line.stats,
             recent,
@@ -318,12 +320,26 @@ class OtaController:
         self._stage_and_swap(manifest, path, desired)
 
     def _fetch(self, manifest: ModelManifest, desired: DesiredState) -> Path | None:
+        """Download the reference artifact and the variants this box may run, then install
+        them together. A variant that can never be fetched (missing, refused, not the
+        manifest's bytes) is left out with its reason in ``_variant_refusals``; the
+        reference's failure fails the update."""
+        self._variant_refusals = {}
         if self.store.holds(manifest):
             return self.store.model_path(manifest.version)
         self.report(OtaState.DOWNLOADING, desired=desired)
+        wanted = self.loader.variants_to_fetch(manifest)
+        if wanted and self.artifacts.s3_client is None:
+            for variant in wanted:
+                self._variant_refusals[variant.precision] = (
+                    "variants come from the object store, and this box has no store "
+                    "credentials (artifact_url names the fp32 model only)"
+                )
+            wanted = []
         # Named by digest too: a .part of other bytes under the same version is never resumed.
-        name = f"{manifest.model_name}-{manifest.version}-{manifest.artifact.sha256[:16]}.onnx"
-        destination = self.store.downloads / name
+        prefix = f"{manifest.model_name}-{manifest.version}"
+        destination = self.store.downloads / f"{prefix}-{manifest.artifact.sha256[:16]}.onnx"
+        fetched: dict[str, Path] = {}
         attempt = 0
         while not self.stop_event.is_set():
             try:
@@ -336,7 +352,26 @@ class OtaController:
                     url=desired.artifact_url,
                     bandwidth=self._download_bandwidth,
                 )
-                return self.store.install(manifest, destination)
+                for variant in wanted:
+                    if variant.precision in fetched or variant.precision in self._variant_refusals:
+                        continue
+                    name = f"{prefix}-{variant.precision}-{variant.artifact.sha256[:16]}.onnx"
+                    try:
+                        fetched[variant.precision] = download_artifact(
+                            variant.artifact,
+                            self.store.downloads / name,
+                            self.stop_event,
+                            client=self.artifacts.s3_client,
+                            bucket=self.artifacts.bucket,
+                            bandwidth=self._download_bandwidth,
+                        )
+                    except PermanentDownloadError as exc:
+                        log.warning(
+                            "variant refused",
+                            extra={"precision": variant.precision, "error": str(exc)},
+                        )
+                        self._variant_refusals[variant.precision] = str(exc)
+                return self.store.install(manifest, destination, fetched)
             except PermanentDownloadError as exc:
                 # Missing, refused or not the manifest's bytes: no retry changes that. Say so
                 # now instead of leaving the fleet to find out at the device timeout.
@@ -358,6 +393,18 @@ class OtaController:
                 if self.stop_event.wait(delay) or self._superseded():
                     return None
         return None
+
+    def _active_reason(self, candidate: ActiveModel) -> str:
+        """What runs after the swap, for ``reported``: the chosen runtime and precision with
+        their latency, and each variant refused, with why (a download's reason first)."""
+        parts = []
+        if candidate.runtime_choice is not None:
+            parts.append(candidate.runtime_choice.summary())
+        parts += [
+            f"{precision} variant not fetched: {reason}"
+            for precision, reason in self._variant_refusals.items()
+        ]
+        return "; ".join(parts)[:500]
 
     def _stage_and_swap(self, manifest: ModelManifest, path: Path, desired: DesiredState) -> None:
         # Load here (graph optimisation runs on this thread, in the line's idle time). The smoke
@@ -393,7 +440,12 @@ class OtaController:
         self.report(OtaState.STAGED, desired=desired)
         self.store.activate(manifest.version)
         self.line.models.swap(candidate)  # between two batches: no frame lost or repeated
-        self.report(OtaState.ACTIVE, desired=desired, probation=True)
+        self.report(
+            OtaState.ACTIVE,
+            reason=self._active_reason(candidate),
+            desired=desired,
+            probation=True,
+        )
         problem = self._watch_probation(previous, proven_latency_s)
         if self.stop_event.is_set():
             return  # undecided: the next start resumes probation and counts the boot
@@ -402,7 +454,7 @@ class OtaController:
             self.store.mark_good()
             if previous is not None:
                 previous.runner.close()
-            self.report(OtaState.ACTIVE, desired=desired)
+            self.report(OtaState.ACTIVE, reason=self._active_reason(candidate), desired=desired)
             return
         self.rollback(candidate, previous, problem, desired)
 

@@ -12,7 +12,8 @@ from typing import Any, Protocol, TypeVar
 
 from edge_agent.frame_path import ActiveModel, ModelSlot, ModelWork, PipelineStats
 from edge_agent.inference import RunnerOptions
-from shared.manifest import ModelManifest
+from edge_agent.inference.variants import PrecisionSetting, wanted_variants
+from shared.manifest import ModelManifest, ModelVariant
 
 T = TypeVar("T")
 
@@ -44,6 +45,11 @@ class CandidateLoader:
 
     options: RunnerOptions
     load: ModelLoader
+    precision: PrecisionSetting = "auto"  # model.precision: which variants are worth fetching
+
+    def variants_to_fetch(self, manifest: ModelManifest) -> list[ModelVariant]:
+        """The variants this box may run (its accelerators, the configured precision)."""
+        return wanted_variants(manifest, self.options, self.precision)
 
     def __call__(
         self, path: Path, manifest: ModelManifest | None, *, warm_up: bool = True

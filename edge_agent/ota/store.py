@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from edge_agent.errors import EdgeAgentError
+from edge_agent.inference.variants import variant_path
 from shared.digests import file_sha256
 from shared.manifest import ModelManifest
 
@@ -161,13 +163,21 @@ class ModelStore:
         return self.version_dir(version) / MODEL_FILE
 
     # ----------------------------------------------------------------- changes
-    def install(self, manifest: ModelManifest, artifact: Path) -> Path:
-        """Move a verified artifact into ``versions/<n>/`` (complete before it is ever used)."""
+    def install(
+        self,
+        manifest: ModelManifest,
+        artifact: Path,
+        variants: Mapping[str, Path] | None = None,
+    ) -> Path:
+        """Move a verified artifact, and the verified variants fetched for this box
+        (precision -> file), into ``versions/<n>/`` (complete before it is ever used)."""
         target = self.version_dir(manifest.version)
         staging = self.versions / f".staging-{manifest.version}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         artifact.replace(staging / MODEL_FILE)
+        for precision, path in (variants or {}).items():
+            path.replace(variant_path(staging / MODEL_FILE, precision))
         atomic_write(staging / MANIFEST_FILE, manifest.model_dump_json().encode())
         shutil.rmtree(target, ignore_errors=True)
         staging.replace(target)

@@ -41,9 +41,11 @@ def brightness_detector(
     nan_when_dark: bool = False,
     with_metadata: bool = True,
     busy_nodes: int = 0,
+    box_size: int = CELL,
 ) -> Path:
     """``busy_nodes``: a side chain of that many MatMuls (outputs unchanged; ~0.3 ms each on
-    one core), for a model whose run is long enough to be cancelled mid-way."""
+    one core), for a model whose run is long enough to be cancelled mid-way. ``box_size``: the
+    side of each proposed box (another size: the same detections, other boxes)."""
     grid = size // CELL
     n = grid * grid
     batch: int | str = "batch" if dynamic_batch else 1
@@ -61,8 +63,8 @@ def brightness_detector(
         [
             (xs.reshape(-1) + 0.5) * CELL,
             (ys.reshape(-1) + 0.5) * CELL,
-            np.full(n, CELL, np.float32),
-            np.full(n, CELL, np.float32),
+            np.full(n, box_size, np.float32),
+            np.full(n, box_size, np.float32),
         ]
     ).astype(np.float32)[None]
     inits = [

@@ -18,6 +18,7 @@ from edge_agent.config import load_config
 from edge_agent.errors import ModelIncompatibleError, ModelLoadError, RunCancelledError
 from edge_agent.inference import CancelToken, InferenceRunner, RunnerOptions, selection
 from edge_agent.inference.selection import choose_runtime
+from edge_agent.inference.variants import ModelFile
 from shared.synth import LineConfig, SyntheticLine
 from tests.edge_agent.onnx_models import brightness_detector
 
@@ -130,7 +131,9 @@ def test_an_agent_runs_the_line_on_openvino_and_says_so(tmp_path: Path) -> None:
 def test_auto_picks_the_fastest_runtime_that_agrees(tmp_path: Path) -> None:
     model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES), size=320)
     runner, choice = choose_runtime(
-        lambda options: InferenceRunner(model, options), RunnerOptions()
+        lambda file, options: InferenceRunner(file.path, options),
+        RunnerOptions(),
+        [ModelFile("fp32", model)],
     )
     trials = {t.runtime: t for t in choice.trials}
     assert set(trials) == {"onnxruntime", "openvino"}
@@ -148,31 +151,32 @@ def test_auto_refuses_a_runtime_that_disagrees_or_cannot_load(
     # and one that fails on the probe frames.
     coarse = brightness_detector(tmp_path / "coarse.onnx", names=list(NAMES), size=64)
     failing = brightness_detector(tmp_path / "nan.onnx", names=list(NAMES), nan_when_dark=True)
+    reference = [ModelFile("fp32", model)]
 
-    def disagreeing(options: RunnerOptions) -> InferenceRunner:
+    def disagreeing(_file: ModelFile, options: RunnerOptions) -> InferenceRunner:
         return InferenceRunner(model if options.runtime == "onnxruntime" else coarse, options)
 
-    runner, choice = choose_runtime(disagreeing, RunnerOptions())
+    runner, choice = choose_runtime(disagreeing, RunnerOptions(), reference)
     trials = {t.runtime: t for t in choice.trials}
     assert choice.chosen == "onnxruntime" and runner.provider == "CPUExecutionProvider"
     refused = trials["openvino"].refused
     assert refused is not None and "agree" in refused, refused
 
-    def nan_on_the_line(options: RunnerOptions) -> InferenceRunner:
+    def nan_on_the_line(_file: ModelFile, options: RunnerOptions) -> InferenceRunner:
         return InferenceRunner(model if options.runtime == "onnxruntime" else failing, options)
 
     # Dark probe frames: the second model passes its warm-up (grey) and fails on them.
     monkeypatch.setattr(selection, "probe_images", lambda h, w: [np.zeros((h, w, 3), np.uint8)] * 3)
-    _, choice = choose_runtime(nan_on_the_line, RunnerOptions())
+    _, choice = choose_runtime(nan_on_the_line, RunnerOptions(), reference)
     failed = next(t for t in choice.trials if t.runtime == "openvino")
     assert choice.chosen == "onnxruntime" and "NaN" in (failed.refused or "")
 
-    def broken(options: RunnerOptions) -> InferenceRunner:
+    def broken(_file: ModelFile, options: RunnerOptions) -> InferenceRunner:
         if options.runtime == "openvino":
             raise ModelLoadError("OpenVINO refused det.onnx on CPU: unsupported op")
         return InferenceRunner(model, options)
 
-    _, choice = choose_runtime(broken, RunnerOptions())
+    _, choice = choose_runtime(broken, RunnerOptions(), reference)
     assert choice.chosen == "onnxruntime"
     assert "unsupported op" in (
         next(t for t in choice.trials if t.runtime == "openvino").refused or ""
@@ -193,11 +197,16 @@ def test_live_frames_judge_the_runtimes_each_run_as_one_piece_of_model_work(
         pieces.append(work)
         return work(CancelToken())
 
-    def load(options: RunnerOptions) -> InferenceRunner:
-        return InferenceRunner(model, options)
+    def load(file: ModelFile, options: RunnerOptions) -> InferenceRunner:
+        return InferenceRunner(file.path, options)
 
     _, choice = choose_runtime(
-        load, RunnerOptions(), live_images=live, run_model_work=between_batches, runs=6
+        load,
+        RunnerOptions(),
+        [ModelFile("fp32", model)],
+        live_images=live,
+        run_model_work=between_batches,
+        runs=6,
     )
     assert (choice.probe, choice.probe_images) == ("live", 4)
     judged = [t for t in choice.trials if t.agreement is not None]
@@ -205,7 +214,9 @@ def test_live_frames_judge_the_runtimes_each_run_as_one_piece_of_model_work(
     assert len(judged) == 2, choice.trials  # both runtimes loaded and were compared
     # One detection per live frame for each runtime compared, then each eligible's runs.
     assert len(pieces) == 4 * len(judged) + 6 * len(timed)
-    _, too_few = choose_runtime(load, RunnerOptions(), live_images=live[:2], runs=3)
+    _, too_few = choose_runtime(
+        load, RunnerOptions(), [ModelFile("fp32", model)], live_images=live[:2], runs=3
+    )
     assert too_few.probe == "synthetic" and too_few.probe_images == 6
 
 
@@ -224,3 +235,31 @@ def test_an_agent_on_auto_reports_its_choice(tmp_path: Path) -> None:
         assert dumped["chosen"] == choice.chosen
     finally:
         agent.stop()
+
+
+def test_variants_are_tried_on_the_runtimes_the_trainer_vouched_for_only(tmp_path: Path) -> None:
+    model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES), size=320)
+    variant = brightness_detector(tmp_path / "det.int8.onnx", names=list(NAMES), size=320)
+    files = [ModelFile("fp32", model), ModelFile("int8", variant, runtimes=("onnxruntime",))]
+    runner, choice = choose_runtime(
+        lambda file, options: InferenceRunner(file.path, options),
+        RunnerOptions(),
+        files,
+        refused={"fp16": "model.fp16.onnx sha256 0123… is not the manifest's 4567…"},
+        runs=3,
+    )
+    trials = {(t.runtime, t.precision): t for t in choice.trials}
+    assert set(trials) == {
+        ("onnxruntime", "fp32"),
+        ("openvino", "fp32"),
+        ("onnxruntime", "int8"),
+        ("openvino", "int8"),
+        ("*", "fp16"),
+    }
+    assert "onnxruntime only" in (trials[("openvino", "int8")].refused or "")
+    assert trials[("onnxruntime", "int8")].agreement == 1.0
+    timed = {k: t.latency_ms for k, t in trials.items() if t.latency_ms is not None}
+    assert set(timed) == {("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8")}
+    assert (choice.chosen, choice.precision) == min(timed, key=lambda k: timed[k] or 0.0)
+    assert "refused fp16/*: model.fp16.onnx sha256" in choice.summary()
+    runner.close()

@@ -14,7 +14,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.manifest import ArtifactRef, ClassInfo, InputSpec, ModelManifest
+from shared.manifest import (
+    ArtifactRef,
+    ClassInfo,
+    EvalMetrics,
+    InputSpec,
+    ModelManifest,
+    ModelVariant,
+)
 from shared.messages import (
     DesiredAction,
     DesiredState,
@@ -24,7 +31,7 @@ from shared.messages import (
     parse_payload,
     utc_now,
 )
-from shared.object_keys import model_artifact_key
+from shared.object_keys import model_artifact_key, model_variant_key
 from shared.signing import SigningKey
 from shared.synth import CLASS_NAMES
 from shared.topics import Channel, Topics
@@ -89,6 +96,27 @@ class ControlPlane:
         manifest = make_manifest(data, version, **overrides)
         self.s3.put_object(Bucket=self.bucket, Key=manifest.artifact.key, Body=data)
         return self.key.sign(manifest)
+
+    def upload_variant(
+        self, model: Path, version: int, precision: str, *, stored: bytes | None = None
+    ) -> ModelVariant:
+        """A variant of ``version`` for the manifest; ``stored``: other bytes put in the
+        store under its key (a tampered or replaced variant)."""
+        data = model.read_bytes()
+        variant = ModelVariant(
+            precision=precision,  # type: ignore[arg-type]
+            accelerator="gpu" if precision == "fp16" else "cpu",
+            artifact=ArtifactRef(
+                key=model_variant_key(MODEL, version, precision),
+                sha256=hashlib.sha256(data).hexdigest(),
+                size_bytes=len(data),
+            ),
+            metrics=EvalMetrics(map50=0.5, map50_95=0.3),
+            runtimes=["onnxruntime"],
+        )
+        body = data if stored is None else stored
+        self.s3.put_object(Bucket=self.bucket, Key=variant.artifact.key, Body=body)
+        return variant
 
     def desired(
         self,

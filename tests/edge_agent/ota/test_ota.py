@@ -197,6 +197,74 @@ def test_on_runtime_auto_a_candidate_chooses_its_runtime_on_live_frames(
         agent.stop()
 
 
+def test_an_update_runs_the_fastest_variant_that_agrees_and_says_so(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    """v2 lists an INT8 variant (here: the same detector without v2's extra work, so it is
+    faster and agrees) and an fp16 one for GPUs. A CPU box fetches the INT8 only, judges it
+    against fp32 on its own recent frames, runs it, and says so everywhere."""
+    agent = start_agent(tmp_path, plane, s3_server)
+    try:
+        wait_for(lambda: agent.pipeline.stats.processed >= 10, timeout=10)
+        v2 = brightness_detector(tmp_path / "v2.onnx", names=list(CLASS_NAMES), busy_nodes=30)
+        fast = brightness_detector(tmp_path / "v2-int8.onnx", names=list(CLASS_NAMES))
+        variants = [
+            plane.upload_variant(fast, 2, "int8"),
+            plane.upload_variant(fast, 2, "fp16"),
+        ]
+        plane.send(DEVICE, plane.desired(plane.upload(v2, 2, schema_version=2, variants=variants)))
+        report = plane.wait_active(2)
+        assert report.reason.startswith("running int8 on onnxruntime"), report.reason
+        assert "fp32 on onnxruntime" in report.reason
+        stored = sorted(p.name for p in agent.store.version_dir(2).iterdir())
+        assert stored == ["manifest.json", "model.int8.onnx", "model.onnx"]  # no fp16 here
+        status = agent.status()
+        assert status.model is not None and status.model.precision == "int8"
+        choice = status.model.runtime_choice
+        assert choice is not None and choice.probe == "live"
+        assert {(t.runtime, t.precision) for t in choice.trials} == {
+            ("onnxruntime", "fp32"),
+            ("onnxruntime", "int8"),
+        }
+        assert agent.heartbeat().provider == "CPUExecutionProvider int8"
+        processed = agent.pipeline.stats.processed
+        wait_for(lambda: agent.pipeline.stats.processed > processed + 5, timeout=10)
+    finally:
+        agent.stop()
+
+
+def test_a_tampered_or_disagreeing_variant_is_refused_and_fp32_runs(
+    tmp_path: Path, plane: ControlPlane, s3_server: MotoS3Process
+) -> None:
+    agent = start_agent(tmp_path, plane, s3_server)
+    try:
+        wait_for(lambda: agent.pipeline.stats.processed >= 10, timeout=10)
+        v2 = brightness_detector(tmp_path / "v2.onnx", names=list(CLASS_NAMES))
+        good = v2.read_bytes()
+        tampered = plane.upload_variant(v2, 2, "int8", stored=good[:-1] + b"x")
+        plane.send(
+            DEVICE, plane.desired(plane.upload(v2, 2, schema_version=2, variants=[tampered]))
+        )
+        report = plane.wait_active(2)
+        assert report.reason.startswith("running fp32 on onnxruntime"), report.reason
+        assert "int8 variant not fetched" in report.reason and "sha256" in report.reason
+        assert not (agent.store.version_dir(2) / "model.int8.onnx").exists()
+        # v3's INT8 draws other boxes than fp32 does (half the size): refused on live frames.
+        v3 = brightness_detector(tmp_path / "v3.onnx", names=list(CLASS_NAMES))
+        coarse = brightness_detector(tmp_path / "v3-int8.onnx", names=list(CLASS_NAMES), box_size=8)
+        disagreeing = plane.upload_variant(coarse, 3, "int8")
+        plane.send(
+            DEVICE, plane.desired(plane.upload(v3, 3, schema_version=2, variants=[disagreeing]))
+        )
+        report = plane.wait_active(3)
+        assert report.reason.startswith("running fp32"), report.reason
+        assert "refused int8/onnxruntime: detections agree" in report.reason, report.reason
+        status = agent.status()
+        assert status.model is not None and status.model.precision == "fp32"
+    finally:
+        agent.stop()
+
+
 @pytest.mark.parametrize(
     "case",
     [
