@@ -86,12 +86,14 @@ def providers(name: str) -> tuple[str, ...]:
 
 def agent_runner(args: argparse.Namespace, intra_op_threads: int, **options: Any) -> Any:
     """The runner the agent would run, and what runs it (the provider, and the precision when
-    a variant won). ``--runtime auto`` chooses as the agent does at first start
-    (edge_agent.agent.load_model_choosing): every installed runtime, with the variants a
-    ``manifest.json`` beside the model lists for this box; any other value pins that runtime
-    and runs the fp32 model."""
-    from edge_agent.agent import Choosing, load_model_choosing, read_local_manifest
+    a variant won). ``--runtime auto`` chooses as the agent does at a start
+    (edge_agent.model_loading.load_model_choosing): every installed runtime, with the
+    variants a ``manifest.json`` beside the model lists for this box, or the choice
+    ``--choice-cache`` remembers for the same files, box and settings (a restart); any other
+    value pins that runtime and runs the fp32 model."""
     from edge_agent.inference import InferenceRunner, RunnerOptions
+    from edge_agent.inference.choice_cache import ChoiceCache
+    from edge_agent.model_loading import Choosing, load_model_choosing, read_local_manifest
 
     base = RunnerOptions(
         providers=providers(args.provider), intra_op_threads=intra_op_threads, **options
@@ -99,7 +101,12 @@ def agent_runner(args: argparse.Namespace, intra_op_threads: int, **options: Any
     path = Path(args.model)
     if args.runtime == "auto":
         model = load_model_choosing(
-            path, base, read_local_manifest(path), Choosing("auto", "auto", 0.95, 0.9)
+            path,
+            base,
+            read_local_manifest(path),
+            Choosing("auto", "auto", 0.95, 0.9),
+            cache=ChoiceCache(Path(args.choice_cache)) if args.choice_cache else None,
+            reuse=True,
         )
         suffix = "" if model.precision == "fp32" else f" {model.precision}"
         return model.runner, model.runner.provider + suffix
@@ -447,6 +454,7 @@ def main() -> None:
     parser.add_argument("--agreement-frames", type=int, default=20)
     parser.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
     parser.add_argument("--runtime", choices=("auto", "onnxruntime", "openvino"), default="auto")
+    parser.add_argument("--choice-cache", default="", help="the agent's remembered choices")
     serve(parser.parse_args())
 
 

@@ -11,13 +11,9 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from pydantic import ValidationError
 
 from edge_agent import __version__
 from edge_agent.api import create_app
@@ -30,28 +26,21 @@ from edge_agent.camera import (
     PyAVSource,
     SyntheticSource,
 )
-from edge_agent.config import AgentConfig, ModelSection, StreamCamera, SyntheticCamera
+from edge_agent.config import AgentConfig, StreamCamera, SyntheticCamera
 from edge_agent.errors import EdgeAgentError, ModelLoadError
 from edge_agent.frame_path import ActiveModel, ModelSlot, Sink
 from edge_agent.inference import (
-    InferenceRunner,
     RunnerOptions,
     intra_op_threads,
 )
-from edge_agent.inference.backend import RUNTIMES
-from edge_agent.inference.selection import (
-    ModelWorkRunner,
-    RuntimeChoice,
-    choose_runtime,
-    run_in_place,
-)
-from edge_agent.inference.variants import (
-    ModelFile,
-    PrecisionSetting,
-    model_files,
-    wanted_variants,
-)
+from edge_agent.inference.choice_cache import ChoiceCache
 from edge_agent.metrics import AgentMetrics
+from edge_agent.model_loading import (
+    Choosing,
+    load_model,
+    load_model_choosing,
+    read_local_manifest,
+)
 from edge_agent.ota.controller import OtaController, OtaPolicy
 from edge_agent.ota.health import HealthPolicy
 from edge_agent.ota.parts import ArtifactSource, CandidateLoader, OtaTarget
@@ -133,100 +122,6 @@ def runner_options(config: AgentConfig) -> RunnerOptions:
     )
 
 
-def _runner_factory(
-    manifest: ModelManifest | None,
-) -> Callable[[ModelFile, RunnerOptions], InferenceRunner]:
-    """Builds a runner for one of the version's model files; the manifest (if any) pins
-    classes, input size and format."""
-    if manifest is None:
-        return lambda file, options: InferenceRunner(file.path, options)
-    return lambda file, options: InferenceRunner(
-        file.path,
-        options,
-        class_names=tuple(manifest.class_names),
-        expected_input=(manifest.input.height, manifest.input.width),
-        output_format=manifest.output_format,
-    )
-
-
-def _active(
-    runner: InferenceRunner,
-    path: Path,
-    manifest: ModelManifest | None,
-    choice: RuntimeChoice | None = None,
-) -> ActiveModel:
-    if manifest is None:
-        return ActiveModel(runner, path.stem, None, runtime_choice=choice)
-    return ActiveModel(
-        runner, manifest.model_name, manifest.version, manifest.artifact.sha256, choice
-    )
-
-
-def load_model(path: Path, options: RunnerOptions, manifest: ModelManifest | None) -> ActiveModel:
-    """Load and warm up the fp32 model in the runtime ``options`` names."""
-    return _active(_runner_factory(manifest)(ModelFile("fp32", path), options), path, manifest)
-
-
-@dataclass(frozen=True)
-class Choosing:
-    """What ``model`` config allows the agent to choose among, and how it judges agreement."""
-
-    runtime: Literal["onnxruntime", "openvino", "auto"]
-    precision: PrecisionSetting
-    min_agreement: float
-    match_iou: float
-
-    @classmethod
-    def from_config(cls, model: ModelSection) -> Choosing:
-        return cls(
-            model.runtime, model.precision, model.runtime_min_agreement, model.runtime_match_iou
-        )
-
-    def needed(self, manifest: ModelManifest | None, options: RunnerOptions) -> bool:
-        """Whether there is a choice to make (several runtimes, or variants for this box to
-        try), or a pinned precision to report on."""
-        if self.runtime == "auto" or self.precision in ("fp16", "int8"):
-            return True
-        return bool(wanted_variants(manifest, options, self.precision))
-
-
-def load_model_choosing(
-    path: Path,
-    options: RunnerOptions,
-    manifest: ModelManifest | None,
-    choosing: Choosing,
-    *,
-    live_images: list[Any] | None = None,
-    run_model_work: ModelWorkRunner = run_in_place,
-) -> ActiveModel:
-    """Load the fastest (runtime, model file) that agrees with onnxruntime fp32 (on
-    ``live_images`` when there are enough, each run as ``run_model_work``)."""
-    files, refused = model_files(path, manifest, options, choosing.precision)
-    runner, choice = choose_runtime(
-        _runner_factory(manifest),
-        options,
-        files,
-        runtimes=RUNTIMES if choosing.runtime == "auto" else (choosing.runtime,),
-        refused=refused,
-        live_images=live_images,
-        run_model_work=run_model_work,
-        min_agreement=choosing.min_agreement,
-        iou=choosing.match_iou,
-    )
-    return _active(runner, path, manifest, choice)
-
-
-def read_local_manifest(model_path: Path) -> ModelManifest | None:
-    """``manifest.json`` beside a locally configured model, if there is one."""
-    candidate = model_path.with_name("manifest.json")
-    if not candidate.is_file():
-        return None
-    try:
-        return ModelManifest.model_validate_json(candidate.read_bytes())
-    except (ValidationError, OSError) as exc:
-        raise ModelLoadError(f"{candidate} is not a valid manifest: {exc}") from exc
-
-
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -239,6 +134,7 @@ class Agent:
         # model. Each OTA candidate chooses again, on the line's recent frames.
         self.runner_options = runner_options(config)
         self.choosing = Choosing.from_config(config.model)
+        self.choice_cache = ChoiceCache(config.state_dir / "runtime-choice.json")
         self.metrics = AgentMetrics()
         self.hub = FrameHub()
         self.models = ModelSlot()
@@ -419,7 +315,14 @@ class Agent:
         is chosen on the synthetic line (no camera frame exists yet)."""
         if not self.choosing.needed(manifest, self.runner_options):
             return load_model(path, self.runner_options, manifest)
-        model = load_model_choosing(path, self.runner_options, manifest, self.choosing)
+        model = load_model_choosing(
+            path,
+            self.runner_options,
+            manifest,
+            self.choosing,
+            cache=self.choice_cache,
+            reuse=True,
+        )
         assert model.runtime_choice is not None
         self.runner_options = dataclasses.replace(
             self.runner_options, runtime=model.runtime_choice.chosen
@@ -440,6 +343,7 @@ class Agent:
             self.choosing,
             live_images=self._recent.images() if self._recent is not None else None,
             run_model_work=self.pipeline.call_between_batches,
+            cache=self.choice_cache,
         )
 
     def load_configured_model(self) -> None:

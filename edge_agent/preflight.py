@@ -64,7 +64,8 @@ def _model_problems(where: str, path: Path, config: AgentConfig) -> list[str]:
     if not _readable(path):
         return [f"{where}: {path} is not a readable file"]
     # Loading is the only check onnxruntime trusts: a file may be there and not be a model.
-    from edge_agent.agent import load_model, read_local_manifest, runner_options  # noqa: PLC0415
+    from edge_agent.agent import runner_options  # noqa: PLC0415
+    from edge_agent.model_loading import load_model, read_local_manifest  # noqa: PLC0415
 
     try:
         model = load_model(path, runner_options(config), read_local_manifest(path))

@@ -69,8 +69,9 @@ class RuntimeTrial:
 class RuntimeChoice:
     chosen: Runtime
     trials: tuple[RuntimeTrial, ...]
-    # What the runtimes were judged on: the line's recent frames, or the synthetic line.
-    probe: Literal["live", "synthetic"] = "synthetic"
+    # What the runtimes were judged on: the line's recent frames, or the synthetic line; or
+    # "remembered": the choice made for the same files on this box before a restart.
+    probe: Literal["live", "synthetic", "remembered"] = "synthetic"
     probe_images: int = 0
     precision: str = "fp32"  # of the model file chosen
 

@@ -17,6 +17,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.errors import ModelIncompatibleError, ModelLoadError, RunCancelledError
 from edge_agent.inference import CancelToken, InferenceRunner, RunnerOptions, selection
+from edge_agent.inference.choice_cache import ChoiceCache
 from edge_agent.inference.selection import choose_runtime
 from edge_agent.inference.variants import ModelFile
 from shared.synth import LineConfig, SyntheticLine
@@ -237,6 +238,59 @@ def test_an_agent_on_auto_reports_its_choice(tmp_path: Path) -> None:
         agent.stop()
 
 
+def test_a_restart_loads_the_remembered_choice_and_a_change_chooses_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same files on the same box with the same settings: a restart loads the runtime
+    chosen before, without loading and timing every candidate again."""
+    first = line_agent(tmp_path, "runtime: auto")
+    first.load_configured_model()
+    chosen = first.models.current
+    assert chosen is not None and chosen.runtime_choice is not None
+    assert chosen.runtime_choice.probe == "synthetic"
+    chosen.runner.close()
+
+    loads: list[str] = []
+    original = InferenceRunner.__init__
+
+    def counting(self: InferenceRunner, path: Path, options: RunnerOptions, **kw: object) -> None:
+        loads.append(options.runtime)
+        original(self, path, options, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(InferenceRunner, "__init__", counting)
+    again = line_agent(tmp_path, "runtime: auto")
+    again.load_configured_model()
+    remembered = again.models.current
+    assert remembered is not None and remembered.runtime_choice is not None
+    assert remembered.runtime_choice.probe == "remembered"
+    assert remembered.runtime_choice.chosen == chosen.runtime_choice.chosen
+    assert loads == [chosen.runtime_choice.chosen]  # one load, no trial
+    remembered.runner.close()
+
+    # Another setting that shaped the choice (here the agreement threshold): chosen afresh.
+    loads.clear()
+    changed = line_agent(tmp_path, "runtime: auto, runtime_min_agreement: 0.9")
+    changed.load_configured_model()
+    assert changed.models.current is not None
+    assert changed.models.current.runtime_choice is not None
+    assert changed.models.current.runtime_choice.probe == "synthetic"
+    assert sorted(set(loads)) == ["onnxruntime", "openvino"]
+    changed.models.current.runner.close()
+
+
+def test_an_unreadable_choice_file_is_no_choice(tmp_path: Path) -> None:
+    cache = ChoiceCache(tmp_path / "runtime-choice.json")
+    assert cache.get("k") is None
+    (tmp_path / "runtime-choice.json").write_text("{not json")
+    assert cache.get("k") is None
+    cache.put("k", "openvino", "int8")
+    assert cache.get("k") == ("openvino", "int8")
+    (tmp_path / "runtime-choice.json").write_text('{"k": {"runtime": 3}}')
+    assert cache.get("k") is None
+    (tmp_path / "runtime-choice.json").write_text("[1, 2]")
+    assert cache.get("k") is None
+
+
 def test_variants_are_tried_on_the_runtimes_the_trainer_vouched_for_only(tmp_path: Path) -> None:
     model = brightness_detector(tmp_path / "det.onnx", names=list(NAMES), size=320)
     variant = brightness_detector(tmp_path / "det.int8.onnx", names=list(NAMES), size=320)
@@ -263,3 +317,22 @@ def test_variants_are_tried_on_the_runtimes_the_trainer_vouched_for_only(tmp_pat
     assert (choice.chosen, choice.precision) == min(timed, key=lambda k: timed[k] or 0.0)
     assert "refused fp16/*: model.fp16.onnx sha256" in choice.summary()
     runner.close()
+
+
+def test_the_choice_key_changes_with_the_files_the_box_and_the_runtimes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_agent.inference import choice_cache
+
+    files = [(ModelFile("fp32", tmp_path / "m.onnx"), "ab" * 32)]
+    key = choice_cache.choice_key(files, RunnerOptions(), {"runtimes": ["onnxruntime"]})
+    assert key == choice_cache.choice_key(files, RunnerOptions(), {"runtimes": ["onnxruntime"]})
+    other_file = [(ModelFile("fp32", tmp_path / "m.onnx"), "cd" * 32)]
+    assert key != choice_cache.choice_key(
+        other_file, RunnerOptions(), {"runtimes": ["onnxruntime"]}
+    )
+    assert key != choice_cache.choice_key(
+        files, RunnerOptions(intra_op_threads=1), {"runtimes": ["onnxruntime"]}
+    )
+    monkeypatch.setattr(choice_cache, "_installed", lambda package: "99.0")  # an upgrade
+    assert key != choice_cache.choice_key(files, RunnerOptions(), {"runtimes": ["onnxruntime"]})
