@@ -24,6 +24,7 @@ from cloud_trainer.labelstudio.reviews import Review, ReviewLedger
 from cloud_trainer.labelstudio.tasks import ClassCorrections, Corrections
 from cloud_trainer.release.gate import judge
 from cloud_trainer.release.model_registry import ModelRegistry
+from cloud_trainer.release.variants import VariantVerdict
 from cloud_trainer.retrain import RunReport, RunStatus
 from cloud_trainer.store import ObjectStore
 from edge_agent.agent import Agent
@@ -290,6 +291,23 @@ def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
     try:
         upload_examples(store, fleet=fleet_name, count=1, with_predictions=True)
         store.put(f"{RUNS}/run-7/report.json", a_run_report("run-7"))
+        published = RunReport.model_validate_json(a_run_report("run-8")).model_copy(
+            update={
+                "status": RunStatus.PUBLISHED,
+                "variants": [
+                    VariantVerdict(
+                        precision="int8",
+                        published=True,
+                        map50=0.698,
+                        map50_delta=-0.002,
+                        runtimes=["onnxruntime"],
+                        reasons=["openvino: washer recall fell"],
+                    ),
+                    VariantVerdict(precision="fp16", published=False, reasons=["mAP50 fell"]),
+                ],
+            }
+        )
+        store.put(f"{RUNS}/run-8/report.json", published.model_dump_json().encode())
         record_label_reviews(plane, fleet_name)
         wait_for(lambda: len(plane.registry.devices()) == 4, timeout=10)
         with HeadlessPage() as page:
@@ -321,9 +339,16 @@ def test_the_console_filters_sorts_and_shows_runs_models_and_boxes(
             )
             # Runs: labels used (not the replayed data), stage timings, the gate per class.
             page.wait_for("document.querySelector('#runs tr[data-status=rejected]')")
-            run = page.evaluate("document.querySelector('#runs tr').textContent")
+            run = page.evaluate(
+                "document.querySelector('#runs tr[data-status=rejected]').textContent"
+            )
             assert "run-7" in run and "174" in run and "train 181.2" in run
             assert "bolt 0.90 (+0.40)" in run and "nut 0.60 (-0.10)" in run
+            # A published run's variants: what each costs against fp32, and where it runs.
+            variants = page.evaluate(
+                "document.querySelector('#runs tr[data-status=published]').textContent"
+            )
+            assert "int8 -0.002 (onnxruntime)" in variants and "fp16 left out" in variants
             assert page.evaluate("document.querySelectorAll('#models tr').length") == 2
             # The hard example with the model's boxes drawn, and who mined it.
             page.wait_for("document.querySelector('figure.example')")
