@@ -14,6 +14,9 @@ Each contender runs in its own process, so start-up time and peak memory are its
   ultralytics_openvino
                the same on ultralytics' own OpenVINO export (``format=openvino``): what
                ultralytics advises for CPUs, the peer a user would pick on a CPU box
+  ultralytics_tensorrt
+               with ``--provider cuda|tensorrt``: ultralytics on its TensorRT fp16 engine
+               (``format=engine, half=True``), the peer a user would pick on an NVIDIA box
 With ``--runtime auto`` the agent's contenders start twice: the first start on a box chooses
 its runtime and model file (every candidate loaded and timed) and remembers it; the second is a
 restart, as a box in service starts (``cold_start``; the first is ``first_start``).
@@ -213,38 +216,49 @@ def paired_ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> list
     ]
 
 
-def add_openvino_peer(
+def peer_name(provider: str) -> str:
+    """ultralytics' best export for the hardware: OpenVINO on a CPU, TensorRT on a GPU."""
+    return "ultralytics_openvino" if provider == "cpu" else "ultralytics_tensorrt"
+
+
+def add_peer(
     contenders: dict[str, tuple[Path, dict[str, Any]]],
     models: dict[str, Path],
     peer_options: dict[str, Any],
 ) -> None:
-    """ultralytics on its OpenVINO export joins ``contenders`` when that export exists."""
-    openvino = models.get(f"{peer_options['imgsz']}_openvino")
-    if openvino is not None:
-        contenders["ultralytics_openvino"] = (openvino, peer_options)
+    """ultralytics on its best export for this hardware joins ``contenders``, when that export
+    exists (``peer_options['worker']`` names it)."""
+    kind = peer_options["worker"].removeprefix("ultralytics_")
+    export = models.get(f"{peer_options['imgsz']}_{kind}")
+    if export is not None:
+        contenders[peer_options["worker"]] = (export, {**peer_options, "worker": "ultralytics"})
 
 
 def peer_figures(
-    pipe: dict[str, Any], one: dict[str, Any], peer: dict[str, Any] | None
+    pipe: dict[str, Any], one: dict[str, Any], peer: dict[str, Any] | None, name: str
 ) -> dict[str, Any]:
-    """The pipeline (its better mode, per round) against ultralytics on its OpenVINO export;
-    nothing when that export could not be made (no openvino package)."""
+    """The pipeline (its better mode, per round) against ultralytics on its best export for
+    this hardware (``name``); nothing when that export could not be made."""
     if peer is None:
-        return {"ultralytics_openvino": "not measured: no OpenVINO export (pip install openvino)"}
+        return {name: "not measured: the export failed (openvino / tensorrt not installed?)"}
     best = best_of_ratio(pipe, one, peer)
     return {
-        "ultralytics_openvino_fps": round(peer["fps"], 2),
-        "pipeline_vs_ultralytics_openvino": round(statistics.median(best), 3),
-        "pipeline_vs_ultralytics_openvino_per_round": [round(r, 3) for r in best],
-        "rss_vs_ultralytics_openvino": round(pipe["peak_rss_mb"] / peer["peak_rss_mb"], 3),
-        "cold_start_vs_ultralytics_openvino": round(pipe["cold_start_s"] / peer["cold_start_s"], 3),
-        "ultralytics_openvino_p50_ms": peer["p50_ms"],
+        f"{name}_fps": round(peer["fps"], 2),
+        f"pipeline_vs_{name}": round(statistics.median(best), 3),
+        f"pipeline_vs_{name}_per_round": [round(r, 3) for r in best],
+        f"rss_vs_{name}": round(pipe["peak_rss_mb"] / peer["peak_rss_mb"], 3),
+        f"cold_start_vs_{name}": round(pipe["cold_start_s"] / peer["cold_start_s"], 3),
+        f"{name}_p50_ms": peer["p50_ms"],
     }
 
 
 # ----------------------------------------------------------------- orchestration
-def export_models(weights: Path | None, out: Path, sizes: list[int]) -> dict[str, Path]:
-    """Static and dynamic-batch exports per size; files already in ``out`` are reused."""
+def export_models(
+    weights: Path | None, out: Path, sizes: list[int], provider: str = "cpu"
+) -> dict[str, Path]:
+    """Static and dynamic-batch exports per size, and ultralytics' own export for the peer
+    (OpenVINO on a CPU; a TensorRT fp16 engine on a GPU); files already in ``out`` are
+    reused."""
     models: dict[str, Path] = {}
     for size in sizes:
         for dynamic in (False, True):
@@ -262,8 +276,18 @@ def export_models(weights: Path | None, out: Path, sizes: list[int]) -> dict[str
                 )
                 Path(exported).rename(target)
             models[f"{size}{'_dyn' if dynamic else ''}"] = target
+        engine = out / f"model_{size}.engine"
+        if provider != "cpu" and not engine.exists() and weights is not None:
+            from ultralytics import YOLO
+
+            exported = YOLO(str(weights)).export(
+                format="engine", imgsz=size, half=True, batch=1, device=0
+            )
+            Path(exported).rename(engine)
+        if engine.exists():
+            models[f"{size}_tensorrt"] = engine
         openvino = out / f"model_{size}_openvino_model"
-        if not openvino.exists() and weights is not None:
+        if provider == "cpu" and not openvino.exists() and weights is not None:
             from ultralytics import YOLO
 
             exported = YOLO(str(weights)).export(format="openvino", imgsz=size, batch=1)
@@ -435,7 +459,8 @@ def main() -> None:
     rounds = args.rounds or (2 if args.quick else 10)
     slice_s = args.slice_s or (0.75 if args.quick else 2.0)
     work = Path(tempfile.mkdtemp(prefix="lf-bench-"))
-    models = export_models(args.weights, args.models_dir or work, sizes)
+    models = export_models(args.weights, args.models_dir or work, sizes, args.provider)
+    peer = peer_name(args.provider)
     precisions = tuple(p for p in args.variants.split(",") if p and p != "none")
     if precisions:  # the agent's contenders run the folder with the variants and manifest
         for size in sizes:
@@ -480,7 +505,7 @@ def main() -> None:
                 "one_worker": (agent_model, agent(size, worker="pipeline", mqtt_port=port)),
                 "ultralytics": (model, options(size, worker="ultralytics")),
             }
-            add_openvino_peer(contenders, models, options(size, worker="ultralytics_openvino"))
+            add_peer(contenders, models, options(size, worker=peer))
             results = compare(contenders, work / "single.json", rounds=rounds, slice_s=slice_s)
             raw, limit, pipe, one, ultra = (
                 results[k] for k in ("raw", "limit", "pipeline", "one_worker", "ultralytics")
@@ -489,7 +514,7 @@ def main() -> None:
             vs_ultra = paired_ratio(pipe, ultra)
             # Against the box's limit: the better of the pipeline's two modes, per round.
             best_vs_limit = best_of_ratio(pipe, one, limit)
-            peer = results.get("ultralytics_openvino")
+            peer_result = results.get(peer)
             report["sizes"][str(size)] = {
                 "limit_runtime": limit["provider"],
                 **(
@@ -502,7 +527,7 @@ def main() -> None:
                 "pipeline_vs_limit": round(statistics.median(best_vs_limit), 3),
                 "pipeline_vs_limit_per_round": [round(r, 3) for r in best_vs_limit],
                 "one_worker_vs_limit": round(statistics.median(paired_ratio(one, limit)), 3),
-                **peer_figures(pipe, one, peer),
+                **peer_figures(pipe, one, peer_result, peer),
                 "raw_ort_fps": round(raw["fps"], 2),
                 "pipeline_fps": round(pipe["fps"], 2),
                 "ultralytics_fps": round(ultra["fps"], 2),
@@ -554,9 +579,7 @@ def main() -> None:
                 ),
                 "ultralytics": (models[str(size)], options(size, worker="ultralytics")),
             }
-            add_openvino_peer(
-                multi_contenders, models, options(size, worker="ultralytics_openvino")
-            )
+            add_peer(multi_contenders, models, options(size, worker=peer))
             results = compare(multi_contenders, work / "multi.json", rounds=rounds, slice_s=slice_s)
             batched, interleaved, ultra = (
                 results[k] for k in ("batched", "interleaved", "ultralytics")
@@ -577,11 +600,11 @@ def main() -> None:
                 "batched_stages": batched["stages"],
                 "batched_provider": batched["provider"],
             }
-            peer = results.get("ultralytics_openvino")
-            if peer is not None:
-                best_vs_peer = best_of_ratio(batched, interleaved, peer)
-                report["multi_camera"]["ultralytics_openvino_fps"] = round(peer["fps"], 2)
-                report["multi_camera"]["pipeline_vs_ultralytics_openvino"] = round(
+            peer_result = results.get(peer)
+            if peer_result is not None:
+                best_vs_peer = best_of_ratio(batched, interleaved, peer_result)
+                report["multi_camera"][f"{peer}_fps"] = round(peer_result["fps"], 2)
+                report["multi_camera"][f"pipeline_vs_{peer}"] = round(
                     statistics.median(best_vs_peer), 3
                 )
     finally:
