@@ -51,6 +51,18 @@ def test_priority_order_and_retry_schedule(tmp_path: Path) -> None:
     assert "500" in spool.last_error() and spool.stats().failures == 1
 
 
+def test_within_a_priority_the_newest_goes_first(tmp_path: Path) -> None:
+    """A backlog is the line as it was: the line as it is now reaches the trainer first."""
+    spool = Spool(tmp_path, min_free_bytes=0)
+    for name in ("before-drift", "during-drift", "now"):
+        put(spool, name, priority=3)
+    put(spool, "control", priority=0.5)
+    order = []
+    while (item := spool.lease()) is not None:
+        order.append(item.key_base.rsplit("/", 1)[1])
+    assert order == ["now", "during-drift", "before-drift", "control"]
+
+
 def test_quota_evicts_lowest_priority_then_oldest(tmp_path: Path) -> None:
     spool = Spool(tmp_path, quota_bytes=35_000, min_free_bytes=0)
     assert put(spool, "p1-old", 1).accepted
