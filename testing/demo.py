@@ -84,6 +84,9 @@ class DemoSettings:
     # install); "label-studio": a local Label Studio, where a scripted annotator submits the
     # truth through Label Studio's API as a person would, and the trainer pushes and pulls.
     labeler: str = "synthetic"
+    # The variants the trainer makes and gates; --quick: INT8 only, what the demo's CPU boxes
+    # can use (fp16 is for GPUs).
+    variants: tuple[str, ...] = ("int8", "fp16")
 
 
 @dataclass
@@ -139,6 +142,7 @@ class Demo:
             model_line={"name": MODEL, "fleet": FLEET, "imgsz": 320},
             labeling=self.labeling(),
             dataset={"replay_max_train_images": 48},
+            export={"variants": list(self.settings.variants)},
             # cpu price: what a 2-vCPU cloud VM costs per hour, to show the cost accounting.
             training={
                 "epochs": self.settings.epochs,
@@ -518,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             drift_after_frames=12,
             eval_frames=24,
             probation_s=4.0,
+            variants=("int8",),
         )
     work = args.work_dir.resolve()
     if work.exists() and not args.keep:
