@@ -15,6 +15,7 @@ one JSON object with the headline figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -57,7 +58,6 @@ from testing.local_services import (
     MosquittoProcess,
     NanioS3Process,
     free_port,
-    wait_for_port,
 )
 
 FLEET = "demo"
@@ -95,6 +95,7 @@ class DeviceRow:
     api_port: int
     process: subprocess.Popen[bytes] | None = None
     log: Any = None
+    log_offset: int = 0  # where the current run's output starts in agent.log
     scores: dict[str, tuple[int | None, float]] = field(default_factory=dict)
     recalls: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -104,7 +105,7 @@ class Demo:
         self.work = work
         self.settings = settings
         self.started = time.monotonic()
-        self.devices = [DeviceRow(f"edge-{i:02d}", free_port()) for i in (1, 2)]
+        self.devices = [DeviceRow(f"edge-{i:02d}", 0) for i in (1, 2)]  # ports: at start
         self.services: list[Any] = []
         self.studio: LabelStudioProcess | None = None
 
@@ -264,23 +265,68 @@ class Demo:
         return path
 
     def start_agents(self, broker: MosquittoProcess, s3: NanioS3Process, onnx: Path) -> None:
-        for index, device in enumerate(self.devices, start=1):
-            config = self.agent_config(device, index, broker, s3, onnx)
-            device.log = (self.work / device.device_id / "agent.log").open("wb")
-            device.process = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
-                stdout=device.log,
-                stderr=subprocess.STDOUT,
-                env=os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-            )
-        for device in self.devices:
-            wait_for_port("127.0.0.1", device.api_port, timeout=60)
-            deadline = time.monotonic() + 60
-            while httpx.get(f"http://127.0.0.1:{device.api_port}/readyz").status_code != 200:
-                if time.monotonic() > deadline or device.process.poll() is not None:  # type: ignore[union-attr]
-                    raise RuntimeError(f"{device.device_id} did not get ready; see its agent.log")
-                time.sleep(0.3)
-            self.say(f"{device.device_id} running (2 synthetic cameras, API :{device.api_port})")
+        """Start both agents, each on an API port picked just before it binds it. The OS
+        hands the same ephemeral ports to every process here (the broker, the store, Label
+        Studio, other tests): an agent whose port was taken in between exits saying so, and
+        is started again on another port."""
+        pending = list(enumerate(self.devices, start=1))
+        for _ in range(3):
+            for index, device in pending:
+                self._launch_agent(device, index, broker, s3, onnx)
+            pending = [(i, d) for i, d in pending if not self._agent_ready(d)]
+            if not pending:
+                return
+        raise RuntimeError(f"{pending[0][1].device_id} lost its API port three times")
+
+    def _launch_agent(
+        self,
+        device: DeviceRow,
+        index: int,
+        broker: MosquittoProcess,
+        s3: NanioS3Process,
+        onnx: Path,
+    ) -> None:
+        device.api_port = free_port()
+        config = self.agent_config(device, index, broker, s3, onnx)
+        if device.log is not None:
+            device.log.close()
+        log_path = self.work / device.device_id / "agent.log"
+        device.log_offset = log_path.stat().st_size if log_path.exists() else 0
+        device.log = log_path.open("ab")
+        device.process = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
+            stdout=device.log,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+        )
+
+    def _agent_ready(self, device: DeviceRow) -> bool:
+        """True once the agent answers ready as itself; False when it exited because its
+        port was taken; an error for any other failure."""
+        assert device.process is not None
+        base = f"http://127.0.0.1:{device.api_port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if device.process.poll() is not None:
+                with (self.work / device.device_id / "agent.log").open("rb") as log:
+                    log.seek(device.log_offset)
+                    said = log.read().decode(errors="replace")
+                if "port in use" in said or "address already in use" in said:
+                    return False
+                raise RuntimeError(f"{device.device_id} exited; see its agent.log")
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+                ready = httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+                if (
+                    ready
+                    and httpx.get(f"{base}/status", timeout=2).json()["device"]["id"]
+                    == device.device_id
+                ):
+                    self.say(
+                        f"{device.device_id} running (2 synthetic cameras, API :{device.api_port})"
+                    )
+                    return True
+            time.sleep(0.3)
+        raise RuntimeError(f"{device.device_id} did not get ready; see its agent.log")
 
     # ------------------------------------------------------------------ measuring
     def eval_frames(self, drift: str) -> list[tuple[bytes, Detections]]:
@@ -341,6 +387,10 @@ class Demo:
         store.create_bucket()
         onnx = self.register_bootstrap(config, store, key)
         self.start_agents(broker, s3, onnx)
+        # The console's port, picked now that the agents hold theirs (see start_agents).
+        console = config.fleet.api.model_copy(update={"port": free_port()})
+        fleet = config.fleet.model_copy(update={"api": console})
+        config = config.model_copy(update={"fleet": fleet})
         registry = ModelRegistry(store, MODEL)
         plane = ControlPlane(config, registry.manifest, key)
         plane.start()
