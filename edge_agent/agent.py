@@ -113,6 +113,7 @@ def runner_options(config: AgentConfig) -> RunnerOptions:
         conf_threshold=m.conf_threshold,
         iou_threshold=m.iou_threshold,
         max_detections=m.max_detections,
+        max_batch=m.max_batch,
         trt_cache_dir=m.trt_cache_dir,
         thread_spinning=m.thread_spinning,
         # "auto": onnxruntime until the agent has chosen (edge_agent.inference.selection)

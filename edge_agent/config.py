@@ -146,6 +146,9 @@ class ModelSection(_Section):
     iou_threshold: float = Field(default=0.7, gt=0.0, le=1.0)
     max_detections: int = Field(default=300, ge=1, le=10_000)
     max_batch: int = Field(default=4, ge=1, le=64)
+    # TensorRT engines are built while a model loads (OTA staging, or before the line starts)
+    # and kept per GPU model, TensorRT and onnxruntime version. By default with the model's
+    # version in the model store; set a folder here when the model's folder is read-only.
     trt_cache_dir: Path | None = None
     # onnxruntime's threads spin between runs unless told not to; on a line-paced box a
     # spinning thread keeps a core from the camera, post-processing, uploader and OTA

@@ -4,9 +4,9 @@ Choosing loads the model in every allowed runtime and precision and times them o
 frames: seconds of a box's start, and the memory of runtimes it will not use. What wins
 depends only on the files, this box (CPU, runtime versions) and the settings that shape a
 run, so a restart with all of those unchanged loads the remembered winner directly. Any
-change (another version or file, an upgraded onnxruntime or OpenVINO, another CPU, other
-threads or providers) is another key, and the agent chooses afresh. Every OTA staging
-chooses on live frames and records its result here.
+change (another version or file, an upgraded onnxruntime, OpenVINO or TensorRT, another
+CPU or GPU, other threads or providers) is another key, and the agent chooses afresh. Every
+OTA staging chooses on live frames and records its result here.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.inference.runner import RunnerOptions
+from edge_agent.inference.tensorrt_engines import gpu_identity
 from edge_agent.inference.variants import ModelFile
 from shared.canonical import canonical_json
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 20
 _RUNTIME_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "openvino")
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def _installed(package: str) -> str | None:
@@ -46,6 +48,15 @@ def _cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def _gpu(options: RunnerOptions) -> list[str] | None:
+    """The GPU and TensorRT version, when a GPU provider may run the model: another GPU or
+    TensorRT can change which candidate is fastest."""
+    if not any(p in _GPU_PROVIDERS for p in options.providers):
+        return None
+    identity = gpu_identity()
+    return [identity.gpu, identity.tensorrt]
 
 
 def choice_key(
@@ -69,6 +80,7 @@ def choice_key(
             "cores": os.cpu_count(),
             "machine": platform.machine(),
             "runtimes": {p: _installed(p) for p in _RUNTIME_PACKAGES},
+            "gpu": _gpu(options),
         },
     }
     return hashlib.sha256(canonical_json(document)).hexdigest()

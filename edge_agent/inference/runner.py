@@ -50,6 +50,9 @@ class RunnerOptions:
     # False: the caller warms up (``warm_up()``) where it suits it, e.g. OTA between two live
     # batches. A model is never served before its first finite output either way.
     warm_up_at_load: bool = True
+    # The largest batch the line sends (TensorRT builds its engine for 1..max_batch).
+    max_batch: int = 1
+    # TensorRT engines: with the model's version by default (tensorrt_engines.engine_dir).
     trt_cache_dir: Path | None = None
     trt_fp16: bool = True
     thread_spinning: bool = False  # see ort_backend.session_options

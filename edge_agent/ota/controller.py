@@ -411,7 +411,9 @@ class OtaController:
         # check then tries the candidate on live frames in place of the running model, so
         # the line does no extra model run (see edge_agent.live_trial for the measurements).
         # A CPU session needs no warm-up (its first run measured within 10% of later ones);
-        # on a GPU first runs allocate, tune or build engines, so one runs as model work.
+        # on a GPU first runs allocate and tune, so one runs as model work. A TensorRT
+        # engine is built by the load itself, here, into the version's folder
+        # (edge_agent.inference.tensorrt_engines): never on an infer worker.
         try:
             candidate = self.loader(path, manifest, warm_up=False)
             if not candidate.runner.on_cpu:
