@@ -304,9 +304,9 @@ def with_variants(model: Path, size: int, out: Path, precisions: tuple[str, ...]
     beside a configured model. Returns the folder's ``model.onnx``."""
     from cloud_trainer.config import ExportSection
     from cloud_trainer.release.evaluate import evaluate_onnx
-    from cloud_trainer.release.variants import ACCELERATOR, make_variants
+    from cloud_trainer.release.variants import make_variants
     from shared.digests import file_sha256
-    from shared.manifest import ArtifactRef, ClassInfo, InputSpec, ModelManifest, ModelVariant
+    from shared.manifest import ArtifactRef, ClassInfo, InputSpec, ModelManifest
     from shared.messages import utc_now
     from shared.object_keys import model_artifact_key, model_variant_key
     from shared.synth import CLASS_NAMES
@@ -347,13 +347,7 @@ def with_variants(model: Path, size: int, out: Path, precisions: tuple[str, ...]
         classes=[ClassInfo(id=i, name=n) for i, n in enumerate(CLASS_NAMES)],
         metrics=reference_metrics,
         variants=[
-            ModelVariant(
-                precision=v.precision,
-                accelerator=ACCELERATOR[v.precision],
-                artifact=ref(v.path, model_variant_key("bench", 1, v.precision)),
-                metrics=v.metrics,
-                runtimes=list(v.runtimes),
-            )
+            v.manifest_entry(ref(v.path, model_variant_key("bench", 1, v.precision)))
             for v in variants
         ],
     )

@@ -28,7 +28,7 @@ from cloud_trainer.errors import (
     PreconditionFailedError,
     RegistryError,
 )
-from cloud_trainer.release.variants import ACCELERATOR, VariantFile
+from cloud_trainer.release.variants import VariantFile
 from cloud_trainer.store import ObjectStore
 from shared.digests import file_sha256
 from shared.identifiers import Identifier
@@ -281,14 +281,10 @@ class ModelRegistry:
         if files.weights is not None:
             weights = self._upload_file(files.weights, model_weights_key(self.name, version))
         variants = [
-            ModelVariant(
-                precision=variant.precision,
-                accelerator=ACCELERATOR[variant.precision],
-                artifact=self._upload_file(
+            variant.manifest_entry(
+                self._upload_file(
                     variant.path, model_variant_key(self.name, version, variant.precision)
-                ),
-                metrics=variant.metrics,
-                runtimes=list(variant.runtimes),
+                )
             )
             for variant in files.variants
         ]

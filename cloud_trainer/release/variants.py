@@ -44,7 +44,7 @@ from edge_agent.inference import (
     Runtime,
     letterbox,
 )
-from shared.manifest import EvalMetrics, VariantPrecision
+from shared.manifest import ArtifactRef, EvalMetrics, ModelVariant, VariantPrecision
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,16 @@ class VariantFile:
     path: Path
     metrics: EvalMetrics  # on onnxruntime
     runtimes: tuple[Runtime, ...]  # where it is within tolerance of fp32
+
+    def manifest_entry(self, artifact: ArtifactRef) -> ModelVariant:
+        """Its entry in the signed manifest, once its file is stored as ``artifact``."""
+        return ModelVariant(
+            precision=self.precision,
+            accelerator=ACCELERATOR[self.precision],
+            artifact=artifact,
+            metrics=self.metrics,
+            runtimes=list(self.runtimes),
+        )
 
 
 class VariantVerdict(BaseModel):
