@@ -104,7 +104,7 @@ def agent_runner(args: argparse.Namespace, intra_op_threads: int, **options: Any
             path,
             base,
             read_local_manifest(path),
-            Choosing("auto", "auto", 0.95, 0.9),
+            Choosing("auto", "auto"),
             cache=ChoiceCache(Path(args.choice_cache)) if args.choice_cache else None,
             reuse=True,
         )

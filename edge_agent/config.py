@@ -166,10 +166,16 @@ class ModelSection(_Section):
     # this box's accelerators (INT8: CPU, fp16: GPU) in the allowed runtimes, and runs the
     # fastest that agrees with fp32; a precision pins it (fp32: variants never downloaded).
     precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
-    # Agreement with onnxruntime fp32 on the probe frames: boxes of the same class matched at
-    # runtime_match_iou, over the larger set, at least runtime_min_agreement of them.
+    # Agreement with onnxruntime fp32 on the probe frames (edge_agent.inference.selection.
+    # AgreementRule): at least runtime_min_agreement of the boxes at or above conf_threshold,
+    # on either side, matched by a box of the same class at runtime_match_iou (another
+    # runtime on the fp32 file) or variant_match_iou (an INT8 or fp16 variant: the gate's
+    # IoU 0.5; the trainer measured its accuracy), scoring down to runtime_score_margin
+    # under the threshold.
     runtime_min_agreement: float = Field(default=0.95, gt=0.0, le=1.0)
     runtime_match_iou: float = Field(default=0.9, gt=0.0, le=1.0)
+    variant_match_iou: float = Field(default=0.5, gt=0.0, le=1.0)
+    runtime_score_margin: float = Field(default=0.15, ge=0.0, lt=1.0)
     openvino_device: str = Field(default="CPU", pattern=r"^[A-Z][A-Z0-9_.:,]{0,40}$")
     # "auto": OpenVINO's choice (bf16 on CPUs that have it); "f32" pins full precision.
     openvino_precision: Literal["auto", "f32", "bf16", "f16"] = "auto"

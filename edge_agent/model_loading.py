@@ -19,6 +19,7 @@ from edge_agent.frame_path import ActiveModel
 from edge_agent.inference import RUNTIMES, InferenceRunner, RunnerOptions, Runtime
 from edge_agent.inference.choice_cache import ChoiceCache, choice_key
 from edge_agent.inference.selection import (
+    AgreementRule,
     ModelWorkRunner,
     RuntimeChoice,
     RuntimeTrial,
@@ -77,22 +78,24 @@ class Choosing:
 
     runtime: Literal["onnxruntime", "openvino", "auto"]
     precision: PrecisionSetting
-    min_agreement: float
-    match_iou: float
+    rule: AgreementRule = dataclasses.field(default_factory=AgreementRule)
 
     @classmethod
     def from_config(cls, model: ModelSection) -> Choosing:
-        return cls(
-            model.runtime, model.precision, model.runtime_min_agreement, model.runtime_match_iou
+        rule = AgreementRule(
+            min_agreement=model.runtime_min_agreement,
+            match_iou=model.runtime_match_iou,
+            variant_match_iou=model.variant_match_iou,
+            score_margin=model.runtime_score_margin,
         )
+        return cls(model.runtime, model.precision, rule)
 
     def settings(self, runtimes: Sequence[str], refused: dict[str, str]) -> dict[str, Any]:
         """What a choice depended on besides the files and the box (its cache key)."""
         return {
             "runtimes": list(runtimes),
             "precision": self.precision,
-            "min_agreement": self.min_agreement,
-            "match_iou": self.match_iou,
+            "agreement": dataclasses.asdict(self.rule),
             "refused": sorted(refused),
         }
 
@@ -141,8 +144,7 @@ def load_model_choosing(
         refused=refused,
         live_images=live_images,
         run_model_work=run_model_work,
-        min_agreement=choosing.min_agreement,
-        iou=choosing.match_iou,
+        rule=choosing.rule,
     )
     if cache is not None and key is not None:
         cache.put(key, choice.chosen, choice.precision)

@@ -204,18 +204,25 @@ def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
 
 
-def count_matches(a: Detections, b: Detections, iou_threshold: float) -> int:
-    """Boxes of ``a`` matched one-to-one to boxes of ``b`` of the same class with IoU at or
-    above ``iou_threshold`` (greedy, best overlaps first)."""
+def matched_masks(
+    a: Detections, b: Detections, iou_threshold: float
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Which boxes of ``a`` and of ``b`` are matched one-to-one to a box of the other of the
+    same class with IoU at or above ``iou_threshold`` (greedy, best overlaps first)."""
+    in_a = np.zeros(len(a), dtype=bool)
+    in_b = np.zeros(len(b), dtype=bool)
     if len(a) == 0 or len(b) == 0:
-        return 0
+        return in_a, in_b
     iou = box_iou(a.xyxy, b.xyxy)
     iou[a.class_id[:, None] != b.class_id[None, :]] = 0.0
-    used: set[int] = set()
-    matched = 0
     for i in np.argsort(-iou.max(axis=1)):
         j = int(np.argmax(iou[i]))
-        if iou[i, j] >= iou_threshold and j not in used:
-            used.add(j)
-            matched += 1
-    return matched
+        if iou[i, j] >= iou_threshold and not in_b[j]:
+            in_b[j] = True
+            in_a[i] = True
+    return in_a, in_b
+
+
+def count_matches(a: Detections, b: Detections, iou_threshold: float) -> int:
+    """Boxes of ``a`` matched one-to-one to boxes of ``b`` (see :func:`matched_masks`)."""
+    return int(matched_masks(a, b, iou_threshold)[0].sum())

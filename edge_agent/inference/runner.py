@@ -253,28 +253,34 @@ class InferenceRunner:
             raise InferenceError("model output contains NaN or infinity")
         return output
 
-    def decode(self, output: NDArray[np.floating]) -> list[Detections]:
-        """Raw output -> detections in model-input pixels (undo the letterbox afterwards)."""
+    def decode(
+        self, output: NDArray[np.floating], *, conf_threshold: float | None = None
+    ) -> list[Detections]:
+        """Raw output -> detections in model-input pixels (undo the letterbox afterwards), at
+        the options' confidence threshold unless told another (e.g. to compare runtimes)."""
         opts = self.options
+        conf = opts.conf_threshold if conf_threshold is None else conf_threshold
         if self.info.output_format == "nms_in_graph":
             return decode_nms_in_graph(
-                output, conf_threshold=opts.conf_threshold, max_detections=opts.max_detections
+                output, conf_threshold=conf, max_detections=opts.max_detections
             )
         return decode_yolo_raw(
             output,
-            conf_threshold=opts.conf_threshold,
+            conf_threshold=conf,
             iou_threshold=opts.iou_threshold,
             max_detections=opts.max_detections,
         )
 
-    def detect(self, images: list[NDArray[np.uint8]]) -> list[Detections]:
+    def detect(
+        self, images: list[NDArray[np.uint8]], *, conf_threshold: float | None = None
+    ) -> list[Detections]:
         """BGR images in, detections in source pixels out (the whole path, for API and eval)."""
         if not images:
             return []
         blob, boxes = letterbox(
             images, self.info.input_height, self.info.input_width, dtype=self.info.input_dtype
         )
-        decoded = self.decode(self.run(blob))
+        decoded = self.decode(self.run(blob), conf_threshold=conf_threshold)
         return [mapping.to_source(det) for mapping, det in zip(boxes, decoded, strict=True)]
 
     @property
