@@ -5,7 +5,9 @@ Each contender runs in its own process, so start-up time and peak memory are its
   raw          onnxruntime's session.run on pre-letterboxed tensors
   limit        the runtime the agent chose (``--runtime``, default auto: as the agent
                chooses at first start) in a bare loop on pre-letterboxed tensors, every
-               core on each run: the box's limit, which the pipeline is held to
+               core on each run; ``limit_parallel`` the same with one loop per infer
+               worker: the better of the two is the box's limit, which the pipeline is
+               held to
   pipeline     the agent's cameras -> hub -> prepare/infer/finish -> events sink
                (JPEG decode + letterbox + inference + decode/NMS + event JSON), in the
                runtime the agent chose, with one infer worker per core on CPU (throughput
@@ -204,6 +206,23 @@ def best_of_ratio(
         max(a["fps"], b["fps"]) / d["fps"]
         for a, b, d in zip(first["slices"], second["slices"], denominator["slices"], strict=True)
         if d["fps"] > 0
+    ]
+
+
+def best_over_best(
+    first: dict[str, Any],
+    second: dict[str, Any],
+    third: dict[str, Any],
+    fourth: dict[str, Any],
+) -> list[float]:
+    """Per round: the better of two modes of the agent over the better of two modes of the
+    denominator (e.g. the limit's one run with every core, and a run per worker)."""
+    return [
+        max(a["fps"], b["fps"]) / max(c["fps"], d["fps"])
+        for a, b, c, d in zip(
+            first["slices"], second["slices"], third["slices"], fourth["slices"], strict=True
+        )
+        if max(c["fps"], d["fps"]) > 0
     ]
 
 
@@ -492,6 +511,7 @@ def main() -> None:
             contenders = {
                 "raw": (model, options(size, worker="raw")),
                 "limit": (agent_model, agent(size, worker="limit")),
+                "limit_parallel": (agent_model, agent(size, worker="limit", infer_workers=workers)),
                 "pipeline": (
                     agent_model,
                     agent(size, worker="pipeline", mqtt_port=port, infer_workers=workers),
@@ -506,8 +526,10 @@ def main() -> None:
             )
             vs_raw = paired_ratio(pipe, raw)
             vs_ultra = paired_ratio(pipe, ultra)
-            # Against the box's limit: the better of the pipeline's two modes, per round.
-            best_vs_limit = best_of_ratio(pipe, one, limit)
+            # Against the box's limit: the better of the pipeline's two modes over the better
+            # of the bare loop's (one run with every core; a run per infer worker), per round.
+            parallel = results["limit_parallel"]
+            best_vs_limit = best_over_best(pipe, one, limit, parallel)
             peer_result = results.get(peer)
             report["sizes"][str(size)] = {
                 "limit_runtime": limit["provider"],
@@ -516,7 +538,9 @@ def main() -> None:
                     if agent_model != model
                     else {"variant": "fp32", "variant_map50_delta": 0.0}
                 ),
-                "limit_fps": round(limit["fps"], 2),
+                "limit_fps": round(max(limit["fps"], parallel["fps"]), 2),
+                "limit_one_run_fps": round(limit["fps"], 2),
+                "limit_parallel_fps": round(parallel["fps"], 2),
                 "limit_infer_p50_ms": limit["infer_p50_ms"],
                 "pipeline_vs_limit": round(statistics.median(best_vs_limit), 3),
                 "pipeline_vs_limit_per_round": [round(r, 3) for r in best_vs_limit],
@@ -537,7 +561,11 @@ def main() -> None:
                 "pipeline_vs_ultralytics_per_round": [round(r, 3) for r in vs_ultra],
                 "rss_vs_ultralytics": round(pipe["peak_rss_mb"] / ultra["peak_rss_mb"], 3),
                 "cold_start_vs_ultralytics": round(pipe["cold_start_s"] / ultra["cold_start_s"], 3),
+                # IoU 0.99: the same boxes (fp32); 0.5: the same objects (what a variant keeps).
                 "box_agreement": round(agreement(pipe["detections"], ultra["detections"]), 4),
+                "box_agreement_iou50": round(
+                    agreement(pipe["detections"], ultra["detections"], iou_min=0.5), 4
+                ),
                 "agreement_frames": min(len(pipe["detections"]), len(ultra["detections"])),
                 "pipeline_provider": pipe["provider"],
                 "pipeline_peak_rss_mb": round(pipe["peak_rss_mb"], 1),
