@@ -545,6 +545,10 @@ def main() -> None:
                 "pipeline_vs_limit": round(statistics.median(best_vs_limit), 3),
                 "pipeline_vs_limit_per_round": [round(r, 3) for r in best_vs_limit],
                 "one_worker_vs_limit": round(statistics.median(paired_ratio(one, limit)), 3),
+                # Against one bare loop with every core (the limit as a single loop).
+                "pipeline_vs_one_run_limit": round(
+                    statistics.median(best_of_ratio(pipe, one, limit)), 3
+                ),
                 **peer_figures(pipe, one, peer_result, peer),
                 "raw_ort_fps": round(raw["fps"], 2),
                 "pipeline_fps": round(pipe["fps"], 2),
