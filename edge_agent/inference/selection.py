@@ -5,9 +5,9 @@ Candidates: each allowed runtime (all installed ones with ``model.runtime: auto`
 model file the box has for the version: the fp32 reference and the variants the manifest lists
 for this box's accelerators (INT8 for CPUs, fp16 for GPUs; see
 :mod:`edge_agent.inference.variants`). Each loads; each runs the same probe images; the
-reference's detections are the yardstick (boxes of the same class matched at an IoU, over the
-larger set). A candidate that cannot load, or whose detections disagree, is refused with its
-reason; the reference always qualifies, so a box never ends up without a model. The trials,
+reference's detections are the yardstick (:class:`AgreementRule`). A candidate that cannot
+load, or whose detections disagree, is refused with its reason; the reference always
+qualifies, so a box never ends up without a model. The trials,
 with their measured latency, are kept for ``/status`` and the OTA report.
 
 Probe images: at OTA staging, the line's own recent frames (the plant's parts, light and
@@ -60,7 +60,7 @@ class RuntimeTrial:
     runtime: str  # "*": a variant refused before any runtime tried it (e.g. its digest)
     device: str | None
     latency_ms: float | None  # median model run on the probe images
-    agreement: float | None  # boxes matched with the reference's, over the larger set
+    agreement: float | None  # share of counted boxes matched (AgreementRule)
     refused: str | None  # why it was not eligible
     precision: str = "fp32"
 
