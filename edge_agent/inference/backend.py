@@ -78,6 +78,13 @@ class Backend(Protocol):
         ...
 
     @property
+    def fallback(self) -> str | None:
+        """Why the model runs on another device than configured first (e.g. TensorRT not in
+        this onnxruntime build, or its engine failed to build), for the OTA report; None
+        when it runs where configured."""
+        ...
+
+    @property
     def inputs(self) -> list[TensorSpec]: ...
 
     @property

@@ -69,6 +69,10 @@ class OpenVinoBackend:
         return self._device
 
     @property
+    def fallback(self) -> str | None:
+        return None  # a device OpenVINO cannot compile for is refused, never replaced
+
+    @property
     def inputs(self) -> list[TensorSpec]:
         return [
             TensorSpec(

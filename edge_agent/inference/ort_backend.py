@@ -152,26 +152,39 @@ class OrtBackend:
         provider_options = [
             _tensorrt_options(path, options) if name == TENSORRT else {} for name in chosen
         ]
+        reasons = list(skipped)
         try:
             session = _open_session(path, opts, chosen, provider_options)
         except ModelLoadError as exc:
             if chosen == [CPU]:
                 raise
-            # A GPU provider that cannot start (driver, CUDA or TensorRT libraries) leaves
-            # the box on CPU: slower, but running, and said so in the log and heartbeats.
+            # A GPU provider that cannot start (driver, CUDA or TensorRT libraries, an engine
+            # that fails to build) leaves the box on CPU: slower, but running, and said so in
+            # the log, heartbeats and the OTA report (``fallback``).
             log.warning(
                 "provider failed, using CPU", extra={"wanted": chosen[0], "reason": str(exc)}
             )
+            reasons.append(f"{chosen[0]} failed: {exc}")
             session = _open_session(path, opts, [CPU], [{}])
         used = session.get_providers()
         if used and used[0] != chosen[0]:
             log.warning("provider fell back", extra={"wanted": chosen[0], "using": used[0]})
         self.session = session
+        wanted = options.providers[0] if options.providers else CPU
+        self._fallback = (
+            f"running on {used[0]}, not {wanted}: {'; '.join(reasons)}"[:300]
+            if used and used[0] != wanted and reasons
+            else None
+        )
         self._input_name = session.get_inputs()[0].name if session.get_inputs() else ""
 
     @property
     def device(self) -> str:
         return str(self.session.get_providers()[0])
+
+    @property
+    def fallback(self) -> str | None:
+        return self._fallback
 
     @property
     def inputs(self) -> list[TensorSpec]:

@@ -284,6 +284,11 @@ class InferenceRunner:
         return [mapping.to_source(det) for mapping, det in zip(boxes, decoded, strict=True)]
 
     @property
+    def fallback(self) -> str | None:
+        """Why the model runs on another device than configured first, if it does."""
+        return self._backend.fallback
+
+    @property
     def on_cpu(self) -> bool:
         """Runs on a CPU, where a first run costs what later ones do (no warm-up needed)."""
         return self.provider.startswith(CPU_DEVICES)

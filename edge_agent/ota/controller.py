@@ -400,6 +400,8 @@ class OtaController:
         parts = []
         if candidate.runtime_choice is not None:
             parts.append(candidate.runtime_choice.summary())
+        if candidate.runner.fallback:
+            parts.append(candidate.runner.fallback)
         parts += [
             f"{precision} variant not fetched: {reason}"
             for precision, reason in self._variant_refusals.items()

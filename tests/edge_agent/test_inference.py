@@ -279,6 +279,10 @@ def test_a_gpu_provider_that_cannot_start_leaves_the_runner_on_cpu_quietly(
     assert "no CUDA-capable device" in warning.reason  # type: ignore[attr-defined]
     assert capsys.readouterr().out == ""
     assert getattr(runner._backend.session, "_enable_fallback", False) is False  # no silent switch
+    # ... and says why, for the OTA report.
+    assert runner.fallback is not None
+    assert runner.fallback.startswith(f"running on {CPU}, not CUDAExecutionProvider")
+    assert "no CUDA-capable device" in runner.fallback
     (det,) = runner.detect([square_image(32, 16)])
     assert det.class_id.tolist() == [0]
     # A model CPU refuses too is refused, not retried forever.
@@ -286,6 +290,40 @@ def test_a_gpu_provider_that_cannot_start_leaves_the_runner_on_cpu_quietly(
     junk.write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match=r"onnxruntime refused junk\.onnx"):
         InferenceRunner(junk, options)
+
+
+def test_a_configured_provider_missing_from_onnxruntime_is_reported_not_hidden(
+    detector: Path,
+) -> None:
+    options = RunnerOptions(providers=("TensorrtExecutionProvider", CPU))
+    runner = InferenceRunner(detector, options)
+    assert runner.provider == CPU
+    assert runner.fallback is not None and "TensorrtExecutionProvider not available" in (
+        runner.fallback
+    )
+    assert InferenceRunner(detector, RunnerOptions()).fallback is None  # CPU as configured
+
+
+def test_a_tensorrt_engine_that_fails_to_build_leaves_cpu_running_and_says_why(
+    detector: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_agent.inference import ort_backend
+    from edge_agent.inference.tensorrt_engines import GpuIdentity
+
+    real_session = ort.InferenceSession
+
+    def session(path: str, **kwargs: Any) -> ort.InferenceSession:
+        if "TensorrtExecutionProvider" in kwargs["providers"]:
+            raise RuntimeError("TensorRT EP failed to build engine: out of memory")
+        return real_session(path, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", CPU])
+    monkeypatch.setattr(ort_backend, "gpu_identity", lambda: GpuIdentity("NVIDIA L4", "10.9", "1"))
+    runner = InferenceRunner(detector, RunnerOptions(providers=("TensorrtExecutionProvider", CPU)))
+    assert runner.provider == CPU
+    assert runner.fallback is not None and "failed to build engine" in runner.fallback
+    assert (detector.parent / "tensorrt" / "nvidia-l4_trt10.9_ort1").is_dir()
 
 
 @pytest.mark.parametrize(
