@@ -6,7 +6,8 @@
 # Prepares its own virtual environment (.venv-gpu: the trainer extra for the exports and the
 # ultralytics peer, onnxruntime-gpu in place of onnxruntime, tensorrt), then measures:
 #   1. providers.py: which provider the agent's runner gets (CPU; CUDA; TensorRT), load and
-#      warm-up time, latency, output parity against the CPU;
+#      warm-up time (TensorRT: the engine build, then a reload from the version's engine
+#      folder), latency, output parity against the CPU;
 #   2. pipeline.py --provider tensorrt: the agent's pipeline with the variants the trainer
 #      makes (INT8, fp16), chosen as the agent chooses, against its limit and against
 #      ultralytics on its own TensorRT fp16 engine, at 320 and 640, and with 4 cameras;

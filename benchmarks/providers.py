@@ -125,7 +125,7 @@ def main() -> None:
                 result["speedup_vs_cpu"] = round(cpu_p50 / result["run_p50_ms"], 2)
             runner.close()
         report["preferences"][name] = result
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report))  # one object on the last line, as every benchmark
 
 
 if __name__ == "__main__":
