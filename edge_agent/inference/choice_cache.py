@@ -25,14 +25,13 @@ from typing import Any
 
 from edge_agent.inference.runner import RunnerOptions
 from edge_agent.inference.tensorrt_engines import gpu_identity
-from edge_agent.inference.variants import ModelFile
+from edge_agent.inference.variants import GPU_PROVIDERS, ModelFile
 from shared.canonical import canonical_json
 
 log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 20
 _RUNTIME_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "openvino")
-_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def _installed(package: str) -> str | None:
@@ -53,7 +52,7 @@ def _cpu_model() -> str:
 def _gpu(options: RunnerOptions) -> list[str] | None:
     """The GPU and TensorRT version, when a GPU provider may run the model: another GPU or
     TensorRT can change which candidate is fastest."""
-    if not any(p in _GPU_PROVIDERS for p in options.providers):
+    if not any(p in GPU_PROVIDERS for p in options.providers):
         return None
     identity = gpu_identity()
     return [identity.gpu, identity.tensorrt]

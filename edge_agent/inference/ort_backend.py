@@ -4,7 +4,6 @@ options, and runs that a :class:`~edge_agent.inference.backend.CancelToken` can 
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +119,8 @@ def _tensorrt_options(path: Path, options: RunnerOptions) -> dict[str, Any]:
 def _input_of(path: Path) -> tuple[str, tuple[int | None, ...], tuple[int, int] | None]:
     """The model's input name and shape, and its size from ultralytics' ``imgsz`` metadata,
     read by a CPU session without optimisation (milliseconds; only boxes using TensorRT)."""
+    from edge_agent.inference.runner import metadata_input_size  # noqa: PLC0415
+
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
@@ -127,9 +128,7 @@ def _input_of(path: Path) -> tuple[str, tuple[int | None, ...], tuple[int, int] 
     inputs = session.get_inputs()
     if len(inputs) != 1:
         return "", (), None  # refused by the runner's own checks after loading
-    imgsz = session.get_modelmeta().custom_metadata_map.get("imgsz", "")
-    numbers = [int(n) for n in re.findall(r"\d+", imgsz[:64])]
-    size = (numbers[0], numbers[1]) if len(numbers) == 2 else None
+    size = metadata_input_size(dict(session.get_modelmeta().custom_metadata_map))
     return inputs[0].name, _dims(inputs[0].shape), size
 
 

@@ -94,6 +94,14 @@ def parse_class_names(metadata: dict[str, str]) -> tuple[str, ...] | None:
     return None
 
 
+def metadata_input_size(metadata: dict[str, str]) -> tuple[int, int] | None:
+    """(height, width) from ultralytics' ``imgsz`` metadata (``[320, 320]``), if present."""
+    parsed = _literal(metadata.get("imgsz"), max_chars=64)
+    if isinstance(parsed, list | tuple) and len(parsed) == 2:
+        return int(parsed[0]), int(parsed[1])
+    return None
+
+
 def _literal(text: str | None, *, max_chars: int) -> Any:
     """A Python literal from model metadata, or None: metadata is input from outside."""
     if not text or len(text) > max_chars:
@@ -149,9 +157,9 @@ class InferenceRunner:
         height, width = shape[2], shape[3]
         meta = self._backend.metadata
         if height is None or width is None:
-            parsed = _literal(meta.get("imgsz"), max_chars=64)
-            if isinstance(parsed, list | tuple) and len(parsed) == 2:
-                height, width = int(parsed[0]), int(parsed[1])
+            from_metadata = metadata_input_size(meta)
+            if from_metadata is not None:
+                height, width = from_metadata
             elif expected_input is not None:
                 height, width = expected_input
             else:
