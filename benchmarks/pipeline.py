@@ -202,11 +202,7 @@ def best_of_ratio(
 ) -> list[float]:
     """Per round: the better of two modes of the agent (e.g. throughput and latency, batched
     and interleaved) over ``denominator``, all three slices of a round seconds apart."""
-    return [
-        max(a["fps"], b["fps"]) / d["fps"]
-        for a, b, d in zip(first["slices"], second["slices"], denominator["slices"], strict=True)
-        if d["fps"] > 0
-    ]
+    return best_over_best(first, second, denominator, denominator)
 
 
 def best_over_best(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -47,19 +48,35 @@ def window_fps(stamps: list[float], opened: float, closed: float) -> tuple[int, 
     return len(inside), (len(inside) - 1) / (inside[-1] - inside[0])
 
 
-def run_loop(step: Callable[[], None], seconds: float, latencies: list[float]) -> dict[str, Any]:
-    """``step`` back to back for ``seconds``: the slice's throughput; latencies after the
-    settling time are appended to ``latencies``."""
+def run_loop(
+    step: Callable[[], None], seconds: float, latencies: list[float], *, threads: int = 1
+) -> dict[str, Any]:
+    """``step`` back to back for ``seconds`` (in ``threads`` threads at once: ``step`` must
+    then be thread-safe): the slice's throughput; latencies after the settling time are
+    appended to ``latencies``."""
     stamps: list[float] = []
+    lock = threading.Lock()
     opened = time.perf_counter()
     closed = opened + seconds
-    while (now := time.perf_counter()) < closed:
-        step()
-        done = time.perf_counter()
-        stamps.append(done)
-        if done - opened >= SETTLE_S:
-            latencies.append(done - now)
-    frames, fps = window_fps(stamps, opened, closed)
+
+    def loop() -> None:
+        while (now := time.perf_counter()) < closed:
+            step()
+            done = time.perf_counter()
+            with lock:
+                stamps.append(done)
+                if done - opened >= SETTLE_S:
+                    latencies.append(done - now)
+
+    if threads == 1:
+        loop()
+    else:
+        workers = [threading.Thread(target=loop) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    frames, fps = window_fps(sorted(stamps), opened, closed)
     return {"frames": frames, "fps": fps}
 
 
@@ -145,7 +162,7 @@ class BareLoop:
             for path in frames[0]
         ]
         self.latencies: list[float] = []
-        self.next = 0
+        self.indices = itertools.count()  # next() is atomic: safe from threads
         self.call(self.blobs[0])
         self.cold_start_s = time.time() - args.spawned
 
@@ -156,8 +173,7 @@ class BareLoop:
         return run_loop(self._run_one, seconds, self.latencies)
 
     def _run_one(self) -> None:
-        self.call(self.blobs[self.next % len(self.blobs)])
-        self.next += 1
+        self.call(self.blobs[next(self.indices) % len(self.blobs)])
 
     def close(self) -> dict[str, Any]:
         return {
@@ -206,31 +222,7 @@ class RawLimit(BareLoop):
         self.backend.run(blob, None)
 
     def run_for(self, seconds: float) -> dict[str, Any]:
-        if self.workers == 1:
-            return super().run_for(seconds)
-        stamps: list[float] = []
-        lock = threading.Lock()
-        opened = time.perf_counter()
-        closed = opened + seconds
-
-        def loop(offset: int) -> None:
-            index = offset
-            while (now := time.perf_counter()) < closed:
-                self.call(self.blobs[index % len(self.blobs)])
-                index += self.workers
-                done = time.perf_counter()
-                with lock:
-                    stamps.append(done)
-                    if done - opened >= SETTLE_S:
-                        self.latencies.append(done - now)
-
-        threads = [threading.Thread(target=loop, args=(i,)) for i in range(self.workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        frames, fps = window_fps(sorted(stamps), opened, closed)
-        return {"frames": frames, "fps": fps}
+        return run_loop(self._run_one, seconds, self.latencies, threads=self.workers)
 
 
 # ----------------------------------------------------------------- the agent pipeline
