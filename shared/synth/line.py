@@ -108,12 +108,14 @@ class _Part:
 
 @dataclass
 class _Shape:
-    """Polygons of one object in image coordinates: filled body, holes drawn over it."""
+    """Polygons of one object in image coordinates: filled body, holes drawn over it.
+    ``class_id`` None: drawn but not labelled (a defect's mark, labelled through its part)."""
 
-    class_id: int
+    class_id: int | None
     body: list[Points]
     holes: list[Points] = field(default_factory=list)
     colour: tuple[int, int, int] = (0, 0, 0)
+    outlined: bool = True
 
 
 def _regular_polygon(sides: int, radius: float, phase: float = 0.0) -> Points:
@@ -128,7 +130,14 @@ def _transform(points: Points, part: _Part) -> Points:
 
 
 def _part_shapes(part: _Part, variant: bool) -> list[_Shape]:
-    """The polygons of a part (and of its defect, as a separate labelled object)."""
+    """The polygons of a part and of its defect's mark.
+
+    A part that carries a defect is labelled ``defect`` with the part's own box: the sorter
+    rejects *parts*, so that box is what a defect event must carry. The mark itself (5-8
+    pixels at the detector's 320 input) was once its own label; no model ever found it
+    (``benchmarks/defect_resolution.py``: a box that small cannot be located to IoU 0.5 at
+    320, and ultralytics' assigner gives it no positive sample), while a defective part is an
+    object the size of any other, told apart by the mark on it."""
     s = part.size
     base = _PART_COLOURS[part.class_id][1 if variant else 0]
     r, g, b = (int(min(255, max(0, ch * part.shade))) for ch in base)
@@ -170,7 +179,7 @@ def _part_shapes(part: _Part, variant: bool) -> list[_Shape]:
         ]
     shapes = [
         _Shape(
-            part.class_id,
+            DEFECT_CLASS_ID if part.defect is not None else part.class_id,
             [_transform(p, part) for p in body],
             [_transform(h, part) for h in holes],
             colour,
@@ -183,7 +192,7 @@ def _part_shapes(part: _Part, variant: bool) -> list[_Shape]:
         radii = rng.uniform(0.65, 1.0, size=angles.shape).astype(np.float32)
         ring = np.stack([np.cos(angles) * rx * radii, np.sin(angles) * ry * radii], axis=1)
         blob: Points = ((ring + np.array([dx, dy])) * s).astype(np.float32)
-        shapes.append(_Shape(DEFECT_CLASS_ID, [_transform(blob, part)], [], _DEFECT_COLOUR))
+        shapes.append(_Shape(None, [_transform(blob, part)], [], _DEFECT_COLOUR, outlined=False))
     return shapes
 
 
@@ -357,12 +366,14 @@ class SyntheticLine:
             for shape in _part_shapes(part, variant):
                 polys = [np.round(p * 16).astype(np.int32) for p in shape.body]
                 cv2.fillPoly(image, polys, shape.colour, cv2.LINE_AA, shift=4)
-                if shape.class_id != DEFECT_CLASS_ID:
+                if shape.outlined:
                     edge = tuple(min(255, c + 40) for c in shape.colour)
                     cv2.polylines(image, polys, True, edge, 1, cv2.LINE_AA, shift=4)
                 if shape.holes:
                     holes = [np.round(h * 16).astype(np.int32) for h in shape.holes]
                     cv2.fillPoly(image, holes, _HOLE_COLOUR, cv2.LINE_AA, shift=4)
+                if shape.class_id is None:
+                    continue
                 points = np.concatenate(shape.body)
                 if self._homography is not None:
                     warped = cv2.perspectiveTransform(points[None], self._homography)

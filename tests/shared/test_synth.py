@@ -44,19 +44,18 @@ def test_belt_moves_parts_between_frames() -> None:
     assert moved != 0
 
 
-def test_defects_lie_on_parts() -> None:
-    frame = SyntheticLine(seed=5, defect_probability=1.0).random_scene(0)
-    defects = frame.truth[frame.truth.class_id == DEFECT_CLASS_ID]
-    parts = frame.truth[frame.truth.class_id != DEFECT_CLASS_ID]
-    assert len(defects) > 0
-    for box in defects.xyxy:
-        inside = (
-            (parts.xyxy[:, 0] <= box[0] + 1)
-            & (parts.xyxy[:, 1] <= box[1] + 1)
-            & (parts.xyxy[:, 2] >= box[2] - 1)
-            & (parts.xyxy[:, 3] >= box[3] - 1)
-        )
-        assert inside.any()
+def test_a_defective_part_is_labelled_defect_with_its_own_box_and_shows_the_mark() -> None:
+    """The sorter rejects parts: a defect's label is its part's box, and the mark that tells
+    it apart (rust red, no outline) is inside that box and nowhere else."""
+    every = SyntheticLine(seed=5, defect_probability=1.0, noise_level=0).random_scene(0)
+    none = SyntheticLine(seed=5, defect_probability=0.0, noise_level=0).random_scene(0)
+    assert len(every.truth) > 0 and len(none.truth) > 0
+    assert set(every.truth.class_id.tolist()) == {DEFECT_CLASS_ID}
+    assert DEFECT_CLASS_ID not in none.truth.class_id
+    rust = np.all(np.abs(every.image.astype(int) - (20, 50, 140)) < 25, axis=-1)
+    assert not np.any(np.all(np.abs(none.image.astype(int) - (20, 50, 140)) < 25, axis=-1))
+    for x1, y1, x2, y2 in every.truth.xyxy.astype(int):
+        assert rust[y1 : y2 + 1, x1 : x2 + 1].any()
 
 
 def test_labels_match_pixels() -> None:
