@@ -173,7 +173,13 @@ def samplers_for(
     if strategy == "confidence_band":
         off = {"enabled": False}
         only_band = MiningSection(
-            classes=off, count_anomaly=off, flicker=off, disagreement=off, drift=off, random=off
+            confidence_band={"min_interval_s": 0.0},  # their limits are windows, no spacing
+            classes=off,
+            count_anomaly=off,
+            flicker=off,
+            disagreement=off,
+            drift=off,
+            random=off,
         )  # type: ignore[arg-type]
         return build_samplers(only_band, clock=clock, rng=random.Random(seed))
     if strategy == "random":

@@ -228,6 +228,9 @@ class SamplerSection(_Section):
     per_minute: int | None = Field(default=30, ge=0)
     per_hour: int | None = Field(default=600, ge=0)
     per_day: int | None = Field(default=5000, ge=0)
+    # Seconds between two picks of one camera: the per-minute cap without its burst (30
+    # consecutive frames of a belt are one scene; edge_agent/sinks/mining/rate_limit.py).
+    min_interval_s: float = Field(default=2.0, ge=0.0, le=86400.0)
 
 
 class ConfidenceBandSection(SamplerSection):

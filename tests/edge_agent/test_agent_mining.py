@@ -35,7 +35,7 @@ storage: {storage}
 spool: {spool}
 mining:
   spool_without_storage: true
-  random: {{probability: 0.5, per_minute: 1000}}
+  random: {{probability: 0.5, per_minute: 1000, min_interval_s: 0}}
   confidence_band: {{enabled: false}}
   count_anomaly: {{enabled: false}}
   flicker: {{enabled: false}}
@@ -147,9 +147,13 @@ def test_shadow_model_feeds_the_disagreement_sampler(tmp_path: Path) -> None:
     shadow = brightness_detector(tmp_path / "shadow.onnx", size=96, names=list(CLASS_NAMES))
     path = config_file(tmp_path, "{enabled: false}")
     text = path.read_text().replace(
-        "disagreement: {enabled: false}", "disagreement: {every_n: 1, per_minute: 1000}"
+        "disagreement: {enabled: false}",
+        "disagreement: {every_n: 1, per_minute: 1000, min_interval_s: 0}",
     )
-    text = text.replace("random: {probability: 0.5, per_minute: 1000}", "random: {enabled: false}")
+    text = text.replace(
+        "random: {probability: 0.5, per_minute: 1000, min_interval_s: 0}",
+        "random: {enabled: false}",
+    )
     text = text.replace("model: {path:", f"model: {{shadow_path: {shadow}, path:")
     path.write_text(text)
     agent = Agent(load_config(path))

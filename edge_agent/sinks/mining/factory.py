@@ -30,7 +30,13 @@ def build_samplers(
     a recorded or synthetic stream at camera time, with a fixed seed."""
 
     def _limits(section: SamplerSection) -> RateLimiter:
-        return RateLimiter(section.per_minute, section.per_hour, section.per_day, clock=clock)
+        return RateLimiter(
+            section.per_minute,
+            section.per_hour,
+            section.per_day,
+            min_interval_s=section.min_interval_s,
+            clock=clock,
+        )
 
     samplers: list[Sampler] = []
     c = config.confidence_band

@@ -134,7 +134,7 @@ class HardExamplePolicy:
             return None
         allowed = []
         for sampler in samplers:
-            if sampler.limiter.allow():
+            if sampler.limiter.allow(item.frame.camera_id):
                 allowed.append(sampler)
             else:
                 self.stats.rate_limited[sampler.tag] += 1

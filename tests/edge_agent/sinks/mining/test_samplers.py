@@ -147,6 +147,20 @@ def test_rate_limiter_windows() -> None:
     assert all(RateLimiter().allow() for _ in range(100)), "no limits: always allowed"
 
 
+def test_picks_of_one_camera_are_spaced_and_cameras_do_not_share_the_spacing() -> None:
+    """30 a minute must not mean 30 consecutive frames of one scene."""
+    now = [0.0]
+    limiter = RateLimiter(per_minute=30, min_interval_s=2.0, clock=lambda: now[0])
+    assert limiter.allow("cam1")
+    assert not limiter.allow("cam1"), "the next frame of the same belt"
+    assert limiter.allow("cam2"), "another camera is another scene"
+    now[0] = 1.9
+    assert not limiter.allow("cam1")
+    now[0] = 2.0
+    assert limiter.allow("cam1")
+    assert MiningSection().confidence_band.min_interval_s == 2.0
+
+
 def test_near_duplicates_suppressed_per_camera() -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -166,7 +180,7 @@ def test_samplers_from_config_follow_the_given_clock_and_seed() -> None:
     random sampler repeats with its seed."""
     now = [0.0]
     config = MiningSection(
-        confidence_band={"per_minute": 2, "per_hour": None, "per_day": None},  # type: ignore[arg-type]
+        confidence_band={"per_minute": 2, "per_hour": None, "per_day": None, "min_interval_s": 0},  # type: ignore[arg-type]
         random={"probability": 0.5},  # type: ignore[arg-type]
     )
     band = next(
