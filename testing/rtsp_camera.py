@@ -125,6 +125,7 @@ class RtspServer:
         self.user = user
         self.password = password
         self.port = port or free_port()
+        self._may_move_port = port is None  # see _ChildService.start
         self._process: subprocess.Popen[str] | None = None
 
     def url(self, mount: str, *, user: str | None = None, password: str | None = None) -> str:
@@ -134,6 +135,18 @@ class RtspServer:
         return f"rtsp://{credentials}{LOOPBACK}:{self.port}/{mount}"
 
     def start(self) -> None:
+        """Start; on a fresh port if another process took the picked one before the server
+        bound it (only for a port picked here, only before the first start)."""
+        for _ in range(3):
+            if self._start_once() or not self._may_move_port:
+                break
+            self.port = free_port()
+        else:
+            raise ServiceError("the RTSP server found no free port in 3 tries")
+        self._may_move_port = False
+
+    def _start_once(self) -> bool:
+        """Start the server; False when its port was taken (it exited), an error otherwise."""
         if self._process is not None:
             raise ServiceError("the RTSP server is already running")
         command = [SYSTEM_PYTHON, str(_SERVER_SCRIPT), "--port", str(self.port)]
@@ -155,8 +168,11 @@ class RtspServer:
         ready = self._process.stdout.readline()
         if not ready.startswith("READY"):
             self.kill()
+            if ready.startswith("ERROR port taken") and self._may_move_port:
+                return False
             raise ServiceError(f"the RTSP server did not start: {ready.strip()!r}")
         # READY comes after the server bound its port: it listens now.
+        return True
 
     def command(self, line: str) -> None:
         """Apply a fault (see :mod:`testing.rtsp_server`); returns once the server applied it."""

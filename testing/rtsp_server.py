@@ -196,7 +196,9 @@ class Server:
                 )
             points.add_factory(f"/{mount.name}", factory)
         if self.server.attach(None) == 0:
-            raise SystemExit(f"cannot listen on 127.0.0.1:{port}")
+            # On stdout, where the parent waits for READY: it picks another port.
+            print(f"ERROR port taken: 127.0.0.1:{port}", flush=True)
+            raise SystemExit(1)
 
     @staticmethod
     def _configured(

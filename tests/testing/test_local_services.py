@@ -6,6 +6,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -24,6 +25,7 @@ from testing.local_services import (
     free_port,
     listening,
 )
+from testing.rtsp_camera import RtspServer
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +108,47 @@ def test_a_socket_connected_to_itself_is_not_a_listener() -> None:
         server.bind((LOOPBACK, 0))
         server.listen()
         assert listening(LOOPBACK, server.getsockname()[1])
+
+
+def _take_port(port: int) -> socket.socket:
+    """Hold ``port`` the way an outgoing connection does: bound, not listening, without
+    SO_REUSEADDR, so a server's bind fails and nothing answers a connect."""
+    thief = socket.socket()
+    thief.bind((LOOPBACK, port))
+    return thief
+
+
+def test_a_picked_port_taken_before_the_first_start_moves(tmp_path: Path) -> None:
+    """CI once lost a picked port to another process between the pick and the bind."""
+    broker = MosquittoProcess(tmp_path)
+    picked = broker.port
+    with _take_port(picked), broker:
+        assert broker.port != picked
+        assert listening(broker.host, broker.port)
+
+
+def test_a_port_the_caller_chose_never_moves(tmp_path: Path) -> None:
+    port = free_port()
+    with _take_port(port), pytest.raises(ServiceError, match=f"port {port}"):
+        MosquittoProcess(tmp_path, port=port).start()
+
+
+def test_a_restart_keeps_its_port(tmp_path: Path) -> None:
+    """Clients know the port by then: a restart that cannot bind it fails loudly."""
+    with MosquittoProcess(tmp_path) as broker:
+        port = broker.port
+        broker.stop()
+        with _take_port(port), pytest.raises(ServiceError, match=f"port {port}"):
+            broker.start()
+
+
+def test_an_rtsp_server_moves_off_a_taken_port(rtsp_clips: dict[str, Path]) -> None:
+    server = RtspServer({"cam": rtsp_clips["small"]})
+    picked = server.port
+    with _take_port(picked):
+        server.start()
+        try:
+            assert server.port != picked
+            assert listening(LOOPBACK, server.port)
+        finally:
+            server.kill()
