@@ -562,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         help="who labels: the line's truth, or a scripted annotator in a local Label Studio "
         "(`make labelstudio` installs it)",
     )
+    parser.add_argument("--examples", type=int, help="hard examples to wait for and label")
+    parser.add_argument("--epochs", type=int, help="fine-tuning epochs")
     args = parser.parse_args(argv)
     settings = DemoSettings(bootstrap_pt=args.bootstrap.resolve(), labeler=args.labeler)
     if args.quick:
@@ -574,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
             probation_s=4.0,
             variants=("int8",),
         )
+    if args.examples is not None:
+        settings = dataclasses.replace(settings, examples=args.examples)
+    if args.epochs is not None:
+        settings = dataclasses.replace(settings, epochs=args.epochs)
     work = args.work_dir.resolve()
     if work.exists() and not args.keep:
         shutil.rmtree(work)
