@@ -30,7 +30,7 @@ from cloud_trainer.errors import (
 )
 from cloud_trainer.fleet.db import open_database
 from cloud_trainer.labelstudio.reviews import ClassQuality, ReviewLedger
-from cloud_trainer.release.evaluate import evaluate_onnx
+from cloud_trainer.release.evaluate import boxes_per_class, evaluate_onnx
 from cloud_trainer.release.export import ExportResult, export_and_check
 from cloud_trainer.release.gate import GateVerdict, judge
 from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles
@@ -377,13 +377,20 @@ class Retrainer:
             production_metrics = evaluate_onnx(
                 current.onnx, holdout, line.classes, operating_confidence=gate_conf
             )
-            verdict = judge(candidate_metrics, production_metrics, config.gate)
+            verdict = judge(
+                candidate_metrics,
+                production_metrics,
+                config.gate,
+                support=boxes_per_class(holdout, line.classes),
+            )
         report.gate = verdict
         self.announce(
             f"  gate on {len(holdout)} held-out images: candidate mAP50 "
             f"{candidate_metrics.map50:.3f} vs production {production_metrics.map50:.3f} -> "
             f"{'PASS' if verdict.passed else 'REJECT'}: {'; '.join(verdict.reasons)}"
         )
+        for note in verdict.within_noise:
+            self.announce(f"  gate: {note}")
         if not verdict.passed:
             report.status, report.reason = RunStatus.REJECTED, "; ".join(verdict.reasons)
             return
