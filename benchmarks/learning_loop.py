@@ -495,6 +495,10 @@ def main() -> None:
                                 "uploaded_fraction": round(labels / loop.total_frames, 4),
                                 "train_cpu_s": training.compute_seconds if training else None,
                                 "gate": str(report.status),
+                                "gate_reason": report.reason,
+                                "gate_within_noise": report.gate.within_noise
+                                if report.gate
+                                else [],
                                 "recall_after_update": after.recall,
                                 "precision_after_update": after.precision,
                                 "recall_after_drift": at_drift.recall,
