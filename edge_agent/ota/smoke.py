@@ -6,6 +6,12 @@ It tries the candidate on live frames in place of the running model
 model run, and takes the running model's latency from the line's own statistics. Only when
 the line brings no frames (stalled cameras, no running model) does it run the models on
 recent frames, as model work in the line's gaps.
+
+Those two figures come from different moments. A candidate that looks too slow is timed
+again beside the running model, alternately on the same recent frames, before it is refused:
+a spike of the box's load (a second agent swapping on the same two cores, a trainer
+finishing) then slows both. CI saw the demo refuse a good model at 40.3 ms against the
+line's 14.5 ms while the box's other agent was swapping.
 """
 
 from __future__ import annotations
@@ -109,6 +115,9 @@ class SmokeCheck:
     latency_factor: float = 2.0
     try_on_line: LineTrial = no_line
     run_model_work: ModelWorkRunner[Any] = run_in_place
+    # Rounds over the recent frames when a slow-looking candidate is timed beside the
+    # running model (each round runs both once per frame, alternately).
+    confirm_rounds: int = 2
 
     def __call__(
         self,
@@ -147,8 +156,25 @@ class SmokeCheck:
             if not images:
                 return
             old_s = _median(run_times(previous, images, self.run_model_work))
+        too_slow = new_s > latency_limit_s(old_s, self.latency_factor)
+        # A rollback (proven_latency_s) is held to its own past, not timed beside the model.
+        if too_slow and images and proven_latency_s is None:
+            new_s, old_s = self._timed_side_by_side(candidate, previous, images)
         if new_s > latency_limit_s(old_s, self.latency_factor):
             raise OtaRejectedError(
                 f"latency {new_s * 1000:.1f} ms vs {old_s * 1000:.1f} ms of the running model "
                 f"(limit {self.latency_factor}x)"
             )
+
+    def _timed_side_by_side(
+        self, candidate: ActiveModel, previous: ActiveModel, images: list[Any]
+    ) -> tuple[float, float]:
+        """Median latencies of the candidate and the running model, run alternately on the
+        same frames, so both see the same load."""
+        new: list[float] = []
+        old: list[float] = []
+        for _ in range(self.confirm_rounds):
+            for image in images:
+                old += run_times(previous, [image], self.run_model_work)
+                new += run_times(candidate, [image], self.run_model_work)
+        return _median(new), _median(old)
