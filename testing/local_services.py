@@ -32,7 +32,7 @@ class ServiceError(LinefleetError):
     """A local service could not be found, started or reached."""
 
 
-_PORT_ATTEMPTS = 3
+PORT_ATTEMPTS = 3
 # What our services print when their port is taken: uvicorn/moto ("address already in use"),
 # mosquitto ("Address in use"), Label Studio ("port is already in use"), postgres.
 _PORT_TAKEN_SIGNS = ("address already in use", "address in use", "port is already in use")
@@ -143,18 +143,18 @@ class _ChildService:
         """Start and wait until the service answers. A port this object picked (see
         :func:`free_port`) can be taken by another process's outgoing connection between
         the pick and the bind (CI saw it once in 600 starts): then the first start moves to
-        a fresh port, up to :data:`_PORT_ATTEMPTS` times. A restart keeps its port, since
+        a fresh port, up to :data:`PORT_ATTEMPTS` times. A restart keeps its port, since
         clients know it."""
         if self.running:
             return self
-        for attempt in range(1, _PORT_ATTEMPTS + 1):
+        for attempt in range(1, PORT_ATTEMPTS + 1):
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
                 self._start_once()
             except ServiceError:
                 said = self.log_path.read_text(errors="replace")[log_offset:].lower()
                 lost_port = any(sign in said for sign in _PORT_TAKEN_SIGNS)
-                if not (self._may_move_port and lost_port and attempt < _PORT_ATTEMPTS):
+                if not (self._may_move_port and lost_port and attempt < PORT_ATTEMPTS):
                     raise
                 self.port = free_port(self.host)
                 continue

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Self
 
 from shared.synth.line import LineConfig, SyntheticLine
-from testing.local_services import LOOPBACK, ServiceError, free_port
+from testing.local_services import LOOPBACK, PORT_ATTEMPTS, ServiceError, free_port
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 _SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
@@ -137,12 +137,12 @@ class RtspServer:
     def start(self) -> None:
         """Start; on a fresh port if another process took the picked one before the server
         bound it (only for a port picked here, only before the first start)."""
-        for _ in range(3):
+        for _ in range(PORT_ATTEMPTS):
             if self._start_once() or not self._may_move_port:
                 break
             self.port = free_port()
         else:
-            raise ServiceError("the RTSP server found no free port in 3 tries")
+            raise ServiceError(f"the RTSP server found no free port in {PORT_ATTEMPTS} tries")
         self._may_move_port = False
 
     def _start_once(self) -> bool:
