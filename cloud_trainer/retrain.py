@@ -30,7 +30,7 @@ from cloud_trainer.errors import (
 )
 from cloud_trainer.fleet.db import open_database
 from cloud_trainer.labelstudio.reviews import ClassQuality, ReviewLedger
-from cloud_trainer.release.evaluate import boxes_per_class, evaluate_onnx
+from cloud_trainer.release.evaluate import evaluate_onnx
 from cloud_trainer.release.export import ExportResult, export_and_check
 from cloud_trainer.release.gate import GateVerdict, judge
 from cloud_trainer.release.model_registry import ModelRegistry, PublishFiles
@@ -381,7 +381,7 @@ class Retrainer:
                 candidate_metrics,
                 production_metrics,
                 config.gate,
-                support=boxes_per_class(holdout, line.classes),
+                support=manifest.boxes_per_class("holdout"),
             )
         report.gate = verdict
         self.announce(

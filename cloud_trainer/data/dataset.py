@@ -87,6 +87,11 @@ class DatasetManifest(BaseModel):
     def split_items(self, split: Split) -> list[DatasetItem]:
         return [i for i in self.items if i.split == split]
 
+    def boxes_per_class(self, split: Split) -> dict[str, int]:
+        """Labelled boxes of each class present in ``split``, from :attr:`counts` (the gate
+        weighs a change of a class's recall by them)."""
+        return {name: n for name, n in self.counts.get(split, {}).items() if name != "images" and n}
+
 
 def split_for(model_line: str, origin: str, config: DatasetSection) -> Split:
     """Stable split from the example identity (not its content: a re-encoded copy of the same

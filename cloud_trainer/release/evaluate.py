@@ -129,17 +129,6 @@ class MetricsAccumulator:
         return recall
 
 
-def boxes_per_class(images: Iterable[LabelledImage], class_names: Sequence[str]) -> dict[str, int]:
-    """How many labelled boxes of each class ``images`` hold: the gate weighs a change of a
-    class's recall by them."""
-    counts = dict.fromkeys(class_names, 0)
-    for image in images:
-        for class_id in image.truth.class_id.tolist():
-            if 0 <= class_id < len(class_names):
-                counts[class_names[class_id]] += 1
-    return {name: count for name, count in counts.items() if count}
-
-
 def evaluate_onnx(
     model: Path,
     images: Iterable[LabelledImage],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -79,7 +80,11 @@ def test_builds_a_frozen_yolo_dataset_and_reports_every_skip(
         label = store.get(f"{prefix}/labels/{item.split}/{item.stem}.txt")[0].decode()
         assert len(label.splitlines()) == len(item.classes)
     assert (built.data_yaml.parent / "images" / "train").is_dir()
-    assert len(built.labelled("holdout")) == manifest.counts["holdout"]["images"]
+    holdout = built.labelled("holdout")
+    assert len(holdout) == manifest.counts["holdout"]["images"]
+    # What the gate weighs a class's recall by: the held-out set's labelled boxes.
+    boxes = Counter(manifest.classes[c] for image in holdout for c in image.truth.class_id.tolist())
+    assert manifest.boxes_per_class("holdout") == dict(boxes) and boxes
 
 
 def test_the_held_out_set_never_enters_training_in_any_version(

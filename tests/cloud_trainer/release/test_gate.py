@@ -1,13 +1,7 @@
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
 from cloud_trainer.config import GateSection
-from cloud_trainer.release.evaluate import LabelledImage, boxes_per_class
 from cloud_trainer.release.gate import judge, recall_fall_bound
-from shared.detections import Detections
 from shared.manifest import EvalMetrics
 
 
@@ -99,13 +93,3 @@ def test_the_bound_grows_with_the_boxes_and_with_the_fall() -> None:
     assert recall_fall_bound(0.9, 0.5, 50, 0.95) > recall_fall_bound(0.9, 0.8, 50, 0.95)
     assert recall_fall_bound(0.9, 0.8, 100, 0.99) < recall_fall_bound(0.9, 0.8, 100, 0.95)
     assert recall_fall_bound(0.5, 0.5, 0, 0.95) == 0.0
-
-
-def test_boxes_per_class_counts_the_labelled_boxes(tmp_path: Path) -> None:
-    truth = Detections(
-        xyxy=np.array([[0, 0, 5, 5], [1, 1, 6, 6], [2, 2, 7, 7]], dtype=np.float32),
-        confidence=np.ones(3, dtype=np.float32),
-        class_id=np.array([0, 0, 2]),
-    )
-    images = [LabelledImage(tmp_path / "a.jpg", truth), LabelledImage(tmp_path / "b.jpg", truth)]
-    assert boxes_per_class(images, ["bolt", "nut", "washer"]) == {"bolt": 4, "washer": 2}
