@@ -44,6 +44,7 @@ from cloud_trainer.training.finetune import (
     resolve_device,
     save_spec,
 )
+from cloud_trainer.training.inspector import InspectorReport, train_inspector
 from shared.errors import LinefleetError
 from shared.manifest import (
     ArtifactRef,
@@ -91,6 +92,8 @@ class RunReport(BaseModel):
     # class: the fleet's real error rate, as people saw it (empty without pulled labels).
     label_quality: list[ClassQuality] = Field(default_factory=list)
     training: TrainResult | None = None
+    # The part inspector fused into the export (None: the detector alone).
+    inspector: InspectorReport | None = None
     parity_max_abs_diff: float | None = None
     gate: GateVerdict | None = None
     # Each lower-precision variant against the published fp32 model: published or why not.
@@ -353,6 +356,21 @@ class Retrainer:
         report.training = result
         report.cost_usd = result.cost_usd
         holdout = dataset.labelled("holdout")
+        with stages.stage("inspector"):
+            inspector = train_inspector(
+                dataset.labelled("train"),
+                line.classes,
+                config.inspector,
+                imgsz=line.imgsz,
+                seed=training.seed,
+            )
+        if inspector is not None:
+            report.inspector = inspector.report
+            self.announce(
+                f"  inspector: {inspector.report.with_attribute} of {inspector.report.crops} "
+                f"training parts are {inspector.report.attribute_class}; "
+                f"{inspector.report.seconds:.0f} s"
+            )
         with stages.stage("export"):
             best = self.store.download(
                 result.best_key,
@@ -366,6 +384,7 @@ class Retrainer:
                 config=config.export,
                 parity_images=[i.image_path for i in holdout],
                 expected_classes=line.classes,
+                inspector=inspector,
             )
         report.parity_max_abs_diff = exported.parity_max_abs_diff
         with stages.stage("evaluate"):

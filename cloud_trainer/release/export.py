@@ -7,15 +7,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from cloud_trainer.config import ExportSection
 from cloud_trainer.errors import ExportError
+from cloud_trainer.release.inspected import export_inspected, inspected_torch_model
 
 # The agent's own inference path: what the gate measures is exactly what runs on the box.
 from edge_agent.inference import InferenceRunner, RunnerOptions, letterbox
+
+if TYPE_CHECKING:
+    from cloud_trainer.training.inspector import TrainedInspector
 
 
 @dataclass(frozen=True)
@@ -48,13 +53,11 @@ def _export(weights: Path, imgsz: int, config: ExportSection) -> Path:
 
 
 def _raw_outputs_differ(
-    weights: Path, model: Path, images: Sequence[Path], imgsz: int
+    net: Any, model: Path, images: Sequence[Path], imgsz: int
 ) -> tuple[float, tuple[str, ...]]:
     """Max |onnx - torch| over the raw head on ``images``, both fed the agent's letterbox."""
     import torch  # noqa: PLC0415
-    from ultralytics import YOLO  # noqa: PLC0415
 
-    net = YOLO(str(weights)).model.float().eval()
     runner = InferenceRunner(model, RunnerOptions(warmup_runs=1))
     worst = 0.0
     try:
@@ -88,14 +91,26 @@ def export_and_check(
     config: ExportSection,
     parity_images: Sequence[Path],
     expected_classes: Sequence[str],
+    inspector: TrainedInspector | None = None,
 ) -> ExportResult:
-    """Export, then refuse the export unless it matches torch within the configured bound."""
+    """Export (with ``inspector`` fused in, when given), then refuse the export unless it
+    matches torch within the configured bound."""
+    from ultralytics import YOLO  # noqa: PLC0415 - trainer only
+
     if not parity_images:
         raise ExportError("no image to check ONNX parity on")
     out_dir.mkdir(parents=True, exist_ok=True)
-    fp32 = _export(weights, imgsz, config).replace(out_dir / "model.onnx")
+    detector = _export(weights, imgsz, config)
+    if inspector is None:
+        fp32 = detector.replace(out_dir / "model.onnx")
+        net = YOLO(str(weights)).model.float().eval()
+    else:
+        fp32 = export_inspected(
+            weights, inspector, detector, out_dir / "model.onnx", imgsz=imgsz, config=config
+        )
+        net = inspected_torch_model(weights, inspector)
     images = list(parity_images)[: config.parity_images]
-    worst, names = _raw_outputs_differ(weights, fp32, images, imgsz)
+    worst, names = _raw_outputs_differ(net, fp32, images, imgsz)
     if names != tuple(expected_classes):
         raise ExportError(f"exported classes {list(names)} differ from {list(expected_classes)}")
     if worst > config.parity_max_abs_diff:

@@ -49,7 +49,9 @@ from shared.manifest import ArtifactRef, EvalMetrics, ModelVariant, VariantPreci
 log = logging.getLogger(__name__)
 
 ACCELERATOR: dict[VariantPrecision, Literal["cpu", "gpu"]] = {"int8": "cpu", "fp16": "gpu"}
-_MODULE = re.compile(r"^/model\.(\d+)/")
+# An ultralytics export names its nodes "/model.N/..."; with the part inspector fused in
+# (cloud_trainer.release.inspected) the detector's are "/detector/model.N/...".
+_MODULE = re.compile(r"^(/detector)?/model\.(\d+)/")
 
 
 @dataclass(frozen=True)
@@ -87,18 +89,20 @@ class VariantVerdict(BaseModel):
 
 
 def detect_head_nodes(model_path: Path) -> list[str]:
-    """The nodes of the detect head: the last numbered module of an ultralytics export."""
+    """The nodes INT8 keeps float: the detect head (the last numbered module of an ultralytics
+    export) and everything outside the detector's modules (a fused part inspector's crops,
+    verdicts and score sharing, whose few operations gain nothing from 8 bits)."""
     import onnx  # noqa: PLC0415 - trainer only
 
     nodes = onnx.load(str(model_path), load_external_data=False).graph.node
-    modules = [int(m.group(1)) for n in nodes if (m := _MODULE.match(n.name))]
+    modules = [int(m.group(2)) for n in nodes if (m := _MODULE.match(n.name))]
     if not modules:
         raise ExportError(
             f"{model_path}: no '/model.N/' node names, so the detect head (kept float in INT8) "
             "cannot be found; export with ultralytics, or leave int8 out of export.variants"
         )
-    head = f"/model.{max(modules)}/"
-    return [n.name for n in nodes if n.name.startswith(head)]
+    head = str(max(modules))
+    return [n.name for n in nodes if (m := _MODULE.match(n.name)) is None or m.group(2) == head]
 
 
 def calibration_blobs(images: Sequence[Path], size: int) -> list[NDArray[np.float32]]:
@@ -145,7 +149,10 @@ def build_int8(
 
     prepared = out.with_name(out.stem + ".prepared.onnx")
     try:
-        quant_pre_process(str(fp32), str(prepared))
+        try:
+            quant_pre_process(str(fp32), str(prepared))
+        except Exception:  # noqa: BLE001 - its symbolic shapes stop at a fused inspector's TopK
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(out),

@@ -85,11 +85,14 @@ def test_retrain_publishes_a_signed_gated_model_with_its_report(
         "select",
         "build",
         "train",
+        "inspector",
         "export",
         "evaluate",
         "variants",
         "publish",
     }
+    # The line's defective parts taught the part inspector, fused into the export.
+    assert report.inspector is not None and report.inspector.with_attribute >= 10
     assert report.dataset_counts["train"]["images"] > 16  # new examples + replayed bootstrap data
     # What the run cost in labels, apart from the replayed data it already had.
     assert report.dataset_sources["synthetic"] == 30 and report.dataset_sources["replay"] >= 16

@@ -1,0 +1,130 @@
+"""The detector with its part inspector fused in, exported as one ONNX file with the detector's
+own raw output (``[B, 4 + classes, anchors]``) and metadata: the agent's runtime, the gate,
+the variants and OTA need nothing new.
+
+Inside the graph: the ``top_k`` anchors with the highest class score are cropped from the
+input (``RoiAlign``) and classified; every anchor takes the verdict of the top anchor its box
+overlaps most (IoU >= 0.5, so all anchors of one part agree before the agent's NMS). An
+anchor's confidence ``s`` is then shared out: ``s * p`` to the
+attribute class, ``s * (1 - p)`` to the part type the detector scored highest, in proportion
+to the detector's type scores. The inspector costs ``top_k`` crops of ``crop`` px a frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cloud_trainer.config import ExportSection
+from cloud_trainer.errors import ExportError
+from cloud_trainer.training.inspector import TrainedInspector, crop_boxes
+
+if TYPE_CHECKING:
+    import torch
+
+# An anchor takes a top anchor's verdict when their boxes overlap at least this much.
+SAME_PART_IOU = 0.5
+
+
+def _module(detector: Any, inspector: TrainedInspector) -> torch.nn.Module:
+    import torch  # noqa: PLC0415
+    from torchvision.ops import box_convert  # noqa: PLC0415
+
+    class InspectedDetector(torch.nn.Module):  # type: ignore[misc]  # torch is Any here
+        def __init__(self) -> None:
+            super().__init__()
+            self.detector = detector
+            self.inspector = inspector.network
+            self.attribute = inspector.attribute_class_id
+            self.crop = inspector.crop
+            self.top_k = inspector.top_k
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            raw = self.detector(images)
+            raw = raw[0] if isinstance(raw, list | tuple) else raw  # [B, 4 + nc, A]
+            boxes, scores = raw[:, :4], raw[:, 4:]
+            batch, classes, anchors = scores.shape
+            # How sure the detector is of a part there, whatever its class: the sum, as a
+            # fine-tuned detector torn between a type and the attribute splits its score
+            # between them (a clean bolt at 0.2 bolt and 0.2 defect is a part at 0.4).
+            confidence = scores.sum(dim=1).clamp(max=1.0)  # [B, A]
+            xyxy = box_convert(boxes.transpose(1, 2), "cxcywh", "xyxy")  # [B, A, 4]
+            k = min(self.top_k, anchors)
+            top = confidence.topk(k, dim=1).indices  # [B, K]
+            top_boxes = xyxy.gather(1, top[..., None].expand(batch, k, 4))  # [B, K, 4]
+            index = torch.arange(batch, device=images.device).repeat_interleave(k)
+            crops = crop_boxes(images, top_boxes.reshape(-1, 4), index, self.crop)
+            verdict = self.inspector(crops).softmax(dim=1)[:, 1].reshape(batch, k)
+            overlap = _pairwise_iou(xyxy, top_boxes)  # [B, A, K]
+            best, nearest = overlap.max(dim=2)
+            p = verdict.gather(1, nearest) * (best >= SAME_PART_IOU).to(verdict.dtype)
+            is_attribute = torch.zeros(classes, dtype=torch.bool, device=images.device)
+            is_attribute[self.attribute] = True
+            types = scores.masked_fill(is_attribute[None, :, None], 0.0)
+            share = types / types.max(dim=1, keepdim=True).values.clamp(min=1e-6)
+            as_type = share * (confidence * (1.0 - p))[:, None]
+            as_attribute = (confidence * p)[:, None].expand(batch, classes, anchors)
+            out = torch.where(is_attribute[None, :, None], as_attribute, as_type)
+            return torch.cat([boxes, out], dim=1)
+
+    return InspectedDetector().eval()
+
+
+def _pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of every box of ``a`` [B, A, 4] with every box of ``b`` [B, K, 4]: [B, A, K]."""
+    top_left = a[:, :, None, :2].maximum(b[:, None, :, :2])
+    bottom_right = a[:, :, None, 2:].minimum(b[:, None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=3)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(dim=2)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(dim=2)
+    return inter / (area_a[:, :, None] + area_b[:, None, :] - inter).clamp(min=1e-6)
+
+
+def inspected_torch_model(weights: Path, inspector: TrainedInspector) -> torch.nn.Module:
+    """The fused model in torch, as exported (for the export's parity check)."""
+    from ultralytics import YOLO  # noqa: PLC0415 - trainer only
+
+    detector = YOLO(str(weights)).model.float().eval()
+    return _module(detector, inspector)
+
+
+def export_inspected(
+    weights: Path,
+    inspector: TrainedInspector,
+    detector_onnx: Path,
+    out: Path,
+    *,
+    imgsz: int,
+    config: ExportSection,
+) -> Path:
+    """Export the fused model to ``out`` with the metadata of ``detector_onnx`` (ultralytics'
+    export of the same weights: class names, input size, stride), which the agent reads."""
+    import onnx  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    model = inspected_torch_model(weights, inspector)
+    dummy = torch.zeros(1, 3, imgsz, imgsz)
+    dynamic = {"images": {0: "batch"}, "output0": {0: "batch"}} if config.dynamic_batch else None
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(out),
+                opset_version=config.opset,
+                input_names=["images"],
+                output_names=["output0"],
+                dynamic_axes=dynamic,
+                dynamo=False,
+            )
+        fused = onnx.load(str(out))
+        source = onnx.load(str(detector_onnx), load_external_data=False)
+        del fused.metadata_props[:]
+        fused.metadata_props.extend(source.metadata_props)
+        # The crops' TopK hides the output's shape from the tracer; the agent reads
+        # [batch, 4 + classes, anchors] from the graph, as the detector declares it.
+        fused.graph.output[0].type.CopyFrom(source.graph.output[0].type)
+        onnx.save(fused, str(out))
+    except Exception as exc:
+        raise ExportError(f"ONNX export of {weights} with its inspector failed: {exc}") from exc
+    return out

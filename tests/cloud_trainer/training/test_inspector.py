@@ -1,0 +1,153 @@
+"""The part inspector: when it trains, what the fused graph computes, and that the fused export
+finds the defects the bootstrap detector cannot (through the agent's runtime, offline)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cloud_trainer.config import ExportSection, InspectorSection
+from cloud_trainer.release.evaluate import LabelledImage, MetricsAccumulator
+from cloud_trainer.release.export import export_and_check
+from cloud_trainer.release.inspected import _module
+from cloud_trainer.training.inspector import (
+    InspectorReport,
+    TrainedInspector,
+    build_network,
+    train_inspector,
+)
+from edge_agent.inference import InferenceRunner, RunnerOptions
+from shared.detections import Detections
+from shared.synth import CLASS_NAMES, LineConfig, SyntheticLine, write_yolo_dataset
+
+DEFECT = CLASS_NAMES.index("defect")
+
+
+def labelled(root: Path, split: str = "train") -> list[LabelledImage]:
+    out = []
+    for image in sorted((root / "images" / split).glob("*.jpg")):
+        height, width = cv2.imread(str(image)).shape[:2]
+        lines = (root / "labels" / split / f"{image.stem}.txt").read_text().splitlines()
+        out.append(LabelledImage(image, Detections.from_yolo_lines(lines, width, height)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def line_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_yolo_dataset(tmp_path_factory.mktemp("line"), train=60, val=4, seed=31).parent
+
+
+def test_no_inspector_without_the_class_or_without_both_kinds_of_part(
+    tmp_path: Path, line_data: Path
+) -> None:
+    items = labelled(line_data)
+    names_without = ("bolt", "nut", "washer", "bracket", "scratch")
+    assert train_inspector(items, names_without, InspectorSection(), imgsz=320, seed=0) is None
+    off = InspectorSection(attribute_class=None)
+    assert train_inspector(items, CLASS_NAMES, off, imgsz=320, seed=0) is None
+    clean = write_yolo_dataset(
+        tmp_path, train=6, val=0, seed=3, config=LineConfig(defect_probability=0.0)
+    ).parent
+    no_defect = labelled(clean)
+    assert train_inspector(no_defect, CLASS_NAMES, InspectorSection(), imgsz=320, seed=0) is None
+
+
+def forced(verdict: float) -> TrainedInspector:
+    """An inspector that says ``verdict`` (probability of the attribute) for every crop."""
+    import torch
+
+    network = build_network(32).eval()
+    head = network[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        logit = float(np.log(verdict / (1 - verdict)))
+        head.bias.copy_(torch.tensor([0.0, logit]))
+    report = InspectorReport(
+        attribute_class="defect", crops=0, with_attribute=0, epochs=0, seconds=0, train_accuracy=0
+    )
+    return TrainedInspector(network, DEFECT, 32, 16, report)
+
+
+class FixedDetector:
+    """A raw head: two overlapping boxes of one part (a bolt) and one far away (a nut)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        raw = torch.zeros(1, 4 + len(CLASS_NAMES), 3)
+        raw[0, :4, 0] = torch.tensor([100.0, 100.0, 40.0, 40.0])
+        raw[0, :4, 1] = torch.tensor([102.0, 101.0, 40.0, 42.0])
+        raw[0, :4, 2] = torch.tensor([250.0, 250.0, 30.0, 30.0])
+        raw[0, 4 + 0, :2] = torch.tensor([0.9, 0.6])  # bolt
+        raw[0, 4 + 1, :2] = torch.tensor([0.3, 0.2])  # nut, weaker
+        raw[0, 4 + 1, 2] = 0.8  # the nut
+        self.raw = raw
+
+    def __call__(self, images: object) -> tuple[object, None]:
+        return self.raw, None
+
+
+@pytest.mark.parametrize("verdict", [0.001, 0.999])
+def test_the_fused_graph_shares_each_confidence_between_type_and_attribute(verdict: float) -> None:
+    import torch
+
+    detector = FixedDetector()
+    model = _module(detector, forced(verdict))
+    out = model(torch.zeros(1, 3, 320, 320))
+    raw = detector.raw
+    assert out.shape == raw.shape
+    assert torch.equal(out[:, :4], raw[:, :4])  # boxes untouched
+    confidence = raw[0, 4:].sum(dim=0).clamp(max=1.0)  # a part, whatever its class
+    assert torch.allclose(out[0, 4 + DEFECT], confidence * verdict, atol=1e-4)
+    # The type the detector scored highest keeps the rest; weaker types in proportion.
+    rest = confidence * (1 - verdict)
+    assert torch.allclose(out[0, 4 + 0, :2], rest[:2], atol=1e-4)  # bolt 0.9+0.3, 0.6+0.2
+    assert torch.allclose(out[0, 4 + 1, 2], rest[2], atol=1e-4)  # the nut
+    assert torch.allclose(out[0, 4 + 1, :2], rest[:2] * torch.tensor([0.3 / 0.9, 0.2 / 0.6]))
+
+
+def defect_recall(onnx: Path, frames: list[tuple[np.ndarray, Detections]]) -> float:
+    runner = InferenceRunner(
+        onnx, RunnerOptions(conf_threshold=0.01, warmup_runs=1), class_names=CLASS_NAMES
+    )
+    accumulator = MetricsAccumulator(CLASS_NAMES, 0.25)
+    try:
+        for image, truth in frames:
+            accumulator.add(truth, runner.detect([image])[0])
+    finally:
+        runner.close()
+    return accumulator.metrics().per_class_recall["defect"]
+
+
+def test_the_fused_export_finds_the_defects_the_detector_misses(
+    bootstrap_model: tuple[Path, Path], line_data: Path, tmp_path: Path
+) -> None:
+    """60 labelled frames teach the inspector; on 40 frames of other scenes the bootstrap
+    (which calls a defective part by its type) finds no defect, the fused export most."""
+    inspector = train_inspector(
+        labelled(line_data), CLASS_NAMES, InspectorSection(), imgsz=320, seed=0
+    )
+    assert inspector is not None
+    assert inspector.report.with_attribute >= 10 and inspector.report.train_accuracy > 0.9
+    weights = tmp_path / "weights.pt"
+    shutil.copyfile(bootstrap_model[0], weights)
+    parity = sorted((line_data / "images" / "val").glob("*.jpg"))
+    result = export_and_check(
+        weights,
+        tmp_path / "out",
+        imgsz=320,
+        config=ExportSection(dynamic_batch=True, parity_images=4),
+        parity_images=parity,
+        expected_classes=CLASS_NAMES,
+        inspector=inspector,
+    )
+    assert result.class_names == CLASS_NAMES  # the detector's metadata came along
+    assert result.parity_max_abs_diff < 0.01
+    line = SyntheticLine(seed=77)
+    frames = [(f.image, f.truth) for f in (line.random_scene(i) for i in range(40))]
+    assert defect_recall(bootstrap_model[1], frames) == 0.0
+    assert defect_recall(result.onnx, frames) >= 0.8
