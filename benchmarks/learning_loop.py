@@ -432,6 +432,9 @@ def main() -> None:
         help="after the linefleet update of SCENARIO, a further DRIFT and a second loop",
     )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--keep-work", action="store_true", help="keep the work folder (models, datasets)"
+    )
     args = parser.parse_args()
     scenarios = ["lighting"] if args.quick else args.scenarios.split(",")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
@@ -517,7 +520,10 @@ def main() -> None:
                             )
                         log(json.dumps(runs[-1]))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep_work:
+            log(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     result = {
         "benchmark": "learning_loop",
         "machine": describe_machine(),
