@@ -76,7 +76,7 @@ def accuracy(onnx: Path, frames: list[tuple[Any, Detections]]) -> dict[str, Any]
     return {
         "map50": round(metrics.map50, 4),
         "defect_recall": metrics.per_class_recall["defect"],
-        "defect_precision": precision["defect"],
+        "defect_precision": precision.get("defect"),  # none when it calls no defect
         "recall": metrics.per_class_recall,
     }
 

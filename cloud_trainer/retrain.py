@@ -349,6 +349,11 @@ class Retrainer:
             cpu_price_per_hour_usd=training.cpu_price_per_hour_usd,
             gpu_price_per_hour_usd=training.gpu_price_per_hour_usd,
             max_cost_usd=training.max_cost_usd,
+            attribute_class=(
+                config.inspector.attribute_class
+                if config.inspector.attribute_class in line.classes
+                else None
+            ),
         )
         save_spec(self.store, spec)
         with stages.stage("train"):

@@ -22,6 +22,7 @@ from cloud_trainer.data.dataset import DatasetBuilder
 from cloud_trainer.errors import GpuRequiredError, ObjectNotFoundError, TrainingError
 from cloud_trainer.store import ObjectStore
 from cloud_trainer.training.offline import prepare_offline_ultralytics
+from cloud_trainer.training.part_types import typed_labels
 from shared.digests import file_sha256
 from shared.identifiers import Identifier
 from shared.object_keys import run_prefix
@@ -59,6 +60,9 @@ class TrainSpec(BaseModel):
     cpu_price_per_hour_usd: float = 0.0
     gpu_price_per_hour_usd: float = 0.0
     max_cost_usd: float | None = None
+    # A class the part inspector learns instead of the detector: the detector trains on its
+    # boxes as the part type the parent model sees there (cloud_trainer.training.part_types).
+    attribute_class: str | None = None
 
 
 def recipe_arguments(spec: TrainSpec) -> dict[str, Any]:
@@ -230,12 +234,23 @@ class LocalTrainer:
         prepare_offline_ultralytics(self.work_dir)
         from ultralytics import YOLO  # noqa: PLC0415 - after the offline set-up
 
+        data_yaml = dataset.data_yaml
+        if spec.attribute_class is not None and spec.attribute_class in dataset.manifest.classes:
+            data_yaml = typed_labels(
+                dataset.root,
+                list(dataset.manifest.classes),
+                spec.attribute_class,
+                parent,
+                run_dir / "typed",
+                imgsz=spec.imgsz,
+                device=device,
+            ).data_yaml
         ledger = _Ledger(spec, gpu_count, progress)
         model = YOLO(str(resume_from or parent))
         model.add_callback("on_fit_epoch_end", self._epoch_end_callback(ledger))
         model.add_callback("on_model_save", self._save_callback(ledger))
         common: dict[str, Any] = {
-            "data": str(dataset.data_yaml),
+            "data": str(data_yaml),
             "device": device,
             "workers": spec.workers,
         }

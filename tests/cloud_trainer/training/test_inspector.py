@@ -1,5 +1,6 @@
-"""The part inspector: when it trains, what the fused graph computes, and that the fused export
-finds the defects the bootstrap detector cannot (through the agent's runtime, offline)."""
+"""The part inspector: when it trains, what the fused graph computes, that the fused export
+finds the defects the bootstrap detector cannot (through the agent's runtime, offline), and
+the detector's typed labels (a defective part as its type)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cloud_trainer.training.inspector import (
     build_network,
     train_inspector,
 )
+from cloud_trainer.training.part_types import _typed_lines, typed_labels
 from edge_agent.inference import InferenceRunner, RunnerOptions
 from shared.detections import Detections
 from shared.synth import CLASS_NAMES, LineConfig, SyntheticLine, write_yolo_dataset
@@ -151,3 +153,52 @@ def test_the_fused_export_finds_the_defects_the_detector_misses(
     frames = [(f.image, f.truth) for f in (line.random_scene(i) for i in range(40))]
     assert defect_recall(bootstrap_model[1], frames) == 0.0
     assert defect_recall(result.onnx, frames) >= 0.8
+
+
+def test_an_attribute_box_takes_the_type_of_the_part_predicted_there() -> None:
+    lines = ["4 0.5 0.5 0.2 0.2", "1 0.1 0.1 0.05 0.05", "4 0.9 0.9 0.05 0.05"]
+    predicted = (
+        np.array(
+            [[0.41, 0.4, 0.6, 0.61], [0.39, 0.4, 0.6, 0.6], [0.05, 0.05, 0.15, 0.15]], np.float32
+        ),
+        np.array([4, 0, 1]),  # the parent's own "defect" guess is no type
+    )
+    typed, relabelled, kept = _typed_lines(lines, predicted, attribute=DEFECT)
+    assert typed == ["0 0.5 0.5 0.2 0.2", "1 0.1 0.1 0.05 0.05", "4 0.9 0.9 0.05 0.05"]
+    assert (relabelled, kept) == (1, 1)  # nothing was predicted at the last box
+
+
+def test_the_detector_trains_on_typed_copies_and_the_dataset_is_untouched(
+    bootstrap_model: tuple[Path, Path], line_data: Path, tmp_path: Path
+) -> None:
+    before = {p: p.read_bytes() for p in (line_data / "labels").rglob("*.txt")}
+    typed = typed_labels(
+        line_data,
+        list(CLASS_NAMES),
+        "defect",
+        bootstrap_model[0],
+        tmp_path / "typed",
+        imgsz=320,
+        device="cpu",
+    )
+    assert {p: p.read_bytes() for p in (line_data / "labels").rglob("*.txt")} == before
+    defects = sum(
+        line.startswith(f"{DEFECT} ")
+        for text in before.values()
+        for line in text.decode().splitlines()
+    )
+    # The bootstrap sees a part at nearly every defective one and names its type.
+    assert typed.relabelled + typed.kept == defects > 20
+    assert typed.relabelled >= 0.9 * defects
+    copied = (tmp_path / "typed" / "labels" / "train").glob("*.txt")
+    remaining = sum(
+        line.startswith(f"{DEFECT} ") for p in copied for line in p.read_text().splitlines()
+    )
+    assert remaining == typed.kept
+    # ultralytics, reading the copy's data.yaml, takes the typed labels (it resolves folders,
+    # so a linked folder would have led it back to the dataset's own).
+    from ultralytics.data.utils import check_det_dataset, img2label_paths
+
+    found = sorted(str(p) for p in Path(check_det_dataset(str(typed.data_yaml))["train"]).glob("*"))
+    assert len(found) == 60
+    assert all(Path(p).is_relative_to(tmp_path / "typed") for p in img2label_paths(found))
