@@ -88,7 +88,7 @@ class VariantVerdict(BaseModel):
     reasons: list[str]
 
 
-def detect_head_nodes(model_path: Path) -> list[str]:
+def float_nodes(model_path: Path) -> list[str]:
     """The nodes INT8 keeps float: the detect head (the last numbered module of an ultralytics
     export) and everything outside the detector's modules (a fused part inspector's crops,
     verdicts and score sharing, whose few operations gain nothing from 8 bits)."""
@@ -162,7 +162,7 @@ def build_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=detect_head_nodes(prepared),
+            nodes_to_exclude=float_nodes(prepared),
         )
     except ExportError:
         raise

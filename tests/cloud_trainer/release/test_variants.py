@@ -12,7 +12,7 @@ import pytest
 from cloud_trainer.config import ExportSection
 from cloud_trainer.errors import ExportError
 from cloud_trainer.release.evaluate import LabelledImage, evaluate_onnx
-from cloud_trainer.release.variants import detect_head_nodes, make_variants
+from cloud_trainer.release.variants import float_nodes, make_variants
 from edge_agent.inference import InferenceRunner
 from shared.manifest import EvalMetrics
 from shared.synth import CLASS_NAMES, SyntheticLine
@@ -120,7 +120,7 @@ def test_int8_of_a_graph_without_a_known_head_is_refused_not_guessed(
     plain = tmp_path / "plain.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(plain))
     with pytest.raises(ExportError, match="detect head"):
-        detect_head_nodes(plain)
+        float_nodes(plain)
     published, verdicts = make_variants(
         plain,
         tmp_path,
