@@ -27,17 +27,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.learning_loop import OPERATING_CONFIDENCE, TEST_SEED  # noqa: E402
+from benchmarks.learning_loop import TEST_SEED, score  # noqa: E402
 from benchmarks.machine import describe_machine  # noqa: E402
 from cloud_trainer.config import ExportSection, InspectorSection  # noqa: E402
-from cloud_trainer.release.evaluate import (  # noqa: E402
-    EVAL_CONFIDENCE,
-    LabelledImage,
-    MetricsAccumulator,
-)
+from cloud_trainer.data.dataset import labelled_folder  # noqa: E402
 from cloud_trainer.release.export import export_and_check  # noqa: E402
 from cloud_trainer.release.variants import build_int8  # noqa: E402
 from cloud_trainer.training.inspector import train_inspector  # noqa: E402
@@ -50,34 +45,13 @@ from testing.bootstrap_model import BOOTSTRAP_PT  # noqa: E402
 IMGSZ = 320
 
 
-def labelled(root: Path, split: str) -> list[LabelledImage]:
-    out = []
-    for image in sorted((root / "images" / split).glob("*.jpg")):
-        height, width = cv2.imread(str(image)).shape[:2]
-        lines = (root / "labels" / split / f"{image.stem}.txt").read_text().splitlines()
-        out.append(LabelledImage(image, Detections.from_yolo_lines(lines, width, height)))
-    return out
-
-
 def accuracy(onnx: Path, frames: list[tuple[Any, Detections]]) -> dict[str, Any]:
-    runner = InferenceRunner(
-        onnx,
-        RunnerOptions(conf_threshold=EVAL_CONFIDENCE, max_detections=300, warmup_runs=1),
-        class_names=CLASS_NAMES,
-    )
-    accumulator = MetricsAccumulator(CLASS_NAMES, OPERATING_CONFIDENCE)
-    try:
-        for image, truth in frames:
-            accumulator.add(truth, runner.detect([image])[0])
-    finally:
-        runner.close()
-    metrics = accumulator.metrics()
-    precision = accumulator.precision_at_operating_point()
+    measured = score(onnx, frames)  # the learning loop's scoring, through the agent's runner
     return {
-        "map50": round(metrics.map50, 4),
-        "defect_recall": metrics.per_class_recall["defect"],
-        "defect_precision": precision.get("defect"),  # none when it calls no defect
-        "recall": metrics.per_class_recall,
+        "map50": measured.map50,
+        "defect_recall": measured.recall["defect"],
+        "defect_precision": measured.precision.get("defect"),  # none when it calls no defect
+        "recall": measured.recall,
     }
 
 
@@ -115,7 +89,7 @@ def main() -> None:
     data = write_yolo_dataset(work / "data", train=args.train, val=8, seed=4242).parent
     started = time.monotonic()
     inspector = train_inspector(
-        labelled(data, "train"), CLASS_NAMES, InspectorSection(), imgsz=IMGSZ, seed=0
+        labelled_folder(data, "train"), CLASS_NAMES, InspectorSection(), imgsz=IMGSZ, seed=0
     )
     if inspector is None:
         raise SystemExit("too few parts with and without a defect to train the inspector")

@@ -344,17 +344,33 @@ class BuiltDataset:
 
     def labelled(self, split: Split) -> list[LabelledImage]:
         """Images of ``split`` with their labels, for evaluation."""
-        out: list[LabelledImage] = []
-        for item in self.manifest.split_items(split):
-            image = self.root / "images" / split / f"{item.stem}.jpg"
-            label = self.root / "labels" / split / f"{item.stem}.txt"
-            size = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
-            if size is None:
-                raise DatasetError(f"dataset image {image} is unreadable")
-            height, width = size.shape[:2]
-            truth = Detections.from_yolo_lines(label.read_text().splitlines(), width, height)
-            out.append(LabelledImage(image, truth))
-        return out
+        return [
+            read_labelled(
+                self.root / "images" / split / f"{item.stem}.jpg",
+                self.root / "labels" / split / f"{item.stem}.txt",
+            )
+            for item in self.manifest.split_items(split)
+        ]
+
+
+def read_labelled(image: Path, label: Path) -> LabelledImage:
+    """``image`` with the boxes of its YOLO ``label`` file (normalised: the image is read for
+    its size)."""
+    pixels = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise DatasetError(f"dataset image {image} is unreadable")
+    height, width = pixels.shape[:2]
+    truth = Detections.from_yolo_lines(label.read_text().splitlines(), width, height)
+    return LabelledImage(image, truth)
+
+
+def labelled_folder(root: Path, split: str) -> list[LabelledImage]:
+    """The ``.jpg`` images of ``split`` in a YOLO folder without a manifest (``images/{split}``
+    beside ``labels/{split}``, as ``shared.synth.write_yolo_dataset`` writes), with labels."""
+    return [
+        read_labelled(image, root / "labels" / split / f"{image.stem}.txt")
+        for image in sorted((root / "images" / split).glob("*.jpg"))
+    ]
 
 
 def write_data_yaml(root: Path, class_names: Iterable[str]) -> Path:
