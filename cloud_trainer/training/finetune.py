@@ -61,7 +61,7 @@ class TrainSpec(BaseModel):
     gpu_price_per_hour_usd: float = 0.0
     max_cost_usd: float | None = None
     # A class the part inspector learns instead of the detector: the detector trains on its
-    # boxes as the part type the parent model sees there (cloud_trainer.training.part_types).
+    # boxes as their part type (cloud_trainer.training.part_types).
     attribute_class: str | None = None
 
 
@@ -240,10 +240,9 @@ class LocalTrainer:
                 dataset.root,
                 list(dataset.manifest.classes),
                 spec.attribute_class,
-                parent,
                 run_dir / "typed",
                 imgsz=spec.imgsz,
-                device=device,
+                seed=spec.seed,
             ).data_yaml
         ledger = _Ledger(spec, gpu_count, progress)
         model = YOLO(str(resume_from or parent))

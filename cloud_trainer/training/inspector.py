@@ -19,10 +19,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
 from cloud_trainer.errors import TrainingError
@@ -42,9 +44,9 @@ CROP_MARGIN = 0.1
 BOX_JITTER = 0.05
 
 
-def build_network(crop: int) -> torch.nn.Module:
-    """About 0.2 M parameters: four stride-2 stages (32 px crop -> 2x2) and two logits
-    (without, with the attribute)."""
+def build_network(crop: int, outputs: int = 2) -> torch.nn.Module:
+    """About 0.2 M parameters: four stride-2 stages (32 px crop -> 2x2) and ``outputs`` logits
+    (the inspector's two: without, with the attribute)."""
     from torch import nn  # noqa: PLC0415 - trainer extra
 
     def stage(inputs: int, outputs: int) -> nn.Sequential:
@@ -66,7 +68,7 @@ def build_network(crop: int) -> torch.nn.Module:
         stage(64, 96),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(96, 2),
+        nn.Linear(96, outputs),
     )
 
 
@@ -107,80 +109,74 @@ class TrainedInspector:
     report: InspectorReport
 
 
-def _training_crops(
-    labelled: Sequence[LabelledImage], imgsz: int, attribute_id: int, crop: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every labelled box of every image, cropped from the image as the detector sees it
-    (the agent's letterbox at ``imgsz``); label 1 where the box is of the attribute class."""
+def image_crops(
+    image: NDArray[np.uint8], boxes: NDArray[np.float32], imgsz: int, crop: int
+) -> torch.Tensor:
+    """Crops of ``boxes`` (xyxy in ``image`` pixels) as the detector sees them: from the
+    agent's letterbox of ``image`` at ``imgsz``."""
     import torch  # noqa: PLC0415
 
     from edge_agent.inference import letterbox  # noqa: PLC0415
 
+    blob, (mapping,) = letterbox([image], imgsz, imgsz)
+    boxes = boxes.astype(np.float32).copy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]] * mapping.scale_x + mapping.pad_x
+    boxes[:, [1, 3]] = boxes[:, [1, 3]] * mapping.scale_y + mapping.pad_y
+    tensor = torch.from_numpy(boxes)
+    return crop_boxes(torch.from_numpy(blob), tensor, torch.zeros(len(tensor)), crop).detach()
+
+
+def read_image(path: Path) -> NDArray[np.uint8]:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise TrainingError(f"training image {path} is unreadable")
+    return np.asarray(image, np.uint8)
+
+
+def part_crops(
+    labelled: Sequence[LabelledImage], imgsz: int, crop: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every labelled box of every image, each shifted and scaled by up to
+    :data:`BOX_JITTER` of its size, cropped as the detector sees it; with its class id."""
+    import torch  # noqa: PLC0415
+
     crops: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
+    class_ids: list[torch.Tensor] = []
     generator = np.random.default_rng(0)
     for item in labelled:
         if len(item.truth) == 0:
             continue
-        image = cv2.imread(str(item.image_path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise TrainingError(f"training image {item.image_path} is unreadable")
-        blob, (mapping,) = letterbox([np.asarray(image, np.uint8)], imgsz, imgsz)
-        boxes = item.truth.xyxy.astype(np.float32).copy()
-        boxes[:, [0, 2]] = boxes[:, [0, 2]] * mapping.scale_x + mapping.pad_x
-        boxes[:, [1, 3]] = boxes[:, [1, 3]] * mapping.scale_y + mapping.pad_y
+        boxes = item.truth.xyxy.astype(np.float32)
         size = np.tile(boxes[:, 2:] - boxes[:, :2], 2)  # w, h, w, h
-        boxes += generator.uniform(-BOX_JITTER, BOX_JITTER, boxes.shape).astype(np.float32) * size
-        tensor = torch.from_numpy(boxes)
-        crops.append(
-            crop_boxes(torch.from_numpy(blob), tensor, torch.zeros(len(tensor)), crop).detach()
-        )
-        labels.append(torch.from_numpy((item.truth.class_id == attribute_id).astype(np.int64)))
+        jitter = generator.uniform(-BOX_JITTER, BOX_JITTER, boxes.shape).astype(np.float32)
+        boxes = boxes + jitter * size
+        crops.append(image_crops(read_image(item.image_path), boxes, imgsz, crop))
+        class_ids.append(torch.from_numpy(item.truth.class_id.astype(np.int64)))
     if not crops:
         return torch.zeros((0, 3, crop, crop)), torch.zeros((0,), dtype=torch.int64)
-    return torch.cat(crops), torch.cat(labels)
+    return torch.cat(crops), torch.cat(class_ids)
 
 
-def train_inspector(
-    labelled: Sequence[LabelledImage],
-    class_names: Sequence[str],
-    settings: InspectorSection,
-    *,
-    imgsz: int,
-    seed: int,
-) -> TrainedInspector | None:
-    """The inspector for ``settings.attribute_class``, or None when the line has no such class
-    or the data too few boxes with or without it to learn from (the export is then the
-    detector alone, as before)."""
+def fit_crop_classifier(
+    images: torch.Tensor, labels: torch.Tensor, outputs: int, *, epochs: int, seed: int
+) -> torch.nn.Module:
+    """A :func:`build_network` trained on ``images`` (N, 3, crop, crop) for ``labels``
+    (0..outputs-1); each class weighs as much as the most frequent one (a quarter of the
+    parts carry a defect on the synthetic line, far fewer on a good one). Flips, quarter
+    turns and brightness are augmented: a part lies any way up under any lamp."""
     import torch  # noqa: PLC0415
     from torch import nn  # noqa: PLC0415
 
-    if settings.attribute_class is None or settings.attribute_class not in class_names:
-        return None
-    attribute_id = list(class_names).index(settings.attribute_class)
-    started = time.monotonic()
-    images, labels = _training_crops(labelled, imgsz, attribute_id, settings.crop)
-    positives = int(labels.sum())
-    negatives = len(labels) - positives
-    if min(positives, negatives) < settings.min_examples:
-        log.info(
-            "inspector skipped: %d part(s) with %s, %d without (%d of each needed)",
-            positives,
-            settings.attribute_class,
-            negatives,
-            settings.min_examples,
-        )
-        return None
     torch.manual_seed(seed)
-    network = build_network(settings.crop)
+    network = build_network(images.shape[-1], outputs)
     batch = 64
-    steps = settings.epochs * ((len(labels) + batch - 1) // batch)
+    steps = epochs * ((len(labels) + batch - 1) // batch)
     optimizer = torch.optim.AdamW(network.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
-    # Balanced: a quarter of the parts carry a defect on the line, far fewer on a good one.
-    weight = torch.tensor([1.0, negatives / positives])
+    counts = torch.bincount(labels, minlength=outputs).clamp(min=1).to(torch.float32)
+    weight = counts.max() / counts
     network.train()
-    for _ in range(settings.epochs):
+    for _ in range(epochs):
         order = torch.randperm(len(labels))
         for start in range(0, len(labels), batch):
             index = order[start : start + batch]
@@ -195,10 +191,50 @@ def train_inspector(
             optimizer.step()
             schedule.step()
     network.eval()
+    return network
+
+
+def predict_crops(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The class :func:`fit_crop_classifier`'s network gives each crop."""
+    import torch  # noqa: PLC0415
+
     with torch.no_grad():
-        predicted = torch.cat(
-            [network(images[i : i + 256]).argmax(1) for i in range(0, len(labels), 256)]
+        return torch.cat(
+            [network(images[i : i + 256]).argmax(1) for i in range(0, len(images), 256)]
+            or [torch.zeros(0, dtype=torch.int64)]
         )
+
+
+def train_inspector(
+    labelled: Sequence[LabelledImage],
+    class_names: Sequence[str],
+    settings: InspectorSection,
+    *,
+    imgsz: int,
+    seed: int,
+) -> TrainedInspector | None:
+    """The inspector for ``settings.attribute_class``, or None when the line has no such class
+    or the data too few boxes with or without it to learn from (the export is then the
+    detector alone, as before)."""
+    if settings.attribute_class is None or settings.attribute_class not in class_names:
+        return None
+    attribute_id = list(class_names).index(settings.attribute_class)
+    started = time.monotonic()
+    images, class_ids = part_crops(labelled, imgsz, settings.crop)
+    labels = (class_ids == attribute_id).to(class_ids.dtype)
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if min(positives, negatives) < settings.min_examples:
+        log.info(
+            "inspector skipped: %d part(s) with %s, %d without (%d of each needed)",
+            positives,
+            settings.attribute_class,
+            negatives,
+            settings.min_examples,
+        )
+        return None
+    network = fit_crop_classifier(images, labels, 2, epochs=settings.epochs, seed=seed)
+    predicted = predict_crops(network, images)
     report = InspectorReport(
         attribute_class=settings.attribute_class,
         crops=len(labels),
