@@ -44,8 +44,8 @@ CROP_MARGIN = 0.1
 BOX_JITTER = 0.05
 
 
-def build_network(crop: int, outputs: int = 2) -> torch.nn.Module:
-    """About 0.2 M parameters: four stride-2 stages (32 px crop -> 2x2) and ``outputs`` logits
+def build_network(crop: int, classes: int = 2) -> torch.nn.Module:
+    """About 0.2 M parameters: four stride-2 stages (32 px crop -> 2x2) and ``classes`` logits
     (the inspector's two: without, with the attribute)."""
     from torch import nn  # noqa: PLC0415 - trainer extra
 
@@ -68,7 +68,7 @@ def build_network(crop: int, outputs: int = 2) -> torch.nn.Module:
         stage(64, 96),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(96, outputs),
+        nn.Linear(96, classes),
     )
 
 
@@ -158,22 +158,22 @@ def part_crops(
 
 
 def fit_crop_classifier(
-    images: torch.Tensor, labels: torch.Tensor, outputs: int, *, epochs: int, seed: int
+    images: torch.Tensor, labels: torch.Tensor, classes: int, *, epochs: int, seed: int
 ) -> torch.nn.Module:
     """A :func:`build_network` trained on ``images`` (N, 3, crop, crop) for ``labels``
-    (0..outputs-1); each class weighs as much as the most frequent one (a quarter of the
+    (0..classes-1); each class weighs as much as the most frequent one (a quarter of the
     parts carry a defect on the synthetic line, far fewer on a good one). Flips, quarter
     turns and brightness are augmented: a part lies any way up under any lamp."""
     import torch  # noqa: PLC0415
     from torch import nn  # noqa: PLC0415
 
     torch.manual_seed(seed)
-    network = build_network(images.shape[-1], outputs)
+    network = build_network(images.shape[-1], classes)
     batch = 64
     steps = epochs * ((len(labels) + batch - 1) // batch)
     optimizer = torch.optim.AdamW(network.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
-    counts = torch.bincount(labels, minlength=outputs).clamp(min=1).to(torch.float32)
+    counts = torch.bincount(labels, minlength=classes).clamp(min=1).to(torch.float32)
     weight = counts.max() / counts
     network.train()
     for _ in range(epochs):
