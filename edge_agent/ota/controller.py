@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 class OtaPolicy:
     probation_s: float = 30.0
     max_error_rate: float = 0.05
-    latency_factor: float = 2.0
+    latency_factor: float = 3.0  # edge_agent.config.OtaSection says why
     smoke_frames: int = 3
     download_retry_s: float = 5.0
     download_retry_max_s: float = 300.0

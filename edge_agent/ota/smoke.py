@@ -112,7 +112,7 @@ class SmokeCheck:
     stats: PipelineStats
     recent: RecentFrames
     frames: int = 3
-    latency_factor: float = 2.0
+    latency_factor: float = 3.0  # edge_agent.config.OtaSection says why
     try_on_line: LineTrial = no_line
     run_model_work: ModelWorkRunner[Any] = run_in_place
     # Rounds over the recent frames when a slow-looking candidate is timed beside the
