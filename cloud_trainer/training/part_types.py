@@ -37,6 +37,7 @@ from cloud_trainer.training.inspector import (
     predict_crops,
     read_image,
 )
+from shared.detections import Detections
 
 if TYPE_CHECKING:
     import torch
@@ -150,8 +151,6 @@ def _types_of(
     """The part type the classifier sees in each box of ``lines`` (YOLO) on ``image_path``."""
     image = read_image(image_path)
     height, width = image.shape[:2]
-    boxes = np.array([[float(v) for v in line.split()[1:]] for line in lines], np.float32)
-    xyxy = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
-    xyxy *= np.array([width, height, width, height], np.float32)
+    xyxy = Detections.from_yolo_lines(lines, width, height).xyxy
     predicted = predict_crops(network, image_crops(image, xyxy, imgsz, TYPE_CROP))
     return [types[int(i)] for i in predicted]
