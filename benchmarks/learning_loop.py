@@ -1,7 +1,7 @@
 """The learning loop end to end, per drift scenario and hard-example selection strategy.
 
     python benchmarks/learning_loop.py [--quick] [--scenarios lighting,defects]
-        [--strategies linefleet,random,confidence_band] [--seeds 0] [--frames 2000]
+        [--strategies linefleet,random,confidence_band,changed_line] [--seeds 0] [--frames 2000]
         [--lead-in 1500] [--budget 0.03] [--epochs N]
         [--second-round lighting:new_variant_lighting]
 
@@ -20,7 +20,10 @@ Strategies, at the same label budget:
 - ``linefleet``: the agent's default ``mining`` section;
 - ``random``: frames drawn uniformly from the stream (exactly the budget);
 - ``confidence_band``: the confidence-band sampler alone (what Sedna's and Roboflow's
-  defaults amount to).
+  defaults amount to);
+- ``changed_line``: frames drawn uniformly from after the change only. No agent can do
+  this (it knows when the line changed); it is the ceiling for choosing frames by when
+  they were seen, which is how far the samplers' lead over random can come from timing.
 
 ``--second-round SCENARIO:DRIFT``: after that scenario's ``linefleet`` update, the line
 drifts further; the
@@ -89,7 +92,9 @@ SCENARIOS: dict[str, str] = {
     "new_variant_lighting": "new_variant_lighting",
     "defects": "none",
 }
-STRATEGIES = ("linefleet", "random", "confidence_band")
+STRATEGIES = ("linefleet", "random", "confidence_band", "changed_line")
+# Strategies that pick exact stream positions: every pick is kept (no near-duplicate filter).
+INDEX_STRATEGIES = ("random", "changed_line")
 CAMERA_FPS = 10.0
 TEST_SEED = 9_000  # held-out scenes: no stream seed comes near it
 TEST_FRAMES = 150
@@ -147,8 +152,8 @@ def test_frames(drift: str) -> list[tuple[Any, Detections]]:
 class IndexSampler(Sampler):
     """Flags the frames at chosen stream positions: random selection at an exact budget."""
 
-    def __init__(self, chosen: set[int]) -> None:
-        super().__init__("random", 0.5)
+    def __init__(self, chosen: set[int], tag: str = "random") -> None:
+        super().__init__(tag, 0.5)
         self.chosen = chosen
 
     def observe(self, item: MiningInput) -> MiningInput | None:
@@ -166,7 +171,7 @@ class CameraClock:
 
 
 def samplers_for(
-    strategy: str, clock: CameraClock, frames: int, budget: int, seed: int
+    strategy: str, clock: CameraClock, frames: int, budget: int, seed: int, *, lead_in: int
 ) -> list[Sampler]:
     if strategy == "linefleet":
         return build_samplers(MiningSection(), clock=clock, rng=random.Random(seed))
@@ -184,6 +189,10 @@ def samplers_for(
         return build_samplers(only_band, clock=clock, rng=random.Random(seed))
     if strategy == "random":
         return [IndexSampler(set(random.Random(seed).sample(range(frames), budget)))]
+    if strategy == "changed_line":
+        changed = range(lead_in, frames)
+        picks = set(random.Random(seed).sample(changed, min(budget, len(changed))))
+        return [IndexSampler(picks, "changed_line")]
     raise SystemExit(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
 
 
@@ -265,14 +274,18 @@ class Loop:
         for strategy, fleet in fleets.items():
             spool = Spool(self.work / "spools" / f"{fleet}-{drift}-{seed}")
             policy = HardExamplePolicy(
-                samplers_for(strategy, clock, self.total_frames, budget, seed),
+                samplers_for(
+                    strategy, clock, self.total_frames, budget, seed, lead_in=self.args.lead_in
+                ),
                 spool,
                 stop,
                 fleet=fleet,
                 device_id="edge-01",
                 # Random frames are the budget exactly: none is dropped as a near-duplicate
                 # (on a slow belt, frames seconds apart hash alike: 25% were at 2000 frames).
-                dedup=NearDuplicateFilter(max_distance=-1) if strategy == "random" else None,
+                dedup=NearDuplicateFilter(max_distance=-1)
+                if strategy in INDEX_STRATEGIES
+                else None,
             )
             policies[strategy] = (spool, policy)
         start = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
