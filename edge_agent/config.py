@@ -310,6 +310,15 @@ class MiningSection(_Section):
     random: RandomSamplerSection = RandomSamplerSection()
 
 
+# A candidate slower than this many times the running model is refused (smoke check) or
+# rolled back (probation). 3, not 2: a model with the part inspector fused in costs 1.65x
+# the detector alone by design (benchmarks/inspector.py), and beside a second agent on the
+# same 2 cores CI timed one at 2.09x (29.5 vs 14.1 ms) and refused a good update. Keeping up
+# with the line is the rollout's fps check (min_fps_ratio). The OTA policy and the smoke
+# check default to it too.
+DEFAULT_LATENCY_FACTOR = 3.0
+
+
 class OtaSection(_Section):
     """Model updates over MQTT. Only manifests and desired states signed by one of
     ``trusted_keys`` (key id -> PEM public key file) are ever acted upon."""
@@ -319,12 +328,7 @@ class OtaSection(_Section):
     trusted_keys: dict[Identifier, Path] = Field(default_factory=dict, max_length=32)
     probation_s: float = Field(default=60.0, ge=0.0, le=86400)
     max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
-    # A candidate slower than this many times the running model is refused (smoke check) or
-    # rolled back (probation). 3, not 2: a model with the part inspector fused in costs 1.65x
-    # the detector alone by design (benchmarks/inspector.py), and beside a second agent on
-    # the same 2 cores CI timed one at 2.09x (29.5 vs 14.1 ms) and refused a good update.
-    # Keeping up with the line is the rollout's fps check (min_fps_ratio).
-    latency_factor: float = Field(default=3.0, ge=1.0, le=100.0)
+    latency_factor: float = Field(default=DEFAULT_LATENCY_FACTOR, ge=1.0, le=100.0)
     max_boot_attempts: int = Field(default=2, ge=1, le=100)
     keep_versions: int = Field(default=3, ge=2, le=100)
     # After probation the running model is still watched, window by window (0 s: off). Over

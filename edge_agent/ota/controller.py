@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from edge_agent import __version__
 from edge_agent.bandwidth import TokenBucket
+from edge_agent.config import DEFAULT_LATENCY_FACTOR
 from edge_agent.errors import EdgeAgentError
 from edge_agent.frame_path import ActiveModel
 from edge_agent.ota.download import (
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 class OtaPolicy:
     probation_s: float = 30.0
     max_error_rate: float = 0.05
-    latency_factor: float = 3.0  # edge_agent.config.OtaSection says why
+    latency_factor: float = DEFAULT_LATENCY_FACTOR
     smoke_frames: int = 3
     download_retry_s: float = 5.0
     download_retry_max_s: float = 300.0

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from edge_agent.camera import Frame
+from edge_agent.config import DEFAULT_LATENCY_FACTOR
 from edge_agent.frame_path import ActiveModel, DetectionResult, ModelWork, PipelineStats
 from edge_agent.inference import CancelToken, letterbox
 from edge_agent.ota.verify import OtaRejectedError
@@ -112,7 +113,7 @@ class SmokeCheck:
     stats: PipelineStats
     recent: RecentFrames
     frames: int = 3
-    latency_factor: float = 3.0  # edge_agent.config.OtaSection says why
+    latency_factor: float = DEFAULT_LATENCY_FACTOR
     try_on_line: LineTrial = no_line
     run_model_work: ModelWorkRunner[Any] = run_in_place
     # Rounds over the recent frames when a slow-looking candidate is timed beside the
