@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from cloud_trainer.config import InspectorSection
     from cloud_trainer.release.evaluate import LabelledImage
+    from shared.detections import Detections
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,7 @@ def read_image(path: Path) -> NDArray[np.uint8]:
 def part_crops(
     labelled: Sequence[LabelledImage], imgsz: int, crop: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every labelled box of every image, each shifted and scaled by up to
-    :data:`BOX_JITTER` of its size, cropped as the detector sees it; with its class id."""
+    """Every labelled box of every image, cropped by :func:`jittered_crops`; with its class id."""
     import torch  # noqa: PLC0415
 
     crops: list[torch.Tensor] = []
@@ -146,15 +146,28 @@ def part_crops(
     for item in labelled:
         if len(item.truth) == 0:
             continue
-        boxes = item.truth.xyxy.astype(np.float32)
-        size = np.tile(boxes[:, 2:] - boxes[:, :2], 2)  # w, h, w, h
-        jitter = generator.uniform(-BOX_JITTER, BOX_JITTER, boxes.shape).astype(np.float32)
-        boxes = boxes + jitter * size
-        crops.append(image_crops(read_image(item.image_path), boxes, imgsz, crop))
+        image = read_image(item.image_path)
+        crops.append(jittered_crops(image, item.truth, generator, imgsz, crop))
         class_ids.append(torch.from_numpy(item.truth.class_id.astype(np.int64)))
     if not crops:
         return torch.zeros((0, 3, crop, crop)), torch.zeros((0,), dtype=torch.int64)
     return torch.cat(crops), torch.cat(class_ids)
+
+
+def jittered_crops(
+    image: NDArray[np.uint8],
+    truth: Detections,
+    generator: np.random.Generator,
+    imgsz: int,
+    crop: int,
+) -> torch.Tensor:
+    """The boxes of ``truth`` on ``image``, each shifted and scaled by up to
+    :data:`BOX_JITTER` of its size (a detector's boxes are never exact), cropped as the
+    detector sees them."""
+    boxes = truth.xyxy.astype(np.float32)
+    size = np.tile(boxes[:, 2:] - boxes[:, :2], 2)  # w, h, w, h
+    jitter = generator.uniform(-BOX_JITTER, BOX_JITTER, boxes.shape).astype(np.float32)
+    return image_crops(image, boxes + jitter * size, imgsz, crop)
 
 
 def fit_crop_classifier(

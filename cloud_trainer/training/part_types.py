@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloud_trainer.data.dataset import labelled_folder, write_data_yaml
+from cloud_trainer.data.dataset import write_data_yaml
 from cloud_trainer.errors import TrainingError
 from cloud_trainer.training.inspector import (
     fit_crop_classifier,
     image_crops,
-    part_crops,
+    jittered_crops,
     predict_crops,
     read_image,
 )
@@ -76,6 +76,45 @@ def _retyped(lines: list[str], rows: list[int], types: list[int]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class _PartCrops:
+    """One read of a dataset's train and val images: what typing their labels needs."""
+
+    crops: torch.Tensor  # every box, jittered: the classifier's training data
+    class_ids: torch.Tensor
+    attribute_crops: dict[Path, torch.Tensor]  # label file -> its attribute rows, as labelled
+
+
+def _part_crops(root: Path, attribute: int, imgsz: int) -> _PartCrops:
+    """Each ``.jpg`` of train and val decoded once, for both the classifier's crops and the
+    crops of the boxes it will type."""
+    import torch  # noqa: PLC0415 - trainer only
+
+    crops: list[torch.Tensor] = []
+    class_ids: list[torch.Tensor] = []
+    attribute_crops: dict[Path, torch.Tensor] = {}
+    generator = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for image_path in sorted((root / "images" / split).glob("*.jpg")):
+            label = root / "labels" / split / f"{image_path.stem}.txt"
+            lines = label.read_text().splitlines()
+            image = read_image(image_path)
+            height, width = image.shape[:2]
+            truth = Detections.from_yolo_lines(lines, width, height)
+            if len(truth) == 0:
+                continue
+            crops.append(jittered_crops(image, truth, generator, imgsz, TYPE_CROP))
+            class_ids.append(torch.from_numpy(truth.class_id.astype(np.int64)))
+            rows = _attribute_rows(lines, attribute)
+            if rows:
+                boxes = Detections.from_yolo_lines([lines[row] for row in rows], width, height)
+                attribute_crops[label] = image_crops(image, boxes.xyxy, imgsz, TYPE_CROP)
+    if not crops:
+        empty = torch.zeros((0, 3, TYPE_CROP, TYPE_CROP))
+        return _PartCrops(empty, torch.zeros((0,), dtype=torch.int64), {})
+    return _PartCrops(torch.cat(crops), torch.cat(class_ids), attribute_crops)
+
+
 def typed_labels(
     root: Path,
     class_names: list[str],
@@ -89,17 +128,16 @@ def typed_labels(
     if attribute_class not in class_names:
         raise TrainingError(f"attribute class {attribute_class!r} is not one of {class_names}")
     attribute = class_names.index(attribute_class)
-    labelled = [item for split in ("train", "val") for item in labelled_folder(root, split)]
-    crops, class_ids = part_crops(labelled, imgsz, TYPE_CROP)
-    clean = class_ids != attribute
-    types = sorted({int(c) for c in class_ids[clean]})
+    parts = _part_crops(root, attribute, imgsz)
+    clean = parts.class_ids != attribute
+    types = sorted({int(c) for c in parts.class_ids[clean]})
     network = None
     if len(types) >= 2 and int(clean.sum()) >= MIN_TYPED_PARTS:
         import torch  # noqa: PLC0415 - trainer only
 
-        labels = torch.from_numpy(np.searchsorted(types, class_ids[clean].numpy()))
+        labels = torch.from_numpy(np.searchsorted(types, parts.class_ids[clean].numpy()))
         network = fit_crop_classifier(
-            crops[clean], labels, len(types), epochs=TYPE_EPOCHS, seed=seed
+            parts.crops[clean], labels, len(types), epochs=TYPE_EPOCHS, seed=seed
         )
     else:
         log.info(
@@ -127,10 +165,10 @@ def typed_labels(
             lines = label.read_text().splitlines()
             rows = _attribute_rows(lines, attribute) if split != "holdout" else []
             if rows and network is not None:
-                pixels = next(iter(sorted(images.glob(f"{label.stem}.*"))), None)
-                if pixels is None:
-                    raise TrainingError(f"no image for label file {label}")
-                found = _types_of(network, types, pixels, [lines[row] for row in rows], imgsz)
+                crops = parts.attribute_crops.get(label)
+                if crops is None:
+                    raise TrainingError(f"no .jpg image for label file {label}")
+                found = [types[int(i)] for i in predict_crops(network, crops)]
                 lines = _retyped(lines, rows, found)
                 relabelled += len(rows)
             else:
@@ -143,14 +181,3 @@ def typed_labels(
         kept,
     )
     return TypedLabels(write_data_yaml(out, class_names), relabelled, kept)
-
-
-def _types_of(
-    network: torch.nn.Module, types: list[int], image_path: Path, lines: list[str], imgsz: int
-) -> list[int]:
-    """The part type the classifier sees in each box of ``lines`` (YOLO) on ``image_path``."""
-    image = read_image(image_path)
-    height, width = image.shape[:2]
-    xyxy = Detections.from_yolo_lines(lines, width, height).xyxy
-    predicted = predict_crops(network, image_crops(image, xyxy, imgsz, TYPE_CROP))
-    return [types[int(i)] for i in predicted]
