@@ -203,7 +203,8 @@ class InspectorSection(_Section):
     attribute_class: str | None = "defect"
     crop: int = Field(default=32, ge=16, le=128, description="crop side in input pixels")
     epochs: int = Field(default=30, ge=1, le=500)
-    # Crops classified a frame: the anchors with the highest scores (several per part).
+    # Anchors looked at a frame, highest scores first; each part among them is cropped once,
+    # so this is also the most parts a frame can have inspected.
     top_k: int = Field(default=64, ge=1, le=1000)
     # Parts needed with and without the attribute, each, to train one.
     min_examples: int = Field(default=10, ge=1)

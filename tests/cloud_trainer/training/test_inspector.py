@@ -101,6 +101,37 @@ def test_the_fused_graph_shares_each_confidence_between_type_and_attribute(verdi
     assert torch.allclose(out[0, 4 + 1, :2], rest[:2] * torch.tensor([0.3 / 0.9, 0.2 / 0.6]))
 
 
+def test_each_part_is_cropped_once_and_its_anchors_share_its_verdict() -> None:
+    """Two images (dark, bright) with the same two parts, the bolt seen by two anchors: four
+    crops, not six, and each image's anchors take the verdict of their own image's part."""
+    import torch
+
+    class BrightnessInspector(torch.nn.Module):  # type: ignore[misc]
+        """Says "defect" for a bright crop, not for a dark one; counts the crops it sees."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.crops_seen = 0
+
+        def forward(self, crops: torch.Tensor) -> torch.Tensor:
+            self.crops_seen += len(crops)
+            brightness = crops.mean(dim=(1, 2, 3))
+            return torch.stack([torch.zeros_like(brightness), 10.0 * (brightness - 0.5)], 1)
+
+    detector = FixedDetector()
+    detector.raw = detector.raw.expand(2, -1, -1).clone()
+    inspector = BrightnessInspector()
+    model = _module(detector, forced(0.5))
+    model.inspector = inspector
+    images = torch.stack([torch.zeros(3, 320, 320), torch.ones(3, 320, 320)])
+    out = model(images)
+    assert inspector.crops_seen == 4
+    confidence = detector.raw[:, 4:].sum(dim=1).clamp(max=1.0)
+    dark, bright = torch.sigmoid(torch.tensor(-5.0)), torch.sigmoid(torch.tensor(5.0))
+    assert torch.allclose(out[0, 4 + DEFECT], confidence[0] * dark, atol=1e-4)
+    assert torch.allclose(out[1, 4 + DEFECT], confidence[1] * bright, atol=1e-4)
+
+
 def test_the_fused_export_finds_the_defects_the_detector_misses(
     bootstrap_model: tuple[Path, Path], line_data: Path, tmp_path: Path
 ) -> None:
