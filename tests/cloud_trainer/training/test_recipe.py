@@ -17,7 +17,7 @@ def test_a_spec_without_a_recipe_adds_nothing_so_ultralytics_picks_as_before() -
 def test_the_default_recipe_is_the_one_the_learning_loop_benchmark_chose() -> None:
     training = TrainingSection()
     assert (training.epochs, training.lr0, training.optimizer, training.freeze) == (
-        20,
+        40,
         3e-4,
         "auto",
         0,
