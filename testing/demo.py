@@ -73,7 +73,7 @@ class DemoSettings:
     examples: int = 240
     # The trainer's recipe (AdamW at 3e-4: benchmarks/learning_loop.py, README "Learning
     # loop") at half its 40 epochs: the demo must recover within 10 minutes on 2 cores, and 20
-    # epochs of its 209 images already take 332 s of its 534 (1.44x the pre-drift mAP50 on
+    # epochs of its 210 images already take 313 s of its 506 (1.45x the pre-drift mAP50 on
     # the single drift it shows); --quick (the tests) trains 10.
     epochs: int = DEMO_EPOCHS
     camera_fps: float = 4.0
