@@ -441,13 +441,13 @@ def main() -> None:
     parser.add_argument(
         "--budget", type=float, default=0.03, help="share of all frames labelled (lead-in too)"
     )
+    recipe = TrainingSection()
     parser.add_argument(
         "--epochs",
         type=int,
-        help=f"default: the trainer's ({TrainingSection().epochs}); --quick {QUICK_EPOCHS}",
+        help=f"default: the trainer's ({recipe.epochs}); --quick {QUICK_EPOCHS}",
     )
     parser.add_argument("--replay", type=int, default=48, help="replayed bootstrap images")
-    recipe = TrainingSection()
     parser.add_argument("--freeze", type=int, default=recipe.freeze, help="layers kept frozen")
     parser.add_argument("--lr0", type=float, default=recipe.lr0, help="AdamW learning rate")
     parser.add_argument(
@@ -467,7 +467,7 @@ def main() -> None:
     # QUICK_EPOCHS (7 at the trainer's 40).
     quick_strategies = "linefleet,random" if args.quick else ",".join(STRATEGIES)
     if args.epochs is None:
-        args.epochs = QUICK_EPOCHS if args.quick else TrainingSection().epochs
+        args.epochs = QUICK_EPOCHS if args.quick else recipe.epochs
     strategies = (args.strategies or quick_strategies).split(",")
     for scenario in scenarios:
         if scenario not in SCENARIOS:
