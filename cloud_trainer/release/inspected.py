@@ -2,12 +2,13 @@
 own raw output (``[B, 4 + classes, anchors]``) and metadata: the agent's runtime, the gate,
 the variants and OTA need nothing new.
 
-Inside the graph: of the ``top_k`` anchors with the highest class score, one box per part
-(non-maximum suppression at :data:`SAME_PART_IOU`) is cropped from the input (``RoiAlign``)
-and classified; every anchor takes the verdict of the part its box overlaps most (IoU >=
-:data:`SAME_PART_IOU`, so all anchors of one part agree before the agent's NMS). An anchor's
-confidence ``s`` is then shared out: ``s * p`` to the attribute class, ``s * (1 - p)`` to the
-part type the detector scored highest, in proportion to the detector's type scores.
+Inside the graph: the ``top_k`` anchors with the highest summed class score are grouped into
+parts (non-maximum suppression at :data:`SAME_PART_IOU`); each part's mean box is cropped
+from the input (``RoiAlign``) and classified; every anchor takes the verdict of the part its
+box overlaps most (IoU >= :data:`SAME_PART_IOU`, so all anchors of one part agree before the
+agent's NMS). An anchor's confidence ``s`` is then shared out: ``s * p`` to the attribute
+class, ``s * (1 - p)`` to the part type the detector scored highest, in proportion to the
+detector's type scores.
 
 Why one crop per part: a part has several anchors among the top ones (on the synthetic line
 4-7 parts fill the 64 top anchors), and cropping each of them was most of the inspector's cost
@@ -33,6 +34,29 @@ if TYPE_CHECKING:
 SAME_PART_IOU = 0.5
 
 
+def _membership(iou: torch.Tensor) -> torch.Tensor:
+    """How much a box belongs to a part it overlaps by ``iou``: 0 up to :data:`SAME_PART_IOU`,
+    rising to 1 at IoU 1. Continuous, so a box at the threshold cannot jump in or out."""
+    return ((iou - SAME_PART_IOU) / (1.0 - SAME_PART_IOU)).clamp(min=0.0)
+
+
+def _part_boxes(
+    boxes: torch.Tensor, evidence: torch.Tensor, image: torch.Tensor, kept: torch.Tensor
+) -> torch.Tensor:
+    """The box to crop for each part NMS ``kept``: the mean of the boxes of its image that
+    belong to it, weighted by ``evidence`` and :func:`_membership`.
+
+    Why not the kept box itself: of two anchors of a part that score within a rounding error
+    of each other, torch and onnxruntime can keep different ones, and a crop a few pixels
+    off can move the verdict (by 0.03 in a demo run); the mean barely moves."""
+    from torchvision.ops import box_iou  # noqa: PLC0415
+
+    same_image = (image[:, None] == image[kept][None, :]).to(boxes.dtype)  # [N, P]
+    weight = _membership(box_iou(boxes, boxes[kept])) * same_image
+    weight = weight * evidence.clamp(min=1e-6)[:, None]  # the kept box always counts
+    return (weight.transpose(0, 1) @ boxes) / weight.sum(dim=0)[:, None]
+
+
 def _module(detector: Any, inspector: TrainedInspector) -> torch.nn.Module:
     import torch  # noqa: PLC0415
     from torchvision.ops import batched_nms, box_convert, box_iou  # noqa: PLC0415
@@ -54,15 +78,19 @@ def _module(detector: Any, inspector: TrainedInspector) -> torch.nn.Module:
             # How sure the detector is of a part there, whatever its class: the sum, as a
             # fine-tuned detector torn between a type and the attribute splits its score
             # between them (a clean bolt at 0.2 bolt and 0.2 defect is a part at 0.4).
-            confidence = scores.sum(dim=1).clamp(max=1.0)  # [B, A]
+            # Parts are ranked by the unclamped sum: clamped, every confident anchor ties
+            # at 1.0, and torch and onnxruntime break ties in different orders.
+            evidence = scores.sum(dim=1)  # [B, A]
+            confidence = evidence.clamp(max=1.0)
             xyxy = box_convert(boxes.transpose(1, 2), "cxcywh", "xyxy")  # [B, A, 4]
             k = min(self.top_k, anchors)
-            top = confidence.topk(k, dim=1)  # [B, K]
+            top = evidence.topk(k, dim=1)  # [B, K]
             top_boxes = xyxy.gather(1, top.indices[..., None].expand(batch, k, 4)).reshape(-1, 4)
             top_image = torch.arange(batch, device=images.device).repeat_interleave(k)
             # One box a part; NMS keeps each image's best anchor, so every image has a part.
             parts = batched_nms(top_boxes, top.values.reshape(-1), top_image, SAME_PART_IOU)
-            part_boxes, part_image = top_boxes[parts], top_image[parts]  # [P, 4], [P]
+            part_image = top_image[parts]  # [P]
+            part_boxes = _part_boxes(top_boxes, top.values.reshape(-1), top_image, parts)
             crops = crop_boxes(images, part_boxes, part_image, self.crop)
             verdict = self.inspector(crops).softmax(dim=1)[:, 1]  # [P]
             anchor_image = torch.arange(batch, device=images.device).repeat_interleave(anchors)

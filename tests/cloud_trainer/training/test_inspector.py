@@ -132,6 +132,40 @@ def test_each_part_is_cropped_once_and_its_anchors_share_its_verdict() -> None:
     assert torch.allclose(out[1, 4 + DEFECT], confidence[1] * bright, atol=1e-4)
 
 
+def test_a_part_is_cropped_the_same_whatever_the_order_of_its_anchors() -> None:
+    """A confident part has several anchors whose scores sum past 1 (a confidence of exactly
+    1.0 for each): torch and onnxruntime order such ties differently, so a graph that picked
+    the crop by clamped confidence cropped another box in each, and the verdict moved (0.72 on
+    a CI machine, refusing the export). On an image whose brightness rises left to right, with
+    an inspector that reads brightness, the output must not move when the anchors are listed
+    in another order."""
+    import torch
+
+    class BrightnessInspector(torch.nn.Module):  # type: ignore[misc]
+        def forward(self, crops: torch.Tensor) -> torch.Tensor:
+            brightness = crops.mean(dim=(1, 2, 3))
+            return torch.stack([torch.zeros_like(brightness), 50.0 * (brightness - 0.5)], 1)
+
+    raw = torch.zeros(1, 4 + len(CLASS_NAMES), 4)
+    for anchor, (x, bolt, nut) in enumerate([(150, 0.95, 0.3), (156, 0.9, 0.4), (146, 0.8, 0.55)]):
+        raw[0, :4, anchor] = torch.tensor([float(x), 160.0, 40.0, 40.0])
+        raw[0, 4 + 0, anchor], raw[0, 4 + 1, anchor] = bolt, nut  # sums 1.25, 1.3, 1.35
+    raw[0, :4, 3] = torch.tensor([260.0, 60.0, 30.0, 30.0])
+    raw[0, 4 + 1, 3] = 0.7  # a nut elsewhere
+    image = torch.linspace(0.0, 1.0, 320).expand(1, 3, 320, 320).contiguous()
+    detector = FixedDetector()
+    model = _module(detector, forced(0.5))
+    model.inspector = BrightnessInspector()
+    for order in ([0, 1, 2, 3], [2, 1, 0, 3], [1, 2, 0, 3], [3, 0, 2, 1]):
+        detector.raw = raw[:, :, order]
+        out = model(image)[:, :, torch.argsort(torch.tensor(order))]
+        if order == [0, 1, 2, 3]:
+            first = out
+            verdict = out[0, 4 + DEFECT, 0]
+            assert 0.05 < verdict < 0.95  # the crop's place matters to this inspector
+        assert torch.allclose(out, first, atol=1e-5), order
+
+
 def test_the_fused_export_finds_the_defects_the_detector_misses(
     bootstrap_model: tuple[Path, Path], line_data: Path, tmp_path: Path
 ) -> None:
