@@ -52,15 +52,22 @@ def _export(weights: Path, imgsz: int, config: ExportSection) -> Path:
     return Path(path)
 
 
-def _raw_outputs_differ(
-    net: Any, model: Path, images: Sequence[Path], imgsz: int
-) -> tuple[float, tuple[str, ...]]:
+@dataclass(frozen=True)
+class _Parity:
+    worst: float  # max |onnx - torch| over every output value
+    where: str  # the image, output row and anchor of the worst, for the error
+    class_names: tuple[str, ...]
+
+
+def _raw_outputs_differ(net: Any, model: Path, images: Sequence[Path], imgsz: int) -> _Parity:
     """Max |onnx - torch| over the raw head on ``images``, both fed the agent's letterbox."""
     import torch  # noqa: PLC0415
 
     runner = InferenceRunner(model, RunnerOptions(warmup_runs=1))
-    worst = 0.0
+    worst, where = 0.0, ""
     try:
+        names = runner.info.class_names
+        rows = ("x", "y", "w", "h", *names)
         for path in images:
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
@@ -76,11 +83,15 @@ def _raw_outputs_differ(
                 raise ExportError(
                     f"ONNX output shape {actual.shape} differs from torch {expected_head.shape}"
                 )
-            worst = max(worst, float(np.abs(actual - expected_head).max()))
-        names = runner.info.class_names
+            differ = np.abs(actual - expected_head)
+            if float(differ.max()) > worst:
+                worst = float(differ.max())
+                _, row, anchor = np.unravel_index(int(differ.argmax()), differ.shape)
+                label = rows[row] if row < len(rows) else f"row {row}"
+                where = f"{path.name}, {label} of anchor {anchor}"
     finally:
         runner.close()
-    return worst, names
+    return _Parity(worst, where, names)
 
 
 def export_and_check(
@@ -110,13 +121,15 @@ def export_and_check(
         )
         net = inspected_torch_model(weights, inspector)
     images = list(parity_images)[: config.parity_images]
-    worst, names = _raw_outputs_differ(net, fp32, images, imgsz)
+    parity = _raw_outputs_differ(net, fp32, images, imgsz)
+    names = parity.class_names
     if names != tuple(expected_classes):
         raise ExportError(f"exported classes {list(names)} differ from {list(expected_classes)}")
-    if worst > config.parity_max_abs_diff:
+    if parity.worst > config.parity_max_abs_diff:
         raise ExportError(
-            f"ONNX and torch outputs differ by up to {worst:.4g} on {len(images)} held-out "
-            f"images (bound {config.parity_max_abs_diff}): refusing the export"
+            f"ONNX and torch outputs differ by up to {parity.worst:.4g} on {len(images)} "
+            f"held-out images (bound {config.parity_max_abs_diff}; worst at {parity.where}): "
+            "refusing the export"
         )
     return ExportResult(
         onnx=fp32,
@@ -124,6 +137,6 @@ def export_and_check(
         batch=-1 if config.dynamic_batch else 1,
         imgsz=imgsz,
         class_names=names,
-        parity_max_abs_diff=round(worst, 6),
+        parity_max_abs_diff=round(parity.worst, 6),
         parity_images=len(images),
     )

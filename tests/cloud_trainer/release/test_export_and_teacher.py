@@ -42,7 +42,7 @@ def test_a_dynamic_batch_export_passes_parity(
     assert InferenceRunner(result.onnx).info.batch is None  # the agent sees a dynamic batch
 
 
-def test_export_refuses_mismatched_classes_and_missing_images(
+def test_export_refuses_mismatched_classes_missing_images_and_a_broken_parity(
     bootstrap_model: tuple[Path, Path], images: list[Path], tmp_path: Path
 ) -> None:
     weights = tmp_path / "weights.pt"
@@ -63,6 +63,16 @@ def test_export_refuses_mismatched_classes_and_missing_images(
             imgsz=320,
             config=ExportSection(),
             parity_images=[],
+            expected_classes=CLASS_NAMES,
+        )
+    # A bound below float rounding: refused, naming where the outputs differ most.
+    with pytest.raises(ExportError, match=r"worst at \w+\.jpg, \w+ of anchor \d+"):
+        export_and_check(
+            weights,
+            tmp_path / "out3",
+            imgsz=320,
+            config=ExportSection(parity_max_abs_diff=1e-12),
+            parity_images=images[:2],
             expected_classes=CLASS_NAMES,
         )
 
