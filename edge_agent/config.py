@@ -312,7 +312,7 @@ class MiningSection(_Section):
 
 # A candidate slower than this many times the running model is refused (smoke check) or
 # rolled back (probation). 3, not 2: a model with the part inspector fused in cost 1.65x
-# the detector alone when it cropped every top anchor (1.17x since it crops each part once;
+# the detector alone when it cropped every top anchor (1.18x since it crops each part once;
 # benchmarks/inspector.py), and beside a second agent on the same 2 cores CI timed one at
 # 2.09x (29.5 vs 14.1 ms) and refused a good update: one-frame timings on a shared box
 # swing that much. Keeping up with the line is the rollout's fps check (min_fps_ratio). The

@@ -13,7 +13,7 @@ detector's type scores.
 Why one crop per part: a part has several anchors among the top ones (on the synthetic line
 4-7 parts fill the 64 top anchors), and cropping each of them was most of the inspector's cost
 (the model call took 1.65x the detector's, ``RoiAlign``, the crops' convolutions and the
-anchors-to-crops IoU its largest shares; 1.17x with one crop a part, accuracy unchanged:
+anchors-to-crops IoU its largest shares; 1.18x with one crop a part, accuracy unchanged:
 benchmarks/inspector.py). The inspector costs one crop of ``crop`` px per part seen, at most
 ``top_k``.
 """
