@@ -10,7 +10,12 @@ loop). Both are exported as the trainer exports (fp32 ONNX, and the INT8 variant
 choose on CPU) and scored through the agent's ``InferenceRunner`` on held-out frames of the
 undrifted line: mAP50, defect recall and precision at the agent's threshold. Latency: the
 model call alone (one frame, the agent's letterbox), detector and fused model alternately on
-the same frames; ratios in the same run. The last line printed is one JSON object.
+the same frames; ratios in the same run. Parity: the worst |ONNX - torch| of each fp32
+export on the held-out frames (the detector's is the floor: its own rounding), and how often
+the fused output moves by more than the export's parity bound when the detector's output is
+jittered by rounding-sized noise (the fused graph makes decisions: which anchors form a
+part, which box is cropped; they must not hang on a rounding error, or the parity check
+refuses good models). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from benchmarks.machine import describe_machine  # noqa: E402
 from cloud_trainer.config import ExportSection, InspectorSection  # noqa: E402
 from cloud_trainer.data.dataset import labelled_folder  # noqa: E402
 from cloud_trainer.release.export import export_and_check  # noqa: E402
+from cloud_trainer.release.inspected import inspected_torch_model  # noqa: E402
 from cloud_trainer.release.variants import build_int8  # noqa: E402
-from cloud_trainer.training.inspector import train_inspector  # noqa: E402
+from cloud_trainer.training.inspector import TrainedInspector, train_inspector  # noqa: E402
 from cloud_trainer.training.offline import prepare_offline_ultralytics  # noqa: E402
 from edge_agent.inference import InferenceRunner, RunnerOptions, letterbox  # noqa: E402
 from shared.detections import Detections  # noqa: E402
@@ -43,6 +49,7 @@ from shared.synth import CLASS_NAMES, SyntheticLine, write_yolo_dataset  # noqa:
 from testing.bootstrap_model import BOOTSTRAP_PT  # noqa: E402
 
 IMGSZ = 320
+JITTER_DRAWS = 5
 
 
 def accuracy(onnx: Path, frames: list[tuple[Any, Detections]]) -> dict[str, Any]:
@@ -73,6 +80,66 @@ def latency_ms(models: dict[str, Path], frames: list[Any], rounds: int) -> dict[
         for runner in runners.values():
             runner.close()
     return {name: round(statistics.median(values) * 1000, 3) for name, values in times.items()}
+
+
+def parity_figures(
+    models: dict[str, Path], inspector: TrainedInspector, frames: list[Any], bound: float
+) -> dict[str, Any]:
+    """Worst |ONNX - torch| of the fp32 exports on ``frames``, and the fused graph's
+    steadiness: per jitter scale, the frames on which some fused output moved by more than
+    ``bound`` in one of :data:`JITTER_DRAWS` draws of noise on the detector's output (that
+    scale on the class scores, 100x on box pixels)."""
+    import torch
+
+    fused = inspected_torch_model(BOOTSTRAP_PT, inspector)
+    detector = fused.detector
+
+    class Jittered(torch.nn.Module):  # type: ignore[misc]  # torch is Any here
+        def __init__(self, scale: float, seed: int) -> None:
+            super().__init__()
+            self.scale = scale
+            self.generator = torch.Generator().manual_seed(seed)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            raw = detector(images)
+            raw = (raw[0] if isinstance(raw, list | tuple) else raw).clone()
+            noise = torch.randn(raw.shape, generator=self.generator) * self.scale
+            noise[:, :4] *= 100.0
+            return raw + noise
+
+    references = {"detector_fp32": detector, "fused_fp32": fused}
+    worst = {name: 0.0 for name in references}
+    moved = {scale: 0 for scale in (1e-6, 1e-5)}
+    runners = {name: InferenceRunner(models[name]) for name in references}
+    try:
+        for index, image in enumerate(frames):
+            blob = letterbox([image], IMGSZ, IMGSZ, dtype=np.float32)[0]
+            tensor = torch.from_numpy(blob)
+            with torch.no_grad():
+                for name, reference in references.items():
+                    expected = reference(tensor)
+                    expected = expected[0] if isinstance(expected, list | tuple) else expected
+                    differ = np.abs(runners[name].run(blob) - expected.numpy()).max()
+                    worst[name] = max(worst[name], float(differ))
+                steady = fused(tensor)
+                for scale in moved:
+                    for draw in range(JITTER_DRAWS):
+                        fused.detector = Jittered(scale, index * JITTER_DRAWS + draw)
+                        jittered = fused(tensor)
+                        fused.detector = detector
+                        if float((jittered - steady)[:, 4:].abs().max()) > bound:
+                            moved[scale] += 1
+                            break
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return {
+        "frames": len(frames),
+        "worst_abs_diff": {name: round(value, 6) for name, value in worst.items()},
+        "bound": bound,
+        "jitter_draws": JITTER_DRAWS,
+        "frames_moved_over_bound": {f"{scale:g}": count for scale, count in moved.items()},
+    }
 
 
 def main() -> None:
@@ -121,6 +188,9 @@ def main() -> None:
     frames = [(f.image, f.truth) for f in (line.random_scene(i) for i in range(args.frames))]
     scores = {name: accuracy(path, frames) for name, path in models.items()}
     times = latency_ms(models, [image for image, _ in frames[:50]], args.rounds)
+    steadiness = parity_figures(
+        models, inspector, [image for image, _ in frames], ExportSection().parity_max_abs_diff
+    )
     result = {
         "benchmark": "inspector",
         "machine": describe_machine(),
@@ -135,6 +205,7 @@ def main() -> None:
         "defect_recall_gain": round(
             scores["fused_int8"]["defect_recall"] - scores["detector_int8"]["defect_recall"], 4
         ),
+        "parity": steadiness,
     }
     print(json.dumps(result))
 
