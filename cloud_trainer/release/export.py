@@ -4,17 +4,18 @@ made from this export: :mod:`cloud_trainer.release.variants`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from cloud_trainer.config import ExportSection
 from cloud_trainer.errors import ExportError
-from cloud_trainer.release.inspected import export_inspected, inspected_torch_model
+from cloud_trainer.release.inspected import export_inspected, inspected_torch_model, raw_head
 
 # The agent's own inference path: what the gate measures is exactly what runs on the box.
 from edge_agent.inference import InferenceRunner, RunnerOptions, letterbox
@@ -53,14 +54,17 @@ def _export(weights: Path, imgsz: int, config: ExportSection) -> Path:
 
 
 @dataclass(frozen=True)
-class _Parity:
+class Parity:
     worst: float  # max |onnx - torch| over every output value
     where: str  # the image, output row and anchor of the worst, for the error
     class_names: tuple[str, ...]
 
 
-def _raw_outputs_differ(net: Any, model: Path, images: Sequence[Path], imgsz: int) -> _Parity:
-    """Max |onnx - torch| over the raw head on ``images``, both fed the agent's letterbox."""
+def outputs_differ(
+    net: Any, model: Path, images: Iterable[tuple[str, NDArray[np.uint8]]], imgsz: int
+) -> Parity:
+    """Max |onnx - torch| over the raw head on named ``images``, both fed the agent's
+    letterbox; where it is, for a refusal's message."""
     import torch  # noqa: PLC0415
 
     runner = InferenceRunner(model, RunnerOptions(warmup_runs=1))
@@ -68,30 +72,34 @@ def _raw_outputs_differ(net: Any, model: Path, images: Sequence[Path], imgsz: in
     try:
         names = runner.info.class_names
         rows = ("x", "y", "w", "h", *names)
-        for path in images:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                raise ExportError(f"parity image {path} is unreadable")
-            blob, _ = letterbox([np.asarray(image, np.uint8)], imgsz, imgsz, dtype=np.float32)
+        for name, image in images:
+            blob, _ = letterbox([image], imgsz, imgsz, dtype=np.float32)
             with torch.no_grad():
-                expected = net(torch.from_numpy(blob))
-            expected_head = (
-                expected[0] if isinstance(expected, list | tuple) else expected
-            ).numpy()
+                expected = raw_head(net(torch.from_numpy(blob))).numpy()
             actual = runner.run(blob)
-            if actual.shape != expected_head.shape:
+            if actual.shape != expected.shape:
                 raise ExportError(
-                    f"ONNX output shape {actual.shape} differs from torch {expected_head.shape}"
+                    f"ONNX output shape {actual.shape} differs from torch {expected.shape}"
                 )
-            differ = np.abs(actual - expected_head)
-            if float(differ.max()) > worst:
-                worst = float(differ.max())
-                _, row, anchor = np.unravel_index(int(differ.argmax()), differ.shape)
+            differ = np.abs(actual - expected)
+            index = int(differ.argmax())
+            if float(differ.flat[index]) > worst:
+                worst = float(differ.flat[index])
+                _, row, anchor = np.unravel_index(index, differ.shape)
                 label = rows[row] if row < len(rows) else f"row {row}"
-                where = f"{path.name}, {label} of anchor {anchor}"
+                where = f"{name}, {label} of anchor {anchor}"
     finally:
         runner.close()
-    return _Parity(worst, where, names)
+    return Parity(worst, where, names)
+
+
+def _read(paths: Sequence[Path]) -> Iterator[tuple[str, NDArray[np.uint8]]]:
+    """The parity images, named by file, read one at a time as the check reaches them."""
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ExportError(f"parity image {path} is unreadable")
+        yield path.name, np.asarray(image, np.uint8)
 
 
 def export_and_check(
@@ -121,7 +129,7 @@ def export_and_check(
         )
         net = inspected_torch_model(weights, inspector)
     images = list(parity_images)[: config.parity_images]
-    parity = _raw_outputs_differ(net, fp32, images, imgsz)
+    parity = outputs_differ(net, fp32, _read(images), imgsz)
     names = parity.class_names
     if names != tuple(expected_classes):
         raise ExportError(f"exported classes {list(names)} differ from {list(expected_classes)}")

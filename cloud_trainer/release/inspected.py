@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 SAME_PART_IOU = 0.5
 
 
+def raw_head(output: Any) -> Any:
+    """The raw head ``[B, 4 + classes, anchors]`` of a detector's forward (ultralytics returns
+    it first in a tuple in eval mode)."""
+    return output[0] if isinstance(output, list | tuple) else output
+
+
 def _membership(iou: torch.Tensor) -> torch.Tensor:
     """How much a box belongs to a part it overlaps by ``iou``: 0 up to :data:`SAME_PART_IOU`,
     rising to 1 at IoU 1. Continuous, so a box at the threshold cannot jump in or out."""
@@ -71,8 +77,7 @@ def _module(detector: Any, inspector: TrainedInspector) -> torch.nn.Module:
             self.top_k = inspector.top_k
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
-            raw = self.detector(images)
-            raw = raw[0] if isinstance(raw, list | tuple) else raw  # [B, 4 + nc, A]
+            raw = raw_head(self.detector(images))  # [B, 4 + nc, A]
             boxes, scores = raw[:, :4], raw[:, 4:]
             batch, classes, anchors = scores.shape
             # How sure the detector is of a part there, whatever its class: the sum, as a
