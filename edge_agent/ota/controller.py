@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -34,7 +35,7 @@ from edge_agent.ota.download import (
 from edge_agent.ota.health import HealthPolicy, LifetimeWatch
 from edge_agent.ota.listener import DesiredListener
 from edge_agent.ota.parts import ArtifactSource, CandidateLoader, OtaTarget, RunningLine
-from edge_agent.ota.smoke import RecentFrames, SmokeCheck
+from edge_agent.ota.smoke import LatencyComparison, RecentFrames, SmokeCheck
 from edge_agent.ota.store import ModelStore, atomic_write
 from edge_agent.ota.verify import (
     Expectations,
@@ -395,9 +396,10 @@ class OtaController:
                     return None
         return None
 
-    def _active_reason(self, candidate: ActiveModel) -> str:
+    def _active_reason(self, candidate: ActiveModel, smoke: LatencyComparison | None) -> str:
         """What runs after the swap, for ``reported``: the chosen runtime and precision with
-        their latency, and each variant refused, with why (a download's reason first)."""
+        their latency, the smoke check's latency against the model it replaced, and each
+        variant refused, with why (a download's reason first)."""
         parts = []
         if candidate.runtime_choice is not None:
             parts.append(candidate.runtime_choice.summary())
@@ -407,6 +409,8 @@ class OtaController:
             f"{precision} variant not fetched: {reason}"
             for precision, reason in self._variant_refusals.items()
         ]
+        if smoke is not None:  # last: the first to be cut when the reason runs long
+            parts.append(f"smoke check: {smoke.summary()}")
         return "; ".join(parts)[:500]
 
     def _stage_and_swap(self, manifest: ModelManifest, path: Path, desired: DesiredState) -> None:
@@ -435,19 +439,23 @@ class OtaController:
             else None
         )
         try:
-            self.smoke_check(candidate, previous, proven_latency_s=proven_latency_s)
+            smoke = self.smoke_check(candidate, previous, proven_latency_s=proven_latency_s)
         except EdgeAgentError as exc:
             candidate.runner.close()
             self.store.discard(manifest.version)
             self.report(OtaState.FAILED, reason=f"smoke check failed: {exc}", desired=desired)
             self._save_sequence(desired.sequence)
             return
-        self.report(OtaState.STAGED, desired=desired)
+        if smoke is not None:
+            log.info("smoke check passed", extra=_latency_fields(smoke))
+        self.report(
+            OtaState.STAGED, reason=smoke.summary() if smoke is not None else "", desired=desired
+        )
         self.store.activate(manifest.version)
         self.line.models.swap(candidate)  # between two batches: no frame lost or repeated
         self.report(
             OtaState.ACTIVE,
-            reason=self._active_reason(candidate),
+            reason=self._active_reason(candidate, smoke),
             desired=desired,
             probation=True,
         )
@@ -459,7 +467,9 @@ class OtaController:
             self.store.mark_good()
             if previous is not None:
                 previous.runner.close()
-            self.report(OtaState.ACTIVE, reason=self._active_reason(candidate), desired=desired)
+            self.report(
+                OtaState.ACTIVE, reason=self._active_reason(candidate, smoke), desired=desired
+            )
             return
         self.rollback(candidate, previous, problem, desired)
 
@@ -520,6 +530,16 @@ class OtaController:
                 return f"error rate {errors}/{attempts} above {self.policy.max_error_rate:.0%}"
             if time.monotonic() >= deadline:
                 latency = self.line.stats.latency_ms(0.5)
+                log.info(
+                    "probation over",
+                    extra={
+                        "latency_p50_ms": round(latency, 2),
+                        "before_swap_ms": round(baseline, 2),
+                        "limit_factor": self.policy.latency_factor,
+                        "errors": errors,
+                        "frames": done,
+                    },
+                )
                 if (
                     previous is not None
                     and baseline > 0
@@ -552,3 +572,14 @@ class OtaController:
         if candidate.version is not None:
             self.store.discard(candidate.version)  # rejected: never installed again
         self.report(OtaState.ROLLED_BACK, reason=reason, desired=desired)
+
+
+def _latency_fields(smoke: LatencyComparison) -> dict[str, object]:
+    """The smoke check's latencies as structured log fields."""
+    return {
+        "candidate_ms": round(smoke.candidate_s * 1000, 2),
+        "running_ms": round(smoke.running_s * 1000, 2),
+        "ratio": round(smoke.ratio, 3) if math.isfinite(smoke.ratio) else None,
+        "limit_factor": smoke.limit_factor,
+        "side_by_side": smoke.side_by_side,
+    }

@@ -59,6 +59,33 @@ def no_line(candidate: ActiveModel, frames: int, *, run_limit_s: float | None) -
     return []
 
 
+@dataclass(frozen=True)
+class LatencyComparison:
+    """What the smoke check measured: the candidate's and the running model's median
+    one-frame latency, and whether they were timed side by side (the first figures made the
+    candidate look too slow). Reported, so an operator sees what an update costs each box."""
+
+    candidate_s: float
+    running_s: float
+    limit_factor: float
+    side_by_side: bool = False
+
+    @property
+    def ratio(self) -> float:
+        return self.candidate_s / self.running_s if self.running_s > 0 else float("inf")
+
+    @property
+    def too_slow(self) -> bool:
+        return self.candidate_s > latency_limit_s(self.running_s, self.limit_factor)
+
+    def summary(self) -> str:
+        timed = ", timed side by side" if self.side_by_side else ""
+        return (
+            f"latency {self.candidate_s * 1000:.1f} ms vs {self.running_s * 1000:.1f} ms of "
+            f"the running model ({self.ratio:.2f}x, limit {self.limit_factor:g}x{timed})"
+        )
+
+
 def latency_limit_s(old_s: float, factor: float) -> float:
     """The slowest a candidate may run: ``factor`` times the running model, and never less
     than an absolute margin above it (tiny models jitter by whole multiples)."""
@@ -126,9 +153,10 @@ class SmokeCheck:
         previous: ActiveModel | None,
         *,
         proven_latency_s: float | None = None,
-    ) -> None:
+    ) -> LatencyComparison | None:
         """Raises :class:`~edge_agent.errors.EdgeAgentError` (a failed run) or
-        :class:`OtaRejectedError` (too slow) if ``candidate`` must not replace ``previous``.
+        :class:`OtaRejectedError` (too slow) if ``candidate`` must not replace ``previous``;
+        else the latencies compared (None when there was nothing to compare with).
 
         ``proven_latency_s``: the candidate's own one-frame latency when it last ran well on
         this line (a signed rollback to it). It is then held to its own past, not to the model
@@ -151,21 +179,23 @@ class SmokeCheck:
         if not timings or previous is None:
             # No frames yet (agent just started), or nothing to compare with: the runs
             # above still refused a failing model, and probation guards the swap.
-            return
+            return None
         new_s = _median(timings)
         if old_s is None:  # too few one-frame batches on the line yet
             if not images:
-                return
+                return None
             old_s = _median(run_times(previous, images, self.run_model_work))
-        too_slow = new_s > latency_limit_s(old_s, self.latency_factor)
+        measured = LatencyComparison(new_s, old_s, self.latency_factor)
         # A rollback (proven_latency_s) is held to its own past, not timed beside the model.
-        if too_slow and images and proven_latency_s is None:
-            new_s, old_s = self._timed_side_by_side(candidate, previous, images)
-        if new_s > latency_limit_s(old_s, self.latency_factor):
-            raise OtaRejectedError(
-                f"latency {new_s * 1000:.1f} ms vs {old_s * 1000:.1f} ms of the running model "
-                f"(limit {self.latency_factor}x)"
+        if measured.too_slow and images and proven_latency_s is None:
+            measured = LatencyComparison(
+                *self._timed_side_by_side(candidate, previous, images),
+                self.latency_factor,
+                side_by_side=True,
             )
+        if measured.too_slow:
+            raise OtaRejectedError(measured.summary())
+        return measured
 
     def _timed_side_by_side(
         self, candidate: ActiveModel, previous: ActiveModel, images: list[Any]

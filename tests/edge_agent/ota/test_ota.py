@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -216,6 +217,12 @@ def test_an_update_runs_the_fastest_variant_that_agrees_and_says_so(
         report = plane.wait_active(2)
         assert report.reason.startswith("running int8 on onnxruntime"), report.reason
         assert "fp32 on onnxruntime" in report.reason
+        # What the update costs this box, against the model it replaced.
+        assert re.search(
+            r"smoke check: latency [\d.]+ ms vs [\d.]+ ms of the running model "
+            r"\([\d.]+x, limit 3x",
+            report.reason,
+        ), report.reason
         stored = sorted(p.name for p in agent.store.version_dir(2).iterdir())
         assert stored == ["manifest.json", "model.int8.onnx", "model.onnx"]  # no fp16 here
         status = agent.status()

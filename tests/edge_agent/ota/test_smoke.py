@@ -15,7 +15,7 @@ from edge_agent.camera import CameraWorker, Frame, FrameHub, SyntheticSource
 from edge_agent.errors import InferenceError
 from edge_agent.frame_path import ActiveModel, DetectionResult, ModelSlot, PipelineStats
 from edge_agent.inference import InferenceRunner, RunnerOptions
-from edge_agent.ota.smoke import RecentFrames, SmokeCheck
+from edge_agent.ota.smoke import LatencyComparison, RecentFrames, SmokeCheck
 from edge_agent.ota.verify import OtaRejectedError
 from edge_agent.pipeline import Pipeline
 from shared.detections import Detections
@@ -72,10 +72,13 @@ def test_on_a_running_line_the_candidate_only_runs_live_frames(tmp_path: Path) -
         try_on_line=pipeline.trial_on_live_frames,
         run_model_work=pipeline.call_between_batches,
     )
-    check(candidate.model, live)
+    measured = check(candidate.model, live)
     stop.set()
     pipeline.join()
     assert pipeline.stats.trial_frames == 3 and candidate.runs == 3, "no run beside the line"
+    # Same detector both sides: timed on the line, not side by side, and well within the limit.
+    assert measured is not None and not measured.side_by_side and not measured.too_slow
+    assert measured.candidate_s > 0 and measured.running_s > 0
 
 
 def test_without_live_frames_it_runs_on_recent_frames_and_refuses_a_slow_model(
@@ -101,8 +104,11 @@ def test_a_load_spike_during_the_trial_does_not_refuse_a_good_model(tmp_path: Pa
         return [0.050] * frames  # 50 ms against the line's 0.2 ms
 
     check = SmokeCheck(fast_line_stats(), recent_frames(3), try_on_line=busy_line)
-    check(candidate.model, previous.model)
+    measured = check(candidate.model, previous.model)
     assert candidate.runs == 6 and previous.runs == 6
+    # What is reported is the side-by-side figure, not the spike.
+    assert measured is not None and measured.side_by_side and measured.candidate_s < 0.050
+    assert "timed side by side" in measured.summary()
 
 
 def test_a_trial_that_brings_too_few_frames_is_topped_up_from_recent_frames(
@@ -143,5 +149,15 @@ def test_with_too_few_line_samples_the_running_model_is_timed_too(tmp_path: Path
 
 def test_a_first_model_with_no_frames_yet_passes_without_a_run(tmp_path: Path) -> None:
     candidate = CountingModel(brightness_detector(tmp_path / "v1.onnx"), 1)
-    SmokeCheck(PipelineStats(), RecentFrames())(candidate.model, None)
+    assert SmokeCheck(PipelineStats(), RecentFrames())(candidate.model, None) is None
     assert candidate.runs == 0
+
+
+def test_the_latency_comparison_reads_as_an_operator_needs_it() -> None:
+    fused = LatencyComparison(candidate_s=0.0165, running_s=0.0140, limit_factor=3.0)
+    assert fused.summary() == ("latency 16.5 ms vs 14.0 ms of the running model (1.18x, limit 3x)")
+    assert not fused.too_slow
+    # Over 3x, and under the absolute margin for a tiny model: the margin wins.
+    assert LatencyComparison(0.0430, 0.0140, 3.0).too_slow
+    assert not LatencyComparison(0.0009, 0.0002, 3.0).too_slow
+    assert LatencyComparison(0.001, 0.0, 3.0).ratio == float("inf")
