@@ -467,6 +467,11 @@ class Demo:
                 for p in phases
             )
             print(f"{device.device_id:<10}{cells}")
+        # What each agent says it runs now, and what the update cost it (the smoke check's
+        # latency against the model it replaced, measured beside the other agent).
+        for row in plane.registry.devices():
+            if row.reason:
+                print(f"{row.device_id} reports: {row.reason}")
         training = report.training
         counts = ", ".join(f"{s} {c['images']}" for s, c in report.dataset_counts.items())
         print(
