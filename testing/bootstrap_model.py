@@ -29,9 +29,12 @@ class BootstrapFiles:
     onnx: Path
 
 
-def bootstrap_files(folder: Path, given: Path | None = BOOTSTRAP_PT) -> BootstrapFiles:
+def bootstrap_files(
+    folder: Path, given: Path | None = BOOTSTRAP_PT, *, imgsz: int = 320
+) -> BootstrapFiles:
     """The bootstrap weights (copied from ``given``, or trained when it is missing: about
-    12 min on 2 cores) and their ONNX export at 320."""
+    12 min on 2 cores) and their ONNX export at ``imgsz`` (the weights were trained at 320;
+    a larger export sees the same line in more pixels, as a 640 model line does)."""
     prepare_offline_ultralytics(folder)
     from ultralytics import YOLO  # noqa: PLC0415 - after the offline set-up
 
@@ -42,7 +45,7 @@ def bootstrap_files(folder: Path, given: Path | None = BOOTSTRAP_PT) -> Bootstra
     else:
         trained = train_bootstrap(folder / "train", epochs=20, imgsz=320, seed=0)
         shutil.copyfile(trained.weights, weights)
-    onnx = Path(YOLO(str(weights)).export(format="onnx", imgsz=320, opset=18, simplify=True))
+    onnx = Path(YOLO(str(weights)).export(format="onnx", imgsz=imgsz, opset=18, simplify=True))
     return BootstrapFiles(weights, onnx)
 
 
