@@ -6,7 +6,9 @@
         [--second-round lighting:new_variant_lighting]
 
 On an NVIDIA box, the issue's figures at 640 with more epochs: ``--imgsz 640 --device 0
---epochs 80`` (the fine-tune on the GPU; the agent's mining and scoring on its CPU runtime).
+--epochs 80`` (the bootstrap trained at 640 and the fine-tune on the GPU; the agent's mining
+and scoring on its CPU runtime). Another size than the committed bootstrap's 320 trains its
+own bootstrap first, so a 640 model line starts from a 640 model.
 
 For each scenario, the agent's synthetic camera shows ``--lead-in`` frames of the line as the
 bootstrap knew it, then ``--frames`` frames of the drifted line (``defects``: undrifted, the
@@ -229,7 +231,9 @@ class Loop:
         self.key = SigningKey.generate("bench")
         self.key_file = work / "bench.key"
         self.key_file.write_bytes(self.key.private_pem())
-        self.bootstrap: BootstrapFiles = bootstrap_files(work / "bootstrap", imgsz=args.imgsz)
+        self.bootstrap: BootstrapFiles = bootstrap_files(
+            work / "bootstrap", imgsz=args.imgsz, device=args.device
+        )
         self.total_frames = args.lead_in + args.frames
 
     def trainer_config(self, name: str) -> TrainerConfig:
