@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import threading
 import time
@@ -447,7 +446,7 @@ class OtaController:
             self._save_sequence(desired.sequence)
             return
         if smoke is not None:
-            log.info("smoke check passed", extra=_latency_fields(smoke))
+            log.info("smoke check passed", extra=smoke.log_fields())
         self.report(
             OtaState.STAGED, reason=smoke.summary() if smoke is not None else "", desired=desired
         )
@@ -572,14 +571,3 @@ class OtaController:
         if candidate.version is not None:
             self.store.discard(candidate.version)  # rejected: never installed again
         self.report(OtaState.ROLLED_BACK, reason=reason, desired=desired)
-
-
-def _latency_fields(smoke: LatencyComparison) -> dict[str, object]:
-    """The smoke check's latencies as structured log fields."""
-    return {
-        "candidate_ms": round(smoke.candidate_s * 1000, 2),
-        "running_ms": round(smoke.running_s * 1000, 2),
-        "ratio": round(smoke.ratio, 3) if math.isfinite(smoke.ratio) else None,
-        "limit_factor": smoke.limit_factor,
-        "side_by_side": smoke.side_by_side,
-    }

@@ -17,6 +17,7 @@ line's 14.5 ms while the box's other agent was swapping.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections import deque
@@ -77,6 +78,16 @@ class LatencyComparison:
     @property
     def too_slow(self) -> bool:
         return self.candidate_s > latency_limit_s(self.running_s, self.limit_factor)
+
+    def log_fields(self) -> dict[str, object]:
+        """The same figures as structured log fields (no infinite ratio: JSON has none)."""
+        return {
+            "candidate_ms": round(self.candidate_s * 1000, 2),
+            "running_ms": round(self.running_s * 1000, 2),
+            "ratio": round(self.ratio, 3) if math.isfinite(self.ratio) else None,
+            "limit_factor": self.limit_factor,
+            "side_by_side": self.side_by_side,
+        }
 
     def summary(self) -> str:
         timed = ", timed side by side" if self.side_by_side else ""

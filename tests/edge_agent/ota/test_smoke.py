@@ -155,9 +155,10 @@ def test_a_first_model_with_no_frames_yet_passes_without_a_run(tmp_path: Path) -
 
 def test_the_latency_comparison_reads_as_an_operator_needs_it() -> None:
     fused = LatencyComparison(candidate_s=0.0165, running_s=0.0140, limit_factor=3.0)
-    assert fused.summary() == ("latency 16.5 ms vs 14.0 ms of the running model (1.18x, limit 3x)")
+    assert fused.summary() == "latency 16.5 ms vs 14.0 ms of the running model (1.18x, limit 3x)"
     assert not fused.too_slow
     # Over 3x, and under the absolute margin for a tiny model: the margin wins.
     assert LatencyComparison(0.0430, 0.0140, 3.0).too_slow
     assert not LatencyComparison(0.0009, 0.0002, 3.0).too_slow
     assert LatencyComparison(0.001, 0.0, 3.0).ratio == float("inf")
+    assert LatencyComparison(0.001, 0.0, 3.0).log_fields()["ratio"] is None
