@@ -201,7 +201,7 @@ def test_missing_requirements_fail_before_any_training(
     assert [e.version for e in ModelRegistry(store, "line-a").read_index()[0].entries] == [1]
 
 
-def test_nothing_new_to_train_on_is_a_reported_skip(
+def test_nothing_new_to_train_on_ends_as_a_reported_skipped_run(
     trainer_setup: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     config_path, data = trainer_setup

@@ -42,7 +42,7 @@ def request(fleet: str, labeler: object, **selection: object) -> BuildRequest:
     )
 
 
-def test_builds_a_frozen_yolo_dataset_and_reports_every_skip(
+def test_builds_a_frozen_yolo_dataset_and_counts_every_image_left_out(
     store: ObjectStore, fleet_name: str, tmp_path: Path
 ) -> None:
     good = upload_examples(store, fleet=fleet_name, count=30)
